@@ -1,0 +1,261 @@
+//! The commands: wires config, stores, sources and the index together. The only
+//! layer that uses `anyhow`; everything below returns typed errors.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+
+use crate::cli::{Command, ContactArgs, ExportArgs, GenArgs, IngestArgs, SearchArgs};
+use crate::config::Config;
+use crate::identity::Identifier;
+use crate::index::SearchIndex;
+use crate::model::{Claim, ContactRecord, TimelineCursor};
+use crate::pipeline::{self, FollowReport, Report};
+use crate::publish::DeadLetterSink;
+use crate::publish::jsonl::JsonlDeadLetters;
+use crate::source::EventSource;
+use crate::source::file::JsonlSource;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{DirectoryView, Store};
+
+pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
+    match command {
+        Command::Ingest(args) => {
+            let summary = ingest(&args, config)?;
+            print!("{}", summary.render(config));
+            Ok(())
+        }
+        Command::Export(args) => export(&args, config),
+        Command::Search(args) => search(&args, config),
+        Command::Contact(args) => contact(&args, config),
+        Command::Gen(args) => generate(&args),
+        Command::Config => {
+            println!("{}", serde_json::to_string_pretty(config)?);
+            Ok(())
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct IngestSummary {
+    pub report: Report,
+    pub index: FollowReport,
+    pub elapsed: Duration,
+    pub peak_memory_bytes: Option<u64>,
+}
+
+impl IngestSummary {
+    pub fn events_per_second(&self) -> f64 {
+        self.report.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn render(&self, config: &Config) -> String {
+        let r = &self.report;
+        let mut out = String::new();
+        let mut line = |label: &str, value: String| out.push_str(&format!("{label:<18} {value}\n"));
+        line("lines read", r.records.to_string());
+        line("applied", r.applied.to_string());
+        line("duplicates", r.duplicates.to_string());
+        for (reason, n) in &r.skipped {
+            line(&format!("skipped ({reason})"), n.to_string());
+        }
+        line("rejected", r.rejected_total().to_string());
+        for (reason, n) in &r.rejected {
+            line(&format!("  {reason}"), n.to_string());
+        }
+        line("contacts created", r.contacts_created.to_string());
+        line("timeline entries", r.entries_appended.to_string());
+        line("index", if self.index.indexed { format!("{} changes applied", self.index.changes) } else { "queued: another process holds the writer".into() });
+        line("elapsed", format!("{:.2} s", self.elapsed.as_secs_f64()));
+        line("throughput", format!("{:.0} events/s", self.events_per_second()));
+        if let Some(peak) = self.peak_memory_bytes {
+            line("peak memory", format!("{:.1} MiB", peak as f64 / 1_048_576.0));
+        }
+        if r.rejected_total() > 0 {
+            line("dead letters", config.dead_letter_path().display().to_string());
+        }
+        out
+    }
+}
+
+/// Peak resident memory of this process (Linux), for the ingest report.
+fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn open_store(config: &Config) -> anyhow::Result<SqliteStore> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    SqliteStore::open(&config.store_path(), &config.sqlite_options())
+        .with_context(|| format!("opening the store {}", config.store_path().display()))
+}
+
+fn progress_bar(total_bytes: Option<u64>, quiet: bool) -> indicatif::ProgressBar {
+    if quiet || !io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    match total_bytes {
+        Some(total) => indicatif::ProgressBar::new(total).with_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg} eta {eta}")
+                .expect("static template")
+                .progress_chars("=> "),
+        ),
+        None => indicatif::ProgressBar::new_spinner(),
+    }
+}
+
+/// Runs a JSONL file through the pipeline while a second thread indexes the
+/// changes it produces.
+pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummary> {
+    let started = Instant::now();
+    let (reader, total_bytes, name): (Box<dyn BufRead>, Option<u64>, String) = if args.file == Path::new("-") {
+        (Box::new(io::stdin().lock()), None, "stdin".into())
+    } else {
+        let file = File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
+        let size = file.metadata().ok().map(|m| m.len());
+        (Box::new(BufReader::with_capacity(1 << 20, file)), size, args.file.display().to_string())
+    };
+    let mut source = JsonlSource::new(reader, name);
+    let mut store = open_store(config)?;
+    let index = SearchIndex::open_or_create(&config.index_path()).context("opening the index")?;
+    let mut dead_letters = JsonlDeadLetters::open(&config.dead_letter_path()).context("opening the dead-letter file")?;
+    let producer_done = AtomicBool::new(false);
+    let progress = progress_bar(total_bytes, args.quiet);
+
+    let (report, follow) = std::thread::scope(|scope| {
+        let follower = scope.spawn(|| -> anyhow::Result<FollowReport> {
+            let mut log = SqliteStore::open(&config.store_path(), &config.sqlite_options())?;
+            Ok(pipeline::follow_changes(&mut log, &index, &config.follow_options(), &producer_done)?)
+        });
+        let produced = (|| -> anyhow::Result<Report> {
+            let mut report = Report::default();
+            loop {
+                let batch = source.next_batch(config.ingest.batch_size).context("reading events")?;
+                if batch.is_empty() {
+                    break;
+                }
+                let outcome = pipeline::process_batch_with_retry(&mut store, &batch, config.ingest.max_attempts)?;
+                for rejection in &outcome.rejections {
+                    dead_letters.send(rejection.letter(&batch)).context("writing a dead letter")?;
+                }
+                report.add(&outcome.report);
+                progress.set_position(source.bytes_read());
+                progress.set_message(format!("{} events", report.records));
+            }
+            dead_letters.flush().context("flushing dead letters")?;
+            Ok(report)
+        })();
+        producer_done.store(true, Ordering::Release);
+        let follow = follower.join().unwrap_or_else(|_| bail!("the indexing thread panicked"));
+        (produced, follow)
+    });
+    progress.finish_and_clear();
+    Ok(IngestSummary {
+        report: report?,
+        index: follow.context("indexing")?,
+        elapsed: started.elapsed(),
+        peak_memory_bytes: peak_memory_bytes(),
+    })
+}
+
+fn output(path: Option<&Path>) -> anyhow::Result<Box<dyn Write>> {
+    Ok(match path {
+        Some(path) => Box::new(BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?)),
+        None => Box::new(BufWriter::new(io::stdout().lock())),
+    })
+}
+
+pub fn export(args: &ExportArgs, config: &Config) -> anyhow::Result<()> {
+    let store = open_store(config)?;
+    let mut out = output(args.out.as_deref())?;
+    let mut write_error = None;
+    store.export(&mut |contact| {
+        if let Err(e) = serde_json::to_writer(&mut out, &contact).map_err(io::Error::from).and_then(|()| out.write_all(b"\n")) {
+            write_error.get_or_insert(e);
+        }
+        Ok(())
+    })?;
+    if let Some(error) = write_error {
+        return Err(error).context("writing the export");
+    }
+    out.flush().context("writing the export")?;
+    Ok(())
+}
+
+pub fn search(args: &SearchArgs, config: &Config) -> anyhow::Result<()> {
+    let path = config.index_path();
+    if !path.join("meta.json").exists() {
+        bail!("no index at {}; run `contactd ingest` first", path.display());
+    }
+    let index = SearchIndex::open_or_create(&path)?;
+    let hits = index.search(&args.tenant, args.contact.as_deref(), &args.query, args.limit)?;
+    let mut out = output(None)?;
+    for hit in hits {
+        serde_json::to_writer(&mut out, &hit)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+pub fn contact(args: &ContactArgs, config: &Config) -> anyhow::Result<()> {
+    let store = open_store(config)?;
+    let tenant = &args.tenant;
+    let requested = match (&args.id, &args.identifier) {
+        (Some(id), _) => id.clone(),
+        (None, Some(typed)) => {
+            let settings = store.tenant_config(tenant)?.unwrap_or_default();
+            let identifier = Identifier::parse_typed(typed, &settings)?;
+            match store.claim(tenant, &identifier)? {
+                Some(Claim::Owned { contact_id }) => contact_id,
+                _ => bail!("no contact of tenant {tenant} has {identifier}"),
+            }
+        }
+        (None, None) => bail!("give a contact id or --identifier"),
+    };
+    let mut id = requested.clone();
+    let contact = loop {
+        match store.contact(tenant, &id)? {
+            Some(ContactRecord::Active(contact)) => break contact,
+            Some(ContactRecord::Merged { into }) => id = into,
+            Some(ContactRecord::Deleted { .. }) => bail!("contact {requested} was deleted"),
+            None => bail!("tenant {tenant} has no contact {requested}"),
+        }
+    };
+    let cursor = args.cursor.as_deref().map(|c| TimelineCursor::decode(c).context("malformed --cursor")).transpose()?;
+    let limit = args.limit.max(1);
+    let mut entries = store.timeline(tenant, &id, cursor.as_ref(), limit + 1)?;
+    let next_cursor = (entries.len() > limit).then(|| {
+        entries.truncate(limit);
+        entries.last().map(|e| TimelineCursor { occurred_at: e.occurred_at, entry_id: e.entry_id.clone() }.encode())
+    });
+    let mut view = serde_json::to_value(contact.state())?;
+    let object = view.as_object_mut().expect("state is an object");
+    object.insert("tenant_id".into(), json!(tenant));
+    object.insert("contact_id".into(), json!(id));
+    if id != requested {
+        object.insert("requested_contact_id".into(), json!(requested));
+    }
+    object.insert("created_at".into(), json!(contact.created_at));
+    object.insert("sessions".into(), json!(store.contact_sessions(tenant, &id)?));
+    object.insert("timeline_entries".into(), json!(store.timeline_len(tenant, &id)?));
+    object.insert("timeline".into(), json!(entries));
+    object.insert("next_cursor".into(), json!(next_cursor.flatten()));
+    println!("{}", serde_json::to_string_pretty(&view)?);
+    Ok(())
+}
+
+fn generate(args: &GenArgs) -> anyhow::Result<()> {
+    let options = crate::corpus::GenOptions { events: args.events, tenants: args.tenants, seed: args.seed, ..Default::default() };
+    let mut out = output(args.out.as_deref())?;
+    crate::corpus::Generator::new(options).write(&mut out).context("writing the corpus")?;
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! Command-line interface. Flags override the config file and environment.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::FlagOverrides;
+
+#[derive(Debug, Parser)]
+#[command(name = "contactd", version, about = "A living contact directory built from conversation events")]
+pub struct Cli {
+    /// TOML configuration file (default: ./contactd.toml when present).
+    #[arg(long, global = true, env = "CONTACTD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory with the store, index and dead letters (default ./contactd-data).
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    pub fn overrides(&self) -> FlagOverrides {
+        FlagOverrides { data_dir: self.data_dir.clone() }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run JSONL events (one per line) through the pipeline into the directory.
+    Ingest(IngestArgs),
+    /// Write the directory snapshot: one JSON contact per line, sorted.
+    Export(ExportArgs),
+    /// Full-text search over one tenant's history; JSON hits, best first.
+    Search(SearchArgs),
+    /// Show one contact with its timeline, newest first.
+    Contact(ContactArgs),
+    /// Write a synthetic JSONL corpus for benchmarks.
+    Gen(GenArgs),
+    /// Print the effective configuration after all layers.
+    Config,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// The JSONL file, or `-` for standard input.
+    pub file: PathBuf,
+    /// Do not show a progress bar even on a terminal.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Write here instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    #[arg(long)]
+    pub tenant: String,
+    /// Only this contact's history.
+    #[arg(long)]
+    pub contact: Option<String>,
+    #[arg(long, default_value_t = 10)]
+    pub limit: usize,
+    /// Words must all match; supports "phrases", OR, -exclusion and word*.
+    pub query: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ContactArgs {
+    #[arg(long)]
+    pub tenant: String,
+    /// The contact id.
+    #[arg(required_unless_present = "identifier", conflicts_with = "identifier")]
+    pub id: Option<String>,
+    /// Find the contact by an identifier, e.g. email:jana@example.cz or phone:+420777123456.
+    #[arg(long)]
+    pub identifier: Option<String>,
+    /// Timeline entries per page.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Continue after this cursor (the `next_cursor` of the previous page).
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+    #[arg(long, default_value_t = 10)]
+    pub tenants: u32,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Write here instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}

@@ -1,0 +1,215 @@
+//! One typed configuration, layered: built-in defaults, then a TOML file, then
+//! `CONTACTD__SECTION__KEY` environment variables, then command-line flags.
+//! Every field's unit and default is documented here and in the README.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory holding the SQLite store, the index and dead letters. Default `./contactd-data`.
+    pub data_dir: PathBuf,
+    pub ingest: IngestConfig,
+    pub index: IndexConfig,
+    pub sqlite: SqliteConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Events per write transaction. Larger batches amortize commits; smaller ones
+    /// hold the write lock for less time when processes share a data dir. Default 1000.
+    pub batch_size: usize,
+    /// Attempts per batch when the store is busy before the run fails. Default 10.
+    pub max_attempts: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexConfig {
+    /// Memory for the index writer's in-flight segment, in MiB. Default 128.
+    pub writer_memory_mb: usize,
+    /// Commit (make searchable) at least this often while changes arrive, in milliseconds. Default 1000.
+    pub commit_interval_ms: u64,
+    /// ... or after this many index operations. Default 200000.
+    pub commit_every_ops: usize,
+    /// Seconds to wait for another process's index writer before leaving the
+    /// changes queued for the next run. Default 60.
+    pub lock_wait_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqliteConfig {
+    /// Milliseconds a writer waits for another process's transaction. Default 30000.
+    pub busy_timeout_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines. Default `text`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `contactd=debug`; `RUST_LOG` overrides it. Default `warn`.
+    pub filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("contactd-data"),
+            ingest: IngestConfig::default(),
+            index: IndexConfig::default(),
+            sqlite: SqliteConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self { batch_size: 1000, max_attempts: 10 }
+    }
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        Self { writer_memory_mb: 128, commit_interval_ms: 1000, commit_every_ops: 200_000, lock_wait_secs: 60 }
+    }
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        Self { busy_timeout_ms: 30_000 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, filter: "warn".into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// Overrides given on the command line; `None` leaves the lower layers' value.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FlagOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads the layers. A missing file is an error only when named explicitly.
+    pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) if !path.exists() => {
+                return Err(ConfigError::Invalid(format!("config file {} does not exist", path.display())));
+            }
+            Some(path) => figment = figment.merge(Toml::file(path)),
+            None => figment = figment.merge(Toml::file("contactd.toml")),
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("CONTACTD__").split("__"))
+            .merge(Serialized::defaults(flags))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("ingest.batch_size", self.ingest.batch_size as u64),
+            ("ingest.max_attempts", u64::from(self.ingest.max_attempts)),
+            ("index.commit_every_ops", self.index.commit_every_ops as u64),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+        }
+        // tantivy refuses writer budgets under 15 MB per thread.
+        if !(15..=4096).contains(&self.index.writer_memory_mb) {
+            return Err(ConfigError::Invalid("index.writer_memory_mb must be within 15..=4096".into()));
+        }
+        Ok(())
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("directory.sqlite3")
+    }
+
+    pub fn index_path(&self) -> PathBuf {
+        self.data_dir.join("index")
+    }
+
+    pub fn dead_letter_path(&self) -> PathBuf {
+        self.data_dir.join("dead-letter.jsonl")
+    }
+
+    pub fn sqlite_options(&self) -> crate::store::sqlite::SqliteOptions {
+        crate::store::sqlite::SqliteOptions { busy_timeout: Duration::from_millis(self.sqlite.busy_timeout_ms) }
+    }
+
+    pub fn follow_options(&self) -> crate::pipeline::FollowOptions {
+        crate::pipeline::FollowOptions {
+            writer_memory_bytes: self.index.writer_memory_mb << 20,
+            commit_interval: Duration::from_millis(self.index.commit_interval_ms),
+            commit_every_ops: self.index.commit_every_ops,
+            lock_wait: Duration::from_secs(self.index.lock_wait_secs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_run_locally() {
+        let config = Config::load(None, &FlagOverrides::default()).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("contactd-data"));
+        assert_eq!(config.ingest.batch_size, 1000);
+    }
+
+    #[test]
+    fn file_then_flags_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "data_dir = \"from-file\"\n[ingest]\nbatch_size = 7\n").unwrap();
+        let from_file = Config::load(Some(&file), &FlagOverrides::default()).unwrap();
+        assert_eq!((from_file.data_dir.to_str(), from_file.ingest.batch_size), (Some("from-file"), 7));
+        let flags = FlagOverrides { data_dir: Some("from-flag".into()) };
+        assert_eq!(Config::load(Some(&file), &flags).unwrap().data_dir, PathBuf::from("from-flag"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[ingest]\nbatch_sise = 7\n").unwrap();
+        assert!(Config::load(Some(&file), &FlagOverrides::default()).is_err());
+        std::fs::write(&file, "[ingest]\nbatch_size = 0\n").unwrap();
+        assert!(Config::load(Some(&file), &FlagOverrides::default()).is_err());
+        assert!(Config::load(Some(&dir.path().join("missing.toml")), &FlagOverrides::default()).is_err());
+    }
+}

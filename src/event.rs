@@ -1,0 +1,466 @@
+//! Event decoding (CONTRACT section 1): bytes from a source become a validated
+//! `Event`, or a `DecodeError` whose reason code travels with the dead letter.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::model::{Timestamp, valid_tenant_id};
+
+pub const SCHEMA_V1: &str = "contact-event/v1";
+
+/// Why an event cannot be processed. The `code` is stable: it names the reason
+/// in dead-letter headers and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not valid UTF-8 JSON: {0}")]
+    NotJson(String),
+    #[error("missing required field: {0}")]
+    MissingField(String),
+    #[error("wrong type: {0}")]
+    WrongType(String),
+    #[error("unknown schema version {0:?}")]
+    UnknownSchema(String),
+    #[error("unknown event type {0:?}")]
+    UnknownType(String),
+    #[error("invalid value: {0}")]
+    InvalidValue(String),
+}
+
+impl DecodeError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotJson(_) => "not_json",
+            Self::MissingField(_) => "missing_field",
+            Self::WrongType(_) => "wrong_type",
+            Self::UnknownSchema(_) => "unknown_schema",
+            Self::UnknownType(_) => "unknown_type",
+            Self::InvalidValue(_) => "invalid_value",
+        }
+    }
+
+    fn from_serde(error: serde_json::Error) -> Self {
+        let message = error.to_string();
+        match error.classify() {
+            serde_json::error::Category::Data if message.starts_with("missing field") => {
+                Self::MissingField(message)
+            }
+            serde_json::error::Category::Data => Self::WrongType(message),
+            _ => Self::NotJson(message),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Chat,
+    Email,
+    Messenger,
+    Whatsapp,
+    Apple,
+    Vk,
+    Voip,
+    Operator,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Email => "email",
+            Self::Messenger => "messenger",
+            Self::Whatsapp => "whatsapp",
+            Self::Apple => "apple",
+            Self::Vk => "vk",
+            Self::Voip => "voip",
+            Self::Operator => "operator",
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentitySource {
+    Form,
+    HeroCard,
+    OauthGoogle,
+    OauthFacebook,
+    Callback,
+    Operator,
+    Channel,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FacebookPsid {
+    pub page_id: String,
+    pub psid: String,
+}
+
+/// Identity as supplied, before normalization (which needs the tenant's settings).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawIdentity {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub emails: Vec<String>,
+    #[serde(default)]
+    pub phones: Vec<String>,
+    #[serde(default)]
+    pub browser_id: Option<String>,
+    #[serde(default)]
+    pub facebook_psid: Option<FacebookPsid>,
+    #[serde(default)]
+    pub whatsapp_id: Option<String>,
+    #[serde(default)]
+    pub apple_id: Option<String>,
+    #[serde(default)]
+    pub vk_id: Option<String>,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub source: Option<IdentitySource>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Author {
+    Guest,
+    Operator,
+    Bot,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EmailDirection {
+    Received,
+    Sent,
+}
+
+/// What happened, with the payload of its type.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EventBody {
+    TenantConfigured { identifying_params: Vec<String>, default_phone_region: Option<String> },
+    SessionStarted { invited: bool, direction: Option<Direction> },
+    IdentityProvided,
+    MessagePosted { message_id: String, author: Author, author_name: Option<String>, text: String },
+    SessionEnded { duration_ms: Option<u64> },
+    Email { direction: EmailDirection, thread_id: String, message_id: String, subject: String, text: String, participants: Vec<String> },
+    CallEnded { direction: Direction, duration_ms: u64, transcript: Option<String> },
+    NoteAdded { note_id: String, author: String, text: String },
+    ContactCreated,
+    ContactUpdated { set_name: Option<String>, add: Option<RawIdentity>, remove: Option<RawIdentity> },
+    ContactDeleted,
+    SessionLinked,
+    SessionUnlinked,
+}
+
+impl EventBody {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::TenantConfigured { .. } => "tenant.configured",
+            Self::SessionStarted { .. } => "session.started",
+            Self::IdentityProvided => "identity.provided",
+            Self::MessagePosted { .. } => "message.posted",
+            Self::SessionEnded { .. } => "session.ended",
+            Self::Email { direction: EmailDirection::Received, .. } => "email.received",
+            Self::Email { direction: EmailDirection::Sent, .. } => "email.sent",
+            Self::CallEnded { .. } => "call.ended",
+            Self::NoteAdded { .. } => "note.added",
+            Self::ContactCreated => "contact.created",
+            Self::ContactUpdated { .. } => "contact.updated",
+            Self::ContactDeleted => "contact.deleted",
+            Self::SessionLinked => "session.linked",
+            Self::SessionUnlinked => "session.unlinked",
+        }
+    }
+}
+
+/// A decoded, validated inbound event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub event_id: String,
+    pub tenant_id: String,
+    pub occurred_at: Timestamp,
+    pub channel: Channel,
+    pub session_id: Option<String>,
+    pub contact_id: Option<String>,
+    pub identity: Option<RawIdentity>,
+    pub body: EventBody,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    schema: String,
+    event_id: String,
+    tenant_id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    occurred_at: String,
+    channel: Channel,
+    #[serde(default)]
+    session_id: Option<String>,
+    #[serde(default)]
+    contact_id: Option<String>,
+    #[serde(default)]
+    identity: Option<RawIdentity>,
+    #[serde(default, borrow)]
+    payload: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct TenantConfiguredPayload {
+    identifying_params: Vec<String>,
+    #[serde(default)]
+    default_phone_region: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct SessionStartedPayload {
+    #[serde(default)]
+    invited: bool,
+    #[serde(default)]
+    direction: Option<Direction>,
+}
+
+#[derive(Deserialize)]
+struct MessagePayload {
+    message_id: String,
+    author: Author,
+    #[serde(default)]
+    author_name: Option<String>,
+    text: String,
+}
+
+#[derive(Deserialize, Default)]
+struct SessionEndedPayload {
+    #[serde(default)]
+    duration_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct EmailPayload {
+    thread_id: String,
+    message_id: String,
+    subject: String,
+    text: String,
+    participants: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct CallPayload {
+    direction: Direction,
+    duration_ms: u64,
+    #[serde(default)]
+    transcript: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct NotePayload {
+    note_id: String,
+    author: String,
+    text: String,
+}
+
+#[derive(Deserialize, Default)]
+struct ContactUpdatedPayload {
+    #[serde(default)]
+    set_name: Option<String>,
+    #[serde(default)]
+    add: Option<RawIdentity>,
+    #[serde(default)]
+    remove: Option<RawIdentity>,
+}
+
+fn payload<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>, kind: &str) -> Result<T, DecodeError> {
+    let raw = raw.ok_or_else(|| DecodeError::MissingField(format!("payload (required for {kind})")))?;
+    serde_json::from_str(raw.get()).map_err(|e| match DecodeError::from_serde(e) {
+        DecodeError::MissingField(m) => DecodeError::MissingField(format!("payload of {kind}: {m}")),
+        DecodeError::WrongType(m) => DecodeError::WrongType(format!("payload of {kind}: {m}")),
+        other => other,
+    })
+}
+
+fn optional_payload<'a, T: Deserialize<'a> + Default>(raw: Option<&'a RawValue>, kind: &str) -> Result<T, DecodeError> {
+    match raw {
+        Some(raw) if raw.get() != "null" => payload(Some(raw), kind),
+        _ => Ok(T::default()),
+    }
+}
+
+fn check_len(field: &str, value: &str, max: usize) -> Result<(), DecodeError> {
+    let chars = value.chars().count();
+    if chars == 0 || chars > max {
+        return Err(DecodeError::InvalidValue(format!("{field} must be 1..{max} characters")));
+    }
+    Ok(())
+}
+
+fn require<'a>(field: &str, value: &'a Option<String>, kind: &str) -> Result<&'a str, DecodeError> {
+    value.as_deref().ok_or_else(|| DecodeError::MissingField(format!("{field} (required for {kind})")))
+}
+
+/// Decodes one message value. Unknown extra fields are ignored (CONTRACT 6).
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    let envelope: Envelope<'_> = serde_json::from_str(text).map_err(DecodeError::from_serde)?;
+    if envelope.schema != SCHEMA_V1 {
+        return Err(DecodeError::UnknownSchema(envelope.schema));
+    }
+    check_len("event_id", &envelope.event_id, 128)?;
+    if !valid_tenant_id(&envelope.tenant_id) {
+        return Err(DecodeError::InvalidValue("tenant_id must be 1..64 of [A-Za-z0-9._-]".into()));
+    }
+    let occurred_at = Timestamp::parse_rfc3339(&envelope.occurred_at)
+        .ok_or_else(|| DecodeError::InvalidValue("occurred_at must be an RFC 3339 timestamp with offset".into()))?;
+    if let Some(session) = &envelope.session_id {
+        check_len("session_id", session, 128)?;
+    }
+    if let Some(contact) = &envelope.contact_id {
+        check_len("contact_id", contact, 128)?;
+    }
+    let kind = envelope.kind.as_str();
+    let raw = envelope.payload;
+    let body = match kind {
+        "tenant.configured" => {
+            let p: TenantConfiguredPayload = payload(raw, kind)?;
+            if let Some(region) = &p.default_phone_region
+                && !crate::identity::is_known_region(region)
+            {
+                return Err(DecodeError::InvalidValue(format!("default_phone_region {region:?} is not ISO 3166 alpha-2")));
+            }
+            EventBody::TenantConfigured { identifying_params: p.identifying_params, default_phone_region: p.default_phone_region }
+        }
+        "session.started" => {
+            let p: SessionStartedPayload = optional_payload(raw, kind)?;
+            EventBody::SessionStarted { invited: p.invited, direction: p.direction }
+        }
+        "identity.provided" => EventBody::IdentityProvided,
+        "message.posted" => {
+            let p: MessagePayload = payload(raw, kind)?;
+            EventBody::MessagePosted { message_id: p.message_id, author: p.author, author_name: p.author_name, text: p.text }
+        }
+        "session.ended" => EventBody::SessionEnded { duration_ms: optional_payload::<SessionEndedPayload>(raw, kind)?.duration_ms },
+        "email.received" | "email.sent" => {
+            let p: EmailPayload = payload(raw, kind)?;
+            let direction = if kind == "email.sent" { EmailDirection::Sent } else { EmailDirection::Received };
+            EventBody::Email { direction, thread_id: p.thread_id, message_id: p.message_id, subject: p.subject, text: p.text, participants: p.participants }
+        }
+        "call.ended" => {
+            let p: CallPayload = payload(raw, kind)?;
+            EventBody::CallEnded { direction: p.direction, duration_ms: p.duration_ms, transcript: p.transcript }
+        }
+        "note.added" => {
+            let p: NotePayload = payload(raw, kind)?;
+            EventBody::NoteAdded { note_id: p.note_id, author: p.author, text: p.text }
+        }
+        "contact.created" => EventBody::ContactCreated,
+        "contact.updated" => {
+            let p: ContactUpdatedPayload = optional_payload(raw, kind)?;
+            EventBody::ContactUpdated { set_name: p.set_name, add: p.add, remove: p.remove }
+        }
+        "contact.deleted" => EventBody::ContactDeleted,
+        "session.linked" => EventBody::SessionLinked,
+        "session.unlinked" => EventBody::SessionUnlinked,
+        other => return Err(DecodeError::UnknownType(other.to_owned())),
+    };
+    match &body {
+        EventBody::SessionStarted { .. }
+        | EventBody::IdentityProvided
+        | EventBody::MessagePosted { .. }
+        | EventBody::SessionEnded { .. }
+        | EventBody::Email { .. }
+        | EventBody::CallEnded { .. }
+        | EventBody::SessionUnlinked => {
+            require("session_id", &envelope.session_id, kind)?;
+        }
+        EventBody::SessionLinked => {
+            require("session_id", &envelope.session_id, kind)?;
+            require("contact_id", &envelope.contact_id, kind)?;
+        }
+        EventBody::ContactDeleted => {
+            require("contact_id", &envelope.contact_id, kind)?;
+        }
+        EventBody::NoteAdded { .. } | EventBody::ContactUpdated { .. } => {
+            if envelope.session_id.is_none() && envelope.contact_id.is_none() {
+                return Err(DecodeError::MissingField(format!("contact_id or session_id (required for {kind})")));
+            }
+        }
+        EventBody::TenantConfigured { .. } | EventBody::ContactCreated => {}
+    }
+    Ok(Event {
+        event_id: envelope.event_id,
+        tenant_id: envelope.tenant_id,
+        occurred_at,
+        channel: envelope.channel,
+        session_id: envelope.session_id,
+        contact_id: envelope.contact_id,
+        identity: envelope.identity,
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(extra: &str) -> String {
+        format!(
+            r#"{{"schema":"contact-event/v1","event_id":"e1","tenant_id":"acme","occurred_at":"2026-11-02T09:00:05+01:00","channel":"chat","session_id":"s1"{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn a_message_decodes_with_its_payload_and_utc_time() {
+        let event = decode(
+            line(r#","type":"message.posted","payload":{"message_id":"m1","author":"guest","text":"hi"},"future":1"#).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(event.occurred_at.to_rfc3339(), "2026-11-02T08:00:05Z");
+        assert!(matches!(event.body, EventBody::MessagePosted { ref text, author: Author::Guest, .. } if text == "hi"));
+    }
+
+    #[test]
+    fn rejections_carry_a_reason_code() {
+        let cases = [
+            ("not json", "not_json".to_owned()),
+            (r#"{"schema":"contact-event/v2"}"#, "missing_field".into()),
+            (&line(r#","type":"message.posted","payload":{"text":"x"}"#), "missing_field".into()),
+            (&line(r#","type":"message.posted","payload":{"message_id":1,"author":"guest","text":"x"}"#), "wrong_type".into()),
+            (&line(r#","type":"session.exploded""#), "unknown_type".into()),
+            (&line(r#","type":"session.started""#).replace(r#""chat""#, r#""fax""#), "wrong_type".into()),
+            (&line(r#","type":"session.started""#).replace("v1", "v9"), "unknown_schema".into()),
+            (&line(r#","type":"session.started""#).replace("acme", "ac me"), "invalid_value".into()),
+            (&line(r#","type":"session.started""#).replace("+01:00", ""), "invalid_value".into()),
+            (&line(r#","type":"contact.deleted""#), "missing_field".into()),
+        ];
+        for (input, code) in cases {
+            assert_eq!(decode(input.as_bytes()).unwrap_err().code(), code, "{input}");
+        }
+    }
+
+    #[test]
+    fn session_scoped_types_require_a_session() {
+        let without_session = line(r#","type":"session.ended""#).replace(r#","session_id":"s1""#, "");
+        assert_eq!(decode(without_session.as_bytes()).unwrap_err().code(), "missing_field");
+    }
+
+    #[test]
+    fn invalid_utf8_is_rejected_not_panicking() {
+        assert_eq!(decode(&[0xff, 0xfe, b'{']).unwrap_err().code(), "not_json");
+    }
+}

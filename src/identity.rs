@@ -1,0 +1,372 @@
+//! Identity normalization (CONTRACT section 2): turns what guests, connectors and
+//! operators typed into canonical identifiers, so that one customer's email or phone
+//! written two ways is one key in the directory.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
+
+use crate::event::RawIdentity;
+use crate::model::TenantConfig;
+
+/// Kinds of identifier, declared in resolution priority order (CONTRACT 3.2):
+/// the derived `Ord` is the priority, highest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentifierKind {
+    Param,
+    Facebook,
+    Whatsapp,
+    Apple,
+    Vk,
+    Email,
+    Phone,
+    Browser,
+}
+
+impl IdentifierKind {
+    pub const ALL: [IdentifierKind; 8] = [
+        Self::Param,
+        Self::Facebook,
+        Self::Whatsapp,
+        Self::Apple,
+        Self::Vk,
+        Self::Email,
+        Self::Phone,
+        Self::Browser,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Param => "param",
+            Self::Facebook => "facebook",
+            Self::Whatsapp => "whatsapp",
+            Self::Apple => "apple",
+            Self::Vk => "vk",
+            Self::Email => "email",
+            Self::Phone => "phone",
+            Self::Browser => "browser",
+        }
+    }
+
+    /// A browser id may find an existing contact but never founds one (CONTRACT 3.3).
+    pub fn is_strong(self) -> bool {
+        self != Self::Browser
+    }
+}
+
+impl FromStr for IdentifierKind {
+    type Err = IdentifierParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| IdentifierParseError::UnknownKind(s.to_owned()))
+    }
+}
+
+/// A canonical identifier. `value` is already normalized: an e-mail address, an
+/// E.164 phone, `page_id:psid` for Facebook, `name=value` for custom parameters.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Identifier {
+    pub kind: IdentifierKind,
+    pub value: String,
+}
+
+impl fmt::Display for Identifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind.as_str(), self.value)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdentifierParseError {
+    #[error("expected KIND:VALUE, e.g. email:jana@example.cz")]
+    MissingSeparator,
+    #[error("unknown identifier kind {0:?}; one of param, facebook, whatsapp, apple, vk, email, phone, browser")]
+    UnknownKind(String),
+    #[error("{0:?} is not a usable {1} identifier")]
+    Invalid(String, &'static str),
+}
+
+impl Identifier {
+    /// Parses the `KIND:VALUE` form that operators type on the command line, applying
+    /// the same normalization as for events so `email:Jana@Example.CZ` finds Jana.
+    pub fn parse_typed(text: &str, config: &TenantConfig) -> Result<Self, IdentifierParseError> {
+        let (kind, value) = text.split_once(':').ok_or(IdentifierParseError::MissingSeparator)?;
+        let kind: IdentifierKind = kind.parse()?;
+        let invalid = || IdentifierParseError::Invalid(value.to_owned(), kind.as_str());
+        let value = match kind {
+            IdentifierKind::Email => normalize_email(value).ok_or_else(invalid)?,
+            IdentifierKind::Phone => {
+                normalize_phone(value, config.default_phone_region.as_deref()).ok_or_else(invalid)?
+            }
+            IdentifierKind::Facebook => {
+                let (page, psid) = value.split_once(':').ok_or_else(invalid)?;
+                facebook_value(page, psid).ok_or_else(invalid)?
+            }
+            IdentifierKind::Param => {
+                let (name, v) = value.split_once('=').ok_or_else(invalid)?;
+                param_value(name, v).ok_or_else(invalid)?
+            }
+            _ => normalize_opaque(value).ok_or_else(invalid)?,
+        };
+        Ok(Identifier { kind, value })
+    }
+
+    /// For custom parameters: the parameter's name and value.
+    pub fn param_parts(&self) -> Option<(&str, &str)> {
+        (self.kind == IdentifierKind::Param).then(|| self.value.split_once('=')).flatten()
+    }
+}
+
+/// What an event says about a person once normalized: a display name (if any)
+/// and identifiers sorted by resolution priority, without duplicates.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NormalizedIdentity {
+    pub name: Option<String>,
+    pub identifiers: Vec<Identifier>,
+}
+
+impl NormalizedIdentity {
+    pub fn strongest(&self) -> Option<&Identifier> {
+        self.identifiers.iter().find(|i| i.kind.is_strong())
+    }
+}
+
+/// Normalizes an identity under the tenant's configuration. Invalid or junk values
+/// are skipped, never fatal: the event is still processed (CONTRACT 2).
+pub fn normalize(identity: &RawIdentity, config: &TenantConfig) -> NormalizedIdentity {
+    let mut identifiers = Vec::new();
+    let region = config.default_phone_region.as_deref();
+    let mut push = |kind, value: Option<String>| {
+        if let Some(value) = value {
+            identifiers.push(Identifier { kind, value });
+        }
+    };
+    for email in &identity.emails {
+        push(IdentifierKind::Email, normalize_email(email));
+    }
+    for phone in &identity.phones {
+        push(IdentifierKind::Phone, normalize_phone(phone, region));
+    }
+    if let Some(fb) = &identity.facebook_psid {
+        push(IdentifierKind::Facebook, facebook_value(&fb.page_id, &fb.psid));
+    }
+    push(IdentifierKind::Whatsapp, identity.whatsapp_id.as_deref().and_then(normalize_opaque));
+    push(IdentifierKind::Apple, identity.apple_id.as_deref().and_then(normalize_opaque));
+    push(IdentifierKind::Vk, identity.vk_id.as_deref().and_then(normalize_opaque));
+    push(IdentifierKind::Browser, identity.browser_id.as_deref().and_then(normalize_opaque));
+    // Parameters identify only when the tenant marked them so, and rank in the
+    // order the tenant listed them.
+    let mut params: Vec<(usize, Identifier)> = identity
+        .params
+        .iter()
+        .filter_map(|(name, value)| {
+            let rank = config.identifying_params.iter().position(|p| p == name)?;
+            Some((rank, Identifier { kind: IdentifierKind::Param, value: param_value(name, value)? }))
+        })
+        .collect();
+    params.sort();
+    identifiers.extend(params.into_iter().map(|(_, id)| id));
+    // Stable sort keeps the param ranking while ordering kinds by priority.
+    identifiers.sort_by_key(|i| i.kind);
+    let mut seen = std::collections::HashSet::new();
+    identifiers.retain(|i| seen.insert(i.clone()));
+    NormalizedIdentity { name: identity.name.as_deref().and_then(normalize_name), identifiers }
+}
+
+const JUNK_WORDS: [&str; 9] = ["", "null", "undefined", "n/a", "na", "none", "nil", "-", "unknown"];
+const JUNK_EMAILS: [&str; 4] = ["test@test.com", "test@example.com", "a@a.com", "noreply@noreply.com"];
+
+fn is_junk(value: &str) -> bool {
+    JUNK_WORDS.iter().any(|junk| value.eq_ignore_ascii_case(junk))
+}
+
+/// Trimmed, lower-cased, domain in IDNA ASCII form; `None` when not an address.
+pub fn normalize_email(raw: &str) -> Option<String> {
+    let trimmed = raw.trim();
+    if is_junk(trimmed) || trimmed.len() > 254 {
+        return None;
+    }
+    let (local, domain) = trimmed.rsplit_once('@')?;
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && local.chars().all(|c| !c.is_whitespace() && !c.is_control() && !"@<>()[],;:\\\"".contains(c));
+    if !local_ok {
+        return None;
+    }
+    let domain = idna::domain_to_ascii(domain).ok()?;
+    let labels_ok = domain.contains('.')
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if !labels_ok {
+        return None;
+    }
+    let email = format!("{}@{}", local.to_lowercase(), domain);
+    (!JUNK_EMAILS.contains(&email.as_str())).then_some(email)
+}
+
+/// E.164 via libphonenumber's metadata. Accepts spaces, dashes, dots, brackets and a
+/// leading `00`; numbers without a country code use the tenant's default region.
+pub fn normalize_phone(raw: &str, default_region: Option<&str>) -> Option<String> {
+    let trimmed = raw.trim();
+    if is_junk(trimmed) {
+        return None;
+    }
+    let mut digits = String::with_capacity(trimmed.len());
+    for (i, c) in trimmed.chars().enumerate() {
+        match c {
+            '0'..='9' => digits.push(c),
+            '+' if i == 0 => digits.push(c),
+            ' ' | '-' | '.' | '(' | ')' | '/' | '\u{a0}' => {}
+            _ => return None,
+        }
+    }
+    let international = if let Some(rest) = digits.strip_prefix("00") {
+        format!("+{rest}")
+    } else {
+        digits
+    };
+    let national_digits = international.trim_start_matches('+');
+    if national_digits.len() < 4 || national_digits.bytes().all(|b| b == national_digits.as_bytes()[0]) {
+        return None;
+    }
+    let region = if international.starts_with('+') {
+        None
+    } else {
+        Some(default_region?.parse::<phonenumber::country::Id>().ok()?)
+    };
+    let number = phonenumber::parse(region, &international).ok()?;
+    if !phonenumber::is_valid(&number) {
+        return None;
+    }
+    Some(number.format().mode(phonenumber::Mode::E164).to_string())
+}
+
+/// Trimmed, inner white space collapsed, Unicode NFC.
+pub fn normalize_name(raw: &str) -> Option<String> {
+    let collapsed = raw.split_whitespace().collect::<Vec<_>>().join(" ");
+    if is_junk(&collapsed) {
+        return None;
+    }
+    Some(collapsed.nfc().collect())
+}
+
+/// Channel ids are opaque: trimmed, otherwise kept as sent.
+pub fn normalize_opaque(raw: &str) -> Option<String> {
+    let trimmed = raw.trim();
+    (!is_junk(trimmed)).then(|| trimmed.to_owned())
+}
+
+/// A PSID is unique only within its page, so the page is part of the identifier.
+fn facebook_value(page_id: &str, psid: &str) -> Option<String> {
+    Some(format!("{}:{}", normalize_opaque(page_id)?, normalize_opaque(psid)?))
+}
+
+fn param_value(name: &str, value: &str) -> Option<String> {
+    let name = name.trim();
+    if name.is_empty() || name.contains('=') {
+        return None;
+    }
+    Some(format!("{name}={}", normalize_opaque(value)?))
+}
+
+/// Validates a tenant's default region the same way phones use it.
+pub fn is_known_region(region: &str) -> bool {
+    region.parse::<phonenumber::country::Id>().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cz() -> TenantConfig {
+        TenantConfig { default_phone_region: Some("CZ".into()), ..TenantConfig::default() }
+    }
+
+    #[test]
+    fn emails_are_trimmed_lowercased_and_idna_encoded() {
+        assert_eq!(normalize_email(" Jana.Novakova@Example.CZ ").as_deref(), Some("jana.novakova@example.cz"));
+        assert_eq!(normalize_email("petr@Příklad.cz").as_deref(), Some("petr@xn--pklad-zsa96e.cz"));
+    }
+
+    #[test]
+    fn invalid_and_junk_emails_are_not_identifiers() {
+        for junk in ["", "null", "n/a", "test@test.com", "no-at-sign", "a@b", "a b@c.cz", "@x.cz", "a@-x.cz", "a..b@x.cz"]
+        {
+            assert_eq!(normalize_email(junk), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn phones_become_e164_whatever_the_punctuation() {
+        for raw in ["+420 777 123 456", "00420 777 123 456", "+420-777.123(456)", "777 123 456"] {
+            assert_eq!(normalize_phone(raw, Some("CZ")).as_deref(), Some("+420777123456"), "{raw}");
+        }
+    }
+
+    #[test]
+    fn phones_without_country_code_need_a_default_region() {
+        assert_eq!(normalize_phone("777 123 456", None), None);
+        assert_eq!(normalize_phone("777 123 456", Some("XX")), None);
+    }
+
+    #[test]
+    fn junk_and_unparseable_phones_are_not_identifiers() {
+        for junk in ["+420 000 000 000", "1111111", "call me", "+1 23", "undefined"] {
+            assert_eq!(normalize_phone(junk, Some("CZ")), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn names_are_trimmed_collapsed_and_nfc() {
+        assert_eq!(normalize_name("  Jana   Nováková ").as_deref(), Some("Jana Nováková"));
+        assert_eq!(normalize_name("Nova\u{301}kova\u{301}").as_deref(), Some("Nováková"));
+        assert_eq!(normalize_name(" undefined "), None);
+    }
+
+    #[test]
+    fn identity_is_sorted_by_priority_and_params_need_configuration() {
+        let identity = RawIdentity {
+            emails: vec!["A@X.CZ".into(), "a@x.cz".into()],
+            phones: vec!["777 123 456".into()],
+            browser_id: Some("b-1".into()),
+            whatsapp_id: Some(" 420777123456 ".into()),
+            params: [("crm_id".to_owned(), "C-1".to_owned()), ("color".to_owned(), "red".to_owned())].into(),
+            ..RawIdentity::default()
+        };
+        let config = TenantConfig { identifying_params: vec!["crm_id".into()], ..cz() };
+        let kinds: Vec<String> = normalize(&identity, &config).identifiers.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            kinds,
+            ["param:crm_id=C-1", "whatsapp:420777123456", "email:a@x.cz", "phone:+420777123456", "browser:b-1"]
+        );
+    }
+
+    #[test]
+    fn facebook_psids_are_scoped_by_page() {
+        let config = TenantConfig::default();
+        let a = Identifier::parse_typed("facebook:page-a:123", &config).unwrap();
+        let b = Identifier::parse_typed("facebook:page-b:123", &config).unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn typed_identifiers_are_normalized_like_events() {
+        let id = Identifier::parse_typed("phone:00420 777 123 456", &cz()).unwrap();
+        assert_eq!(id.to_string(), "phone:+420777123456");
+        assert_eq!(Identifier::parse_typed("fax:1", &cz()), Err(IdentifierParseError::UnknownKind("fax".into())));
+        assert!(Identifier::parse_typed("email:nope", &cz()).is_err());
+    }
+}

@@ -1,0 +1,20 @@
+//! contactd turns customer-service conversation events into a living contact
+//! directory: one contact per real customer, a timeline of every interaction and
+//! a full-text index over it. See the README for the architecture.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod event;
+pub mod corpus;
+pub mod identity;
+pub mod index;
+pub mod model;
+pub mod pipeline;
+pub mod publish;
+pub mod resolve;
+pub mod source;
+pub mod store;
+pub mod telemetry;

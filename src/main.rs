@@ -1,0 +1,22 @@
+//! The `contactd` binary: parse flags, start telemetry, load config, run.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = contactd::cli::Cli::parse();
+    let config = match contactd::config::Config::load(cli.config.as_deref(), &cli.overrides()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("contactd: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    contactd::telemetry::init(&config.log);
+    match contactd::app::run(cli.command, &config) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("contactd: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

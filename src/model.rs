@@ -1,0 +1,402 @@
+//! The directory's domain records, shared by resolution, stores, the index and the
+//! outputs: contacts, sessions, identifier claims, timeline entries and changes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::event::Channel;
+use crate::identity::{Identifier, IdentifierKind};
+
+pub const CHANGE_SCHEMA_V1: &str = "directory-change/v1";
+
+/// An instant with microsecond precision, UTC. Serialized as RFC 3339.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    pub fn from_micros(micros: i64) -> Self {
+        Self(micros)
+    }
+
+    pub fn micros(self) -> i64 {
+        self.0
+    }
+
+    /// Requires an explicit offset, as the contract does.
+    pub fn parse_rfc3339(text: &str) -> Option<Self> {
+        let parsed = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+        i64::try_from(parsed.unix_timestamp_nanos() / 1_000).ok().map(Self)
+    }
+
+    pub fn to_rfc3339(self) -> String {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .unwrap_or_else(|| self.0.to_string())
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_rfc3339())
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Self::parse_rfc3339(&text).ok_or_else(|| serde::de::Error::custom("expected an RFC 3339 timestamp"))
+    }
+}
+
+/// `[A-Za-z0-9._-]{1,64}`, checked once at the edge.
+pub fn valid_tenant_id(tenant: &str) -> bool {
+    (1..=64).contains(&tenant.len()) && tenant.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Ids derived from the causing event, so a redelivery or a replay after a crash
+/// produces the same contact and change ids.
+pub fn derived_id(prefix: &str, parts: &[&str]) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for part in parts {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    let hash = hasher.finalize();
+    let hex = hash.to_hex();
+    format!("{prefix}{}", &hex.as_str()[..24])
+}
+
+/// The point in an ordering at which a field was written: `occurred_at`, then the
+/// event id so that two writes at the same instant still have one winner.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Version {
+    pub at: Timestamp,
+    pub event_id: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantConfig {
+    pub identifying_params: Vec<String>,
+    pub default_phone_region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Version>,
+}
+
+/// Operator names outrank guest names whatever their age (CONTRACT 3.5); within
+/// one source the newer write wins. The derived order encodes exactly that.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NameSource {
+    Guest,
+    Operator,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameField {
+    pub value: String,
+    pub source: NameSource,
+    pub version: Version,
+}
+
+impl NameField {
+    pub fn supersedes(&self, current: Option<&NameField>) -> bool {
+        current.is_none_or(|current| (self.source, &self.version) > (current.source, &current.version))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnedIdentifier {
+    pub identifier: Identifier,
+    pub added_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    pub id: String,
+    pub name: Option<NameField>,
+    pub identifiers: Vec<OwnedIdentifier>,
+    pub created_at: Timestamp,
+}
+
+impl Contact {
+    pub fn owns(&self, identifier: &Identifier) -> bool {
+        self.identifiers.iter().any(|owned| &owned.identifier == identifier)
+    }
+
+    pub fn state(&self) -> ContactState {
+        let mut state = ContactState { name: self.name.as_ref().map(|n| n.value.clone()), ..ContactState::default() };
+        let mut params: BTreeMap<String, (Timestamp, String)> = BTreeMap::new();
+        for owned in &self.identifiers {
+            let id = &owned.identifier;
+            let list = match id.kind {
+                IdentifierKind::Email => &mut state.emails,
+                IdentifierKind::Phone => &mut state.phones,
+                IdentifierKind::Facebook => &mut state.channel_ids.facebook,
+                IdentifierKind::Whatsapp => &mut state.channel_ids.whatsapp,
+                IdentifierKind::Apple => &mut state.channel_ids.apple,
+                IdentifierKind::Vk => &mut state.channel_ids.vk,
+                IdentifierKind::Browser => &mut state.channel_ids.browser,
+                IdentifierKind::Param => {
+                    // A contact may hold several values of one parameter over time;
+                    // the snapshot shows the newest (last writer wins).
+                    if let Some((name, value)) = id.param_parts() {
+                        let candidate = (owned.added_at, value.to_owned());
+                        let slot = params.entry(name.to_owned()).or_insert_with(|| candidate.clone());
+                        if candidate > *slot {
+                            *slot = candidate;
+                        }
+                    }
+                    continue;
+                }
+            };
+            list.push(id.value.clone());
+        }
+        for list in [
+            &mut state.emails,
+            &mut state.phones,
+            &mut state.channel_ids.facebook,
+            &mut state.channel_ids.whatsapp,
+            &mut state.channel_ids.apple,
+            &mut state.channel_ids.vk,
+            &mut state.channel_ids.browser,
+        ] {
+            list.sort();
+        }
+        state.params = params.into_iter().map(|(name, (_, value))| (name, value)).collect();
+        state
+    }
+}
+
+/// A contact row: alive, merged into another (a redirect), or erased (a tombstone
+/// that keeps older events from bringing it back).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ContactRecord {
+    Active(Contact),
+    Merged { into: String },
+    Deleted { at: Timestamp },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub contact_id: Option<String>,
+    /// Set when the session's contact was erased: older events of the session are
+    /// part of the erased history.
+    pub erased_at: Option<Timestamp>,
+    /// Identifiers seen while the session had no contact (a browser id, say):
+    /// claimed by the contact the session resolves to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_identifiers: Vec<Identifier>,
+}
+
+/// Who holds an identifier: a contact, or nobody since `at` (released by an
+/// operator, or erased with its contact).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Claim {
+    Owned { contact_id: String },
+    Released { at: Timestamp, erased: bool },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EntryKind {
+    #[serde(rename = "session.started")]
+    SessionStarted,
+    #[serde(rename = "message")]
+    Message,
+    #[serde(rename = "session.ended")]
+    SessionEnded,
+    #[serde(rename = "email")]
+    Email,
+    #[serde(rename = "call")]
+    Call,
+    #[serde(rename = "note")]
+    Note,
+    #[serde(rename = "contact.created")]
+    ContactCreated,
+    #[serde(rename = "name.set")]
+    NameSet,
+    #[serde(rename = "identifier.added")]
+    IdentifierAdded,
+    #[serde(rename = "identifier.removed")]
+    IdentifierRemoved,
+    #[serde(rename = "identity.conflict")]
+    IdentityConflict,
+    #[serde(rename = "session.linked")]
+    SessionLinked,
+    #[serde(rename = "session.unlinked")]
+    SessionUnlinked,
+    #[serde(rename = "contact.merged")]
+    ContactMerged,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SessionStarted => "session.started",
+            Self::Message => "message",
+            Self::SessionEnded => "session.ended",
+            Self::Email => "email",
+            Self::Call => "call",
+            Self::Note => "note",
+            Self::ContactCreated => "contact.created",
+            Self::NameSet => "name.set",
+            Self::IdentifierAdded => "identifier.added",
+            Self::IdentifierRemoved => "identifier.removed",
+            Self::IdentityConflict => "identity.conflict",
+            Self::SessionLinked => "session.linked",
+            Self::SessionUnlinked => "session.unlinked",
+            Self::ContactMerged => "contact.merged",
+        }
+    }
+}
+
+/// One line of a contact's history. `entry_id` is unique within a tenant and
+/// derived from the causing event, so replays overwrite instead of duplicating.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub entry_id: String,
+    pub occurred_at: Timestamp,
+    pub channel: Channel,
+    pub session_id: Option<String>,
+    pub kind: EntryKind,
+    pub text: String,
+    pub details: serde_json::Value,
+}
+
+/// Where a page of a timeline starts: strictly older than this position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimelineCursor {
+    pub occurred_at: Timestamp,
+    pub entry_id: String,
+}
+
+impl TimelineCursor {
+    pub fn encode(&self) -> String {
+        format!("{}/{}", self.occurred_at.micros(), self.entry_id)
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        let (micros, entry_id) = text.split_once('/')?;
+        Some(Self { occurred_at: Timestamp::from_micros(micros.parse().ok()?), entry_id: entry_id.to_owned() })
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelIds {
+    pub facebook: Vec<String>,
+    pub whatsapp: Vec<String>,
+    pub apple: Vec<String>,
+    pub vk: Vec<String>,
+    pub browser: Vec<String>,
+}
+
+/// A contact's fields as outputs show them (CONTRACT 5 and 7).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactState {
+    pub name: Option<String>,
+    pub emails: Vec<String>,
+    pub phones: Vec<String>,
+    pub channel_ids: ChannelIds,
+    pub params: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ChangeKind {
+    #[serde(rename = "contact.created")]
+    ContactCreated,
+    #[serde(rename = "contact.updated")]
+    ContactUpdated,
+    #[serde(rename = "identifier.added")]
+    IdentifierAdded,
+    #[serde(rename = "identifier.removed")]
+    IdentifierRemoved,
+    #[serde(rename = "identity.conflict")]
+    IdentityConflict,
+    #[serde(rename = "session.linked")]
+    SessionLinked,
+    #[serde(rename = "session.unlinked")]
+    SessionUnlinked,
+    #[serde(rename = "contact.merged")]
+    ContactMerged,
+    #[serde(rename = "contact.deleted")]
+    ContactDeleted,
+    #[serde(rename = "timeline.appended")]
+    TimelineAppended,
+}
+
+/// One outbound directory change (CONTRACT 5).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub schema: String,
+    pub change_id: String,
+    pub tenant_id: String,
+    pub contact_id: String,
+    #[serde(rename = "type")]
+    pub kind: ChangeKind,
+    pub occurred_at: Timestamp,
+    pub caused_by: String,
+    pub data: serde_json::Value,
+}
+
+/// One line of the directory snapshot (CONTRACT 7).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedContact {
+    pub tenant_id: String,
+    pub contact_id: String,
+    #[serde(flatten)]
+    pub state: ContactState,
+    pub sessions: Vec<String>,
+    pub timeline_entries: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(value: &str, source: NameSource, at: i64) -> NameField {
+        NameField {
+            value: value.into(),
+            source,
+            version: Version { at: Timestamp::from_micros(at), event_id: format!("e{at}") },
+        }
+    }
+
+    #[test]
+    fn an_operator_name_outranks_any_guest_name() {
+        let operator = name("Op", NameSource::Operator, 1);
+        let newer_guest = name("Guest", NameSource::Guest, 99);
+        assert!(operator.supersedes(Some(&newer_guest)));
+        assert!(!newer_guest.supersedes(Some(&operator)));
+    }
+
+    #[test]
+    fn within_one_source_the_newer_name_wins() {
+        assert!(name("B", NameSource::Guest, 2).supersedes(Some(&name("A", NameSource::Guest, 1))));
+        assert!(!name("A", NameSource::Guest, 1).supersedes(Some(&name("B", NameSource::Guest, 2))));
+    }
+
+    #[test]
+    fn timestamps_round_trip_through_rfc3339_in_utc() {
+        let t = Timestamp::parse_rfc3339("2026-11-02T10:00:00.123456+01:00").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-02T09:00:00.123456Z");
+        assert_eq!(Timestamp::parse_rfc3339("2026-11-02T10:00:00"), None);
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_separate_their_parts() {
+        assert_eq!(derived_id("c", &["acme", "e1"]), derived_id("c", &["acme", "e1"]));
+        assert_ne!(derived_id("c", &["ac", "me1"]), derived_id("c", &["acme", "1"]));
+    }
+}

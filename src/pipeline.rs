@@ -1,0 +1,248 @@
+//! The pipeline: decode -> normalize -> resolve -> store -> changes, one batch per
+//! write unit. `process_batch` is the step function every runner drives (the
+//! JSONL ingest today); `follow_changes` keeps the index current from the outbox.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use crate::event::{self, Event};
+use crate::index::{IndexError, SearchIndex};
+use crate::publish::{ChangeLog, ChangeSink, DeadLetter};
+use crate::resolve::{self, Resolution};
+use crate::source::RawRecord;
+use crate::store::{Store, StoreError};
+
+/// What a batch did, summed over a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub records: u64,
+    pub applied: u64,
+    pub duplicates: u64,
+    /// Accepted but without effect, by reason (events of erased history).
+    pub skipped: BTreeMap<&'static str, u64>,
+    /// Sent to the dead letters, by reason.
+    pub rejected: BTreeMap<&'static str, u64>,
+    pub contacts_created: u64,
+    pub entries_appended: u64,
+}
+
+impl Report {
+    pub fn add(&mut self, other: &Report) {
+        self.records += other.records;
+        self.applied += other.applied;
+        self.duplicates += other.duplicates;
+        self.contacts_created += other.contacts_created;
+        self.entries_appended += other.entries_appended;
+        for (reason, n) in &other.skipped {
+            *self.skipped.entry(reason).or_default() += n;
+        }
+        for (reason, n) in &other.rejected {
+            *self.rejected.entry(reason).or_default() += n;
+        }
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+}
+
+/// A record the pipeline could not process, to be dead-lettered by the runner
+/// once the batch is durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub index: usize,
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+impl Rejection {
+    pub fn letter<'a>(&'a self, batch: &'a [RawRecord]) -> DeadLetter<'a> {
+        let record = &batch[self.index];
+        DeadLetter { payload: &record.payload, reason: self.reason, detail: self.detail.clone(), origin: &record.origin }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub report: Report,
+    pub rejections: Vec<Rejection>,
+}
+
+/// Decodes a batch, then resolves and applies each event in order inside one
+/// write unit. On a store error nothing of the batch is kept, so the caller may
+/// retry it whole.
+pub fn process_batch<S: Store + ChangeSink>(store: &mut S, batch: &[RawRecord]) -> Result<BatchOutcome, StoreError> {
+    let mut outcome = BatchOutcome::default();
+    let mut events: Vec<(usize, Event)> = Vec::with_capacity(batch.len());
+    for (index, record) in batch.iter().enumerate() {
+        match event::decode(&record.payload) {
+            Ok(event) => events.push((index, event)),
+            Err(error) => outcome.rejections.push(Rejection { index, reason: error.code(), detail: error.to_string() }),
+        }
+    }
+    store.begin()?;
+    match apply_events(store, &events, &mut outcome) {
+        Ok(()) => store.commit()?,
+        Err(error) => {
+            if let Err(rollback) = store.rollback() {
+                warn!(error = %rollback, "rollback failed");
+            }
+            return Err(error);
+        }
+    }
+    outcome.report.records = batch.len() as u64;
+    for rejection in &outcome.rejections {
+        *outcome.report.rejected.entry(rejection.reason).or_default() += 1;
+    }
+    outcome.rejections.sort_by_key(|r| r.index);
+    Ok(outcome)
+}
+
+fn apply_events<S: Store + ChangeSink>(store: &mut S, events: &[(usize, Event)], outcome: &mut BatchOutcome) -> Result<(), StoreError> {
+    for (index, event) in events {
+        let span = tracing::debug_span!("event", tenant = %event.tenant_id, event_id = %event.event_id, kind = event.body.type_name());
+        let _entered = span.enter();
+        match resolve::resolve(event, &*store)? {
+            Resolution::Duplicate => {
+                outcome.report.duplicates += 1;
+                debug!("duplicate event");
+            }
+            Resolution::Skipped(skip, plan) => {
+                store.apply(&event.tenant_id, &plan.mutations)?;
+                *outcome.report.skipped.entry(skip.code()).or_default() += 1;
+                debug!(reason = skip.code(), "event skipped");
+            }
+            Resolution::Rejected(why) => {
+                outcome.rejections.push(Rejection { index: *index, reason: why.code(), detail: why.to_string() });
+            }
+            Resolution::Applied(plan) => {
+                store.apply(&event.tenant_id, &plan.mutations)?;
+                store.publish(&plan.changes)?;
+                outcome.report.applied += 1;
+                outcome.report.contacts_created += u64::from(plan.contacts_created);
+                outcome.report.entries_appended += u64::from(plan.entries_appended);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Retries a batch on transient store failures with exponential backoff; any
+/// other failure stops the run.
+pub fn process_batch_with_retry<S: Store + ChangeSink>(
+    store: &mut S,
+    batch: &[RawRecord],
+    max_attempts: u32,
+) -> Result<BatchOutcome, StoreError> {
+    let mut delay = Duration::from_millis(50);
+    let mut attempt = 1;
+    loop {
+        match process_batch(store, batch) {
+            Err(error) if error.is_transient() && attempt < max_attempts => {
+                warn!(attempt, error = %error, "store busy, retrying batch");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(5));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FollowOptions {
+    pub writer_memory_bytes: usize,
+    /// Commit at least this often while changes arrive, bounding how stale search is.
+    pub commit_interval: Duration,
+    /// ... or after this many index operations, bounding memory and replay work.
+    pub commit_every_ops: usize,
+    /// How long to wait for another process's index writer before giving up; the
+    /// changes stay in the outbox for the next run.
+    pub lock_wait: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FollowReport {
+    pub changes: u64,
+    pub commits: u64,
+    /// False when the writer lock stayed with another process for `lock_wait`.
+    pub indexed: bool,
+}
+
+const CHANGES_PER_READ: usize = 4096;
+const IDLE_POLL: Duration = Duration::from_millis(20);
+
+/// Applies the change log to the index until `producer_done` is set and the log
+/// is drained. Resumes from the position recorded in the index's last commit and
+/// trims the log behind each commit.
+pub fn follow_changes<L: ChangeLog>(
+    log: &mut L,
+    index: &SearchIndex,
+    options: &FollowOptions,
+    producer_done: &AtomicBool,
+) -> Result<FollowReport, FollowError> {
+    let mut report = FollowReport::default();
+    let waiting_since = Instant::now();
+    let mut writer = loop {
+        match index.writer(options.writer_memory_bytes) {
+            Ok(writer) => break writer,
+            Err(IndexError::WriterBusy) if waiting_since.elapsed() < options.lock_wait => std::thread::sleep(Duration::from_millis(100)),
+            Err(IndexError::WriterBusy) => {
+                warn!("index writer held by another process; changes stay queued for the next run");
+                return Ok(report);
+            }
+            Err(other) => return Err(other.into()),
+        }
+    };
+    let mut applied_through = index.applied_through()?;
+    let mut committed_through = applied_through;
+    let mut last_commit = Instant::now();
+    loop {
+        let done = producer_done.load(Ordering::Acquire);
+        let changes = log.read_after(applied_through, CHANGES_PER_READ)?;
+        if changes.is_empty() {
+            if done {
+                break;
+            }
+            if applied_through > committed_through && last_commit.elapsed() >= options.commit_interval {
+                writer.commit(applied_through)?;
+                log.trim_through(applied_through)?;
+                committed_through = applied_through;
+                report.commits += 1;
+                last_commit = Instant::now();
+            }
+            std::thread::sleep(IDLE_POLL);
+            continue;
+        }
+        for (seq, change) in &changes {
+            writer.apply(change, *seq)?;
+            applied_through = *seq;
+            report.changes += 1;
+        }
+        if writer.pending_ops() >= options.commit_every_ops || last_commit.elapsed() >= options.commit_interval {
+            writer.commit(applied_through)?;
+            log.trim_through(applied_through)?;
+            committed_through = applied_through;
+            report.commits += 1;
+            last_commit = Instant::now();
+        }
+    }
+    if applied_through > committed_through || report.commits == 0 {
+        writer.commit(applied_through)?;
+        log.trim_through(applied_through)?;
+        report.commits += 1;
+    }
+    report.indexed = true;
+    Ok(report)
+}

@@ -1,0 +1,36 @@
+//! The publish seam: where change events and dead letters go once an event's
+//! effects are durable. Embedded runs keep changes in the store's outbox, which
+//! the in-process indexer tails; dead letters go to a JSONL file.
+
+pub mod jsonl;
+
+use crate::model::Change;
+use crate::store::StoreResult;
+
+/// Receives the change events of applied events, in processing order.
+pub trait ChangeSink {
+    fn publish(&mut self, changes: &[Change]) -> StoreResult<()>;
+}
+
+/// A durable, ordered log of changes that a consumer reads by sequence number.
+pub trait ChangeLog {
+    /// Changes with a sequence number above `after`, oldest first.
+    fn read_after(&self, after: u64, limit: usize) -> StoreResult<Vec<(u64, Change)>>;
+    /// Forgets changes every consumer has made durable.
+    fn trim_through(&mut self, seq: u64) -> StoreResult<()>;
+}
+
+/// Where an input that cannot be processed goes, unchanged, with why and from where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter<'a> {
+    pub payload: &'a [u8],
+    pub reason: &'static str,
+    pub detail: String,
+    pub origin: &'a crate::source::Origin,
+}
+
+pub trait DeadLetterSink {
+    fn send(&mut self, letter: DeadLetter<'_>) -> std::io::Result<()>;
+    /// Makes everything sent so far durable.
+    fn flush(&mut self) -> std::io::Result<()>;
+}

@@ -1,0 +1,681 @@
+//! Resolution (CONTRACT section 3): decides which contact an event belongs to and
+//! what changes, as a plan of mutations plus outbound changes. Pure: it reads
+//! through `DirectoryView` and writes nothing, so it knows no Kafka and no SQL.
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+
+use crate::event::{EmailDirection, Event, EventBody, IdentitySource};
+use crate::identity::{self, Identifier, IdentifierKind, NormalizedIdentity};
+use crate::model::{
+    CHANGE_SCHEMA_V1, Change, ChangeKind, Claim, Contact, ContactRecord, EntryKind, NameField, NameSource, OwnedIdentifier,
+    SessionRecord, TenantConfig, TimelineEntry, Timestamp, Version, derived_id,
+};
+use crate::store::{DirectoryView, Mutation, StoreResult};
+
+/// Redirect chains longer than this mean corrupt data, not a real merge history.
+const MAX_REDIRECTS: usize = 64;
+
+/// Why an event was accepted but changed nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// It belongs to history that a later `contact.deleted` erased (CONTRACT 3.8).
+    Erased,
+}
+
+impl Skip {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Erased => "erased",
+        }
+    }
+}
+
+/// Why a well-formed event cannot be applied: it goes to the dead letters.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unresolvable {
+    #[error("contact {0:?} is not in the directory")]
+    UnknownContact(String),
+}
+
+impl Unresolvable {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownContact(_) => "unknown_contact",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub mutations: Vec<Mutation>,
+    pub changes: Vec<Change>,
+    pub contacts_created: u32,
+    pub entries_appended: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resolution {
+    /// The same `event_id` was processed before: nothing to do.
+    Duplicate,
+    /// Accepted and recorded as seen, with no other effect.
+    Skipped(Skip, Plan),
+    Rejected(Unresolvable),
+    Applied(Plan),
+}
+
+pub fn resolve<V: DirectoryView + ?Sized>(event: &Event, view: &V) -> StoreResult<Resolution> {
+    if view.event_seen(&event.tenant_id, &event.event_id)? {
+        return Ok(Resolution::Duplicate);
+    }
+    let config = view.tenant_config(&event.tenant_id)?.unwrap_or_default();
+    let mut resolver = Resolver { event, view, config, plan: Plan::default(), contacts: HashMap::new(), entries: 0 };
+    resolver.plan.mutations.push(Mutation::MarkSeen { event_id: event.event_id.clone() });
+    let step = match &event.body {
+        EventBody::TenantConfigured { identifying_params, default_phone_region } => {
+            resolver.configure(identifying_params, default_phone_region.as_deref())
+        }
+        EventBody::ContactDeleted => resolver.delete(),
+        EventBody::SessionLinked => resolver.link(),
+        EventBody::SessionUnlinked => resolver.unlink(),
+        _ => resolver.interaction(),
+    }?;
+    Ok(match step {
+        Step::Done => Resolution::Applied(resolver.finish()),
+        Step::Skip(skip) => {
+            resolver.plan.mutations.truncate(1);
+            resolver.plan.changes.clear();
+            Resolution::Skipped(skip, resolver.plan)
+        }
+        Step::Reject(why) => Resolution::Rejected(why),
+    })
+}
+
+enum Step {
+    Done,
+    Skip(Skip),
+    Reject(Unresolvable),
+}
+
+enum Target {
+    Active(String),
+    Deleted(Timestamp),
+    Unknown,
+}
+
+enum Lookup {
+    Owner(String),
+    Erased,
+    Nobody,
+}
+
+struct Resolver<'a, V: ?Sized> {
+    event: &'a Event,
+    view: &'a V,
+    config: TenantConfig,
+    plan: Plan,
+    /// Working copies of the live contacts this event touches, written once in `finish`.
+    contacts: HashMap<String, Contact>,
+    entries: u32,
+}
+
+impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
+    fn tenant(&self) -> &str {
+        &self.event.tenant_id
+    }
+
+    fn version(&self) -> Version {
+        Version { at: self.event.occurred_at, event_id: self.event.event_id.clone() }
+    }
+
+    fn configure(&mut self, identifying_params: &[String], default_phone_region: Option<&str>) -> StoreResult<Step> {
+        let version = self.version();
+        if self.config.version.as_ref().is_none_or(|current| *current < version) {
+            self.plan.mutations.push(Mutation::PutTenantConfig(TenantConfig {
+                identifying_params: identifying_params.to_vec(),
+                default_phone_region: default_phone_region.map(str::to_ascii_uppercase),
+                version: Some(version),
+            }));
+        }
+        Ok(Step::Done)
+    }
+
+    /// Follows merge redirects to the live contact, if any.
+    fn follow(&mut self, contact_id: &str) -> StoreResult<Target> {
+        let mut id = contact_id.to_owned();
+        for _ in 0..MAX_REDIRECTS {
+            if self.contacts.contains_key(&id) {
+                return Ok(Target::Active(id));
+            }
+            match self.view.contact(self.tenant(), &id)? {
+                Some(ContactRecord::Active(contact)) => {
+                    self.contacts.insert(id.clone(), contact);
+                    return Ok(Target::Active(id));
+                }
+                Some(ContactRecord::Merged { into }) => id = into,
+                Some(ContactRecord::Deleted { at }) => return Ok(Target::Deleted(at)),
+                None => return Ok(Target::Unknown),
+            }
+        }
+        Err(crate::store::StoreError::Corrupt(format!("redirect loop from contact {contact_id}")))
+    }
+
+    fn contact(&mut self, id: &str) -> &mut Contact {
+        self.contacts.get_mut(id).expect("working copy loaded by follow or create")
+    }
+
+    /// The live owner of an identifier, or whether it was erased after this event.
+    fn lookup(&mut self, identifier: &Identifier) -> StoreResult<Lookup> {
+        let occurred_at = self.event.occurred_at;
+        Ok(match self.view.claim(self.tenant(), identifier)? {
+            Some(Claim::Owned { contact_id }) => match self.follow(&contact_id)? {
+                Target::Active(id) => Lookup::Owner(id),
+                Target::Deleted(at) if occurred_at < at => Lookup::Erased,
+                _ => Lookup::Nobody,
+            },
+            Some(Claim::Released { at, erased: true }) if occurred_at < at => Lookup::Erased,
+            _ => Lookup::Nobody,
+        })
+    }
+
+    fn entry(&mut self, kind: EntryKind, session_id: Option<&str>, text: String, details: Value) -> TimelineEntry {
+        let entry_id = match self.entries {
+            0 => self.event.event_id.clone(),
+            n => format!("{}#{n}", self.event.event_id),
+        };
+        self.entries += 1;
+        TimelineEntry {
+            entry_id,
+            occurred_at: self.event.occurred_at,
+            channel: self.event.channel,
+            session_id: session_id.map(str::to_owned),
+            kind,
+            text,
+            details,
+        }
+    }
+
+    fn change(&mut self, contact_id: &str, kind: ChangeKind, data: Value) {
+        let n = self.plan.changes.len().to_string();
+        let change_id = derived_id("chg-", &[self.tenant(), &self.event.event_id, &n]);
+        self.plan.changes.push(Change {
+            schema: CHANGE_SCHEMA_V1.to_owned(),
+            change_id,
+            tenant_id: self.event.tenant_id.clone(),
+            contact_id: contact_id.to_owned(),
+            kind,
+            occurred_at: self.event.occurred_at,
+            caused_by: self.event.event_id.clone(),
+            data,
+        });
+    }
+
+    fn append(&mut self, contact_id: &str, entry: TimelineEntry) {
+        self.change(contact_id, ChangeKind::TimelineAppended, json!({ "entry": entry }));
+        self.plan.mutations.push(Mutation::PutEntry { contact_id: contact_id.to_owned(), entry });
+        self.plan.entries_appended += 1;
+    }
+
+    /// Records a change of contact details both as a change event and in the timeline.
+    fn record(&mut self, contact_id: &str, change: ChangeKind, entry: EntryKind, text: String, details: Value) {
+        self.change(contact_id, change, details.clone());
+        let session = self.event.session_id.clone();
+        let entry = self.entry(entry, session.as_deref(), text, details);
+        self.plan.mutations.push(Mutation::PutEntry { contact_id: contact_id.to_owned(), entry: entry.clone() });
+        self.change(contact_id, ChangeKind::TimelineAppended, json!({ "entry": entry }));
+        self.plan.entries_appended += 1;
+    }
+
+    fn create(&mut self, contact_id: String) {
+        let contact = Contact { id: contact_id.clone(), name: None, identifiers: Vec::new(), created_at: self.event.occurred_at };
+        self.contacts.insert(contact_id.clone(), contact);
+        self.plan.contacts_created += 1;
+        self.change(&contact_id, ChangeKind::ContactCreated, json!({}));
+        let entry = self.entry(EntryKind::ContactCreated, None, "contact created".into(), json!({ "by_event": self.event.body.type_name() }));
+        self.append(&contact_id, entry);
+    }
+
+    fn attach_session(&mut self, session_id: &str, record: SessionRecord, contact_id: &str, by_operator: bool) -> StoreResult<()> {
+        let tenant = self.tenant().to_owned();
+        self.plan.mutations.push(Mutation::PutSession {
+            session_id: session_id.to_owned(),
+            record: SessionRecord { contact_id: Some(contact_id.to_owned()), waiting_identifiers: Vec::new(), ..record },
+        });
+        self.plan.mutations.push(Mutation::LinkSession { contact_id: contact_id.to_owned(), session_id: session_id.to_owned() });
+        let pending = self.view.pending(&tenant, session_id)?;
+        if !pending.is_empty() {
+            self.plan.mutations.push(Mutation::ClearPending { session_id: session_id.to_owned() });
+        }
+        for entry in pending {
+            self.append(contact_id, entry);
+        }
+        let by = if by_operator { "operator" } else { "resolution" };
+        self.change(contact_id, ChangeKind::SessionLinked, json!({ "session_id": session_id, "by": by }));
+        if by_operator {
+            let entry = self.entry(
+                EntryKind::SessionLinked,
+                None,
+                format!("session {session_id} linked by an operator"),
+                json!({ "session_id": session_id }),
+            );
+            self.append(contact_id, entry);
+        }
+        Ok(())
+    }
+
+    /// Attaches identifiers nobody owns; records a conflict for those owned by
+    /// someone else (never moves them, CONTRACT 3.4).
+    fn claim_all(&mut self, contact_id: &str, identifiers: &[Identifier]) -> StoreResult<()> {
+        let occurred_at = self.event.occurred_at;
+        for identifier in identifiers {
+            if self.contact(contact_id).owns(identifier) {
+                continue;
+            }
+            match self.view.claim(self.tenant(), identifier)? {
+                Some(Claim::Owned { contact_id: owner }) => {
+                    if let Target::Active(owner) = self.follow(&owner)?
+                        && owner != contact_id
+                    {
+                        let details = json!({ "identifier": identifier.to_string(), "owner_contact_id": owner });
+                        let text = format!("{identifier} belongs to contact {owner}; left there for an operator to settle");
+                        self.record(contact_id, ChangeKind::IdentityConflict, EntryKind::IdentityConflict, text, details);
+                        continue;
+                    }
+                }
+                // Removed or erased after this event happened: a late event must
+                // not bring it back (last writer wins).
+                Some(Claim::Released { at, .. }) if occurred_at < at => continue,
+                _ => {}
+            }
+            self.plan.mutations.push(Mutation::SetClaim {
+                identifier: identifier.clone(),
+                claim: Claim::Owned { contact_id: contact_id.to_owned() },
+            });
+            self.contact(contact_id).identifiers.push(OwnedIdentifier { identifier: identifier.clone(), added_at: occurred_at });
+            let details = json!({ "identifier": identifier.to_string() });
+            self.record(contact_id, ChangeKind::IdentifierAdded, EntryKind::IdentifierAdded, format!("{identifier} added"), details);
+        }
+        Ok(())
+    }
+
+    fn release_all(&mut self, contact_id: &str, identifiers: &[Identifier]) {
+        let occurred_at = self.event.occurred_at;
+        for identifier in identifiers {
+            let contact = self.contact(contact_id);
+            let Some(position) = contact.identifiers.iter().position(|o| &o.identifier == identifier && o.added_at <= occurred_at)
+            else {
+                continue;
+            };
+            contact.identifiers.remove(position);
+            self.plan.mutations.push(Mutation::SetClaim {
+                identifier: identifier.clone(),
+                claim: Claim::Released { at: occurred_at, erased: false },
+            });
+            let details = json!({ "identifier": identifier.to_string() });
+            self.record(contact_id, ChangeKind::IdentifierRemoved, EntryKind::IdentifierRemoved, format!("{identifier} removed"), details);
+        }
+    }
+
+    fn set_name(&mut self, contact_id: &str, value: String, source: NameSource) {
+        let field = NameField { value, source, version: self.version() };
+        if !field.supersedes(self.contact(contact_id).name.as_ref()) {
+            return;
+        }
+        let text = format!("name set to {}", field.value);
+        let details = json!({ "name": field.value, "set_by": source });
+        self.contact(contact_id).name = Some(field);
+        self.record(contact_id, ChangeKind::ContactUpdated, EntryKind::NameSet, text, details);
+    }
+
+    /// Every event about a conversation or a contact's details.
+    fn interaction(&mut self) -> StoreResult<Step> {
+        let event = self.event;
+        let tenant = event.tenant_id.clone();
+        let operator_edit = matches!(event.body, EventBody::ContactCreated | EventBody::ContactUpdated { .. });
+        let mut identity = event.identity.as_ref().map(|i| identity::normalize(i, &self.config)).unwrap_or_default();
+        let name_source = if operator_edit
+            || event.channel == crate::event::Channel::Operator
+            || event.identity.as_ref().and_then(|i| i.source) == Some(IdentitySource::Operator)
+        {
+            NameSource::Operator
+        } else {
+            NameSource::Guest
+        };
+        let (removed, set_name) = match &event.body {
+            EventBody::ContactUpdated { set_name, add, remove } => {
+                if let Some(add) = add {
+                    let added = identity::normalize(add, &self.config);
+                    identity.identifiers.extend(added.identifiers);
+                    identity.identifiers.sort_by_key(|i| i.kind);
+                    identity.identifiers.dedup();
+                    identity.name = identity.name.or(added.name);
+                }
+                let removed = remove.as_ref().map(|r| identity::normalize(r, &self.config).identifiers).unwrap_or_default();
+                (removed, set_name.as_deref().and_then(identity::normalize_name))
+            }
+            _ => (Vec::new(), None),
+        };
+        let participants: Vec<Identifier> = match &event.body {
+            EventBody::Email { participants, .. } => participants
+                .iter()
+                .filter_map(|p| identity::normalize_email(p))
+                .map(|value| Identifier { kind: IdentifierKind::Email, value })
+                .collect(),
+            _ => Vec::new(),
+        };
+
+        let session = match &event.session_id {
+            Some(id) => {
+                let record = self.view.session(&tenant, id)?.unwrap_or_default();
+                if record.erased_at.is_some_and(|at| event.occurred_at < at) {
+                    return Ok(Step::Skip(Skip::Erased));
+                }
+                Some((id.clone(), record))
+            }
+            None => None,
+        };
+
+        let mut target = None;
+        if let Some(explicit) = &event.contact_id {
+            match self.follow(explicit)? {
+                Target::Active(id) => target = Some(id),
+                Target::Deleted(at) if event.occurred_at < at => return Ok(Step::Skip(Skip::Erased)),
+                Target::Deleted(_) | Target::Unknown if matches!(event.body, EventBody::ContactCreated) => {
+                    self.create(explicit.clone());
+                    target = Some(explicit.clone());
+                }
+                Target::Deleted(_) | Target::Unknown => return Ok(Step::Reject(Unresolvable::UnknownContact(explicit.clone()))),
+            }
+        }
+        if target.is_none()
+            && let Some(attached) = session.as_ref().and_then(|(_, r)| r.contact_id.clone())
+        {
+            match self.follow(&attached)? {
+                Target::Active(id) => target = Some(id),
+                Target::Deleted(at) if event.occurred_at < at => return Ok(Step::Skip(Skip::Erased)),
+                Target::Deleted(_) | Target::Unknown => {}
+            }
+        }
+        // E-mail threads (CONTRACT 3.6): the first participant already in the
+        // directory takes the message; otherwise the first participant founds one.
+        let mut founding = identity.clone();
+        if target.is_none() {
+            for identifier in identity.identifiers.iter().chain(&participants) {
+                match self.lookup(identifier)? {
+                    Lookup::Owner(id) => {
+                        target = Some(id);
+                        break;
+                    }
+                    Lookup::Erased => return Ok(Step::Skip(Skip::Erased)),
+                    Lookup::Nobody => {}
+                }
+            }
+        }
+        if target.is_none() {
+            let founder = if matches!(event.body, EventBody::ContactCreated) {
+                Some(derived_id("c-", &[&tenant, &event.event_id]))
+            } else if let Some(first) = participants.first().filter(|_| identity.strongest().is_none()) {
+                founding = NormalizedIdentity { identifiers: vec![first.clone()], ..identity.clone() };
+                Some(derived_id("c-", &[&tenant, &event.event_id]))
+            } else {
+                identity.strongest().map(|_| derived_id("c-", &[&tenant, &event.event_id]))
+            };
+            if let Some(id) = founder {
+                self.create(id.clone());
+                target = Some(id);
+            }
+        }
+
+        let Some(contact_id) = target else {
+            // No strong identifier yet: the entries and identifiers wait for the
+            // session to resolve.
+            if let Some((session_id, mut record)) = session {
+                let before = record.waiting_identifiers.len();
+                for identifier in identity.identifiers {
+                    if !record.waiting_identifiers.contains(&identifier) {
+                        record.waiting_identifiers.push(identifier);
+                    }
+                }
+                if record.waiting_identifiers.len() > before {
+                    self.plan.mutations.push(Mutation::PutSession { session_id: session_id.clone(), record });
+                }
+                if let Some(entry) = self.own_entry(Some(&session_id)) {
+                    self.plan.mutations.push(Mutation::PutPending { session_id, entry });
+                }
+            }
+            return Ok(Step::Done);
+        };
+
+        let mut claims = founding.identifiers;
+        if let Some((session_id, mut record)) = session
+            && record.contact_id.as_deref() != Some(contact_id.as_str())
+        {
+            claims.append(&mut record.waiting_identifiers);
+            claims.sort_by_key(|i| i.kind);
+            claims.dedup();
+            self.attach_session(&session_id, record, &contact_id, false)?;
+        }
+        self.release_all(&contact_id, &removed);
+        self.claim_all(&contact_id, &claims)?;
+        if let Some(name) = identity.name.clone() {
+            self.set_name(&contact_id, name, name_source);
+        }
+        if let Some(name) = set_name {
+            self.set_name(&contact_id, name, NameSource::Operator);
+        }
+        if let Some(entry) = self.own_entry(event.session_id.as_deref()) {
+            self.append(&contact_id, entry);
+        }
+        Ok(Step::Done)
+    }
+
+    /// The timeline entry an interaction event itself makes, if any.
+    fn own_entry(&mut self, session_id: Option<&str>) -> Option<TimelineEntry> {
+        let event = self.event;
+        let channel = event.channel;
+        let (kind, text, details) = match &event.body {
+            EventBody::SessionStarted { invited, direction } => {
+                let how = if *invited { " by operator invitation" } else { "" };
+                (EntryKind::SessionStarted, format!("{channel} session started{how}"), json!({ "invited": invited, "direction": direction }))
+            }
+            EventBody::MessagePosted { message_id, author, author_name, text } => (
+                EntryKind::Message,
+                text.clone(),
+                json!({ "message_id": message_id, "author": author, "author_name": author_name }),
+            ),
+            EventBody::SessionEnded { duration_ms } => {
+                (EntryKind::SessionEnded, format!("{channel} session ended"), json!({ "duration_ms": duration_ms }))
+            }
+            EventBody::Email { direction, thread_id, message_id, subject, text, participants } => (
+                EntryKind::Email,
+                text.clone(),
+                json!({
+                    "direction": if *direction == EmailDirection::Sent { "sent" } else { "received" },
+                    "thread_id": thread_id, "message_id": message_id, "subject": subject, "participants": participants,
+                }),
+            ),
+            EventBody::CallEnded { direction, duration_ms, transcript } => (
+                EntryKind::Call,
+                transcript.clone().unwrap_or_default(),
+                json!({ "direction": direction, "duration_ms": duration_ms }),
+            ),
+            EventBody::NoteAdded { note_id, author, text } => {
+                (EntryKind::Note, text.clone(), json!({ "note_id": note_id, "author": author }))
+            }
+            _ => return None,
+        };
+        Some(self.entry(kind, session_id, text, details))
+    }
+
+    fn link(&mut self) -> StoreResult<Step> {
+        let event = self.event;
+        let tenant = event.tenant_id.clone();
+        let (Some(session_id), Some(contact_id)) = (&event.session_id, &event.contact_id) else {
+            unreachable!("decode requires session_id and contact_id for session.linked")
+        };
+        let into = match self.follow(contact_id)? {
+            Target::Active(id) => id,
+            Target::Deleted(at) if event.occurred_at < at => return Ok(Step::Skip(Skip::Erased)),
+            _ => return Ok(Step::Reject(Unresolvable::UnknownContact(contact_id.clone()))),
+        };
+        let record = self.view.session(&tenant, session_id)?.unwrap_or_default();
+        if record.erased_at.is_some_and(|at| event.occurred_at < at) {
+            return Ok(Step::Skip(Skip::Erased));
+        }
+        let current = match &record.contact_id {
+            Some(current) => match self.follow(current)? {
+                Target::Active(id) => Some(id),
+                _ => None,
+            },
+            None => None,
+        };
+        match current {
+            Some(current) if current == into => {}
+            Some(current) => self.merge(&current, &into, session_id)?,
+            None => self.attach_session(session_id, record, &into, true)?,
+        }
+        Ok(Step::Done)
+    }
+
+    /// Merges `from` into `into` (CONTRACT 3.7): identifiers, sessions and timeline
+    /// move; `from` becomes a redirect.
+    fn merge(&mut self, from: &str, into: &str, session_id: &str) -> StoreResult<()> {
+        let tenant = self.tenant().to_owned();
+        let merged = self.contacts.remove(from).expect("loaded by follow");
+        for owned in &merged.identifiers {
+            self.plan.mutations.push(Mutation::SetClaim {
+                identifier: owned.identifier.clone(),
+                claim: Claim::Owned { contact_id: into.to_owned() },
+            });
+        }
+        let target = self.contact(into);
+        for owned in merged.identifiers {
+            if !target.owns(&owned.identifier) {
+                target.identifiers.push(owned);
+            }
+        }
+        if let Some(name) = merged.name
+            && name.supersedes(target.name.as_ref())
+        {
+            target.name = Some(name);
+        }
+        target.created_at = target.created_at.min(merged.created_at);
+        for session in self.view.contact_sessions(&tenant, from)? {
+            self.plan.mutations.push(Mutation::UnlinkSession { contact_id: from.to_owned(), session_id: session.clone() });
+            self.plan.mutations.push(Mutation::LinkSession { contact_id: into.to_owned(), session_id: session.clone() });
+            self.plan.mutations.push(Mutation::PutSession {
+                session_id: session,
+                record: SessionRecord { contact_id: Some(into.to_owned()), ..SessionRecord::default() },
+            });
+        }
+        for entry in self.view.timeline(&tenant, from, None, usize::MAX)? {
+            self.plan.mutations.push(Mutation::PutEntry { contact_id: into.to_owned(), entry });
+        }
+        self.plan.mutations.push(Mutation::DeleteTimeline { contact_id: from.to_owned() });
+        self.plan.mutations.push(Mutation::PutContact { contact_id: from.to_owned(), record: ContactRecord::Merged { into: into.to_owned() } });
+        self.change(into, ChangeKind::SessionLinked, json!({ "session_id": session_id, "by": "operator" }));
+        let details = json!({ "merged_contact_id": from, "session_id": session_id });
+        self.record(into, ChangeKind::ContactMerged, EntryKind::ContactMerged, format!("contact {from} merged into this contact"), details);
+        Ok(())
+    }
+
+    fn unlink(&mut self) -> StoreResult<Step> {
+        let event = self.event;
+        let tenant = event.tenant_id.clone();
+        let session_id = event.session_id.clone().expect("decode requires session_id for session.unlinked");
+        let Some(record) = self.view.session(&tenant, &session_id)? else { return Ok(Step::Done) };
+        let Some(attached) = record.contact_id.clone() else { return Ok(Step::Done) };
+        let Target::Active(contact_id) = self.follow(&attached)? else { return Ok(Step::Done) };
+        let moved: Vec<TimelineEntry> = self
+            .view
+            .timeline(&tenant, &contact_id, None, usize::MAX)?
+            .into_iter()
+            .filter(|e| e.session_id.as_deref() == Some(session_id.as_str()))
+            .collect();
+        for entry in moved {
+            self.plan.mutations.push(Mutation::DeleteEntry {
+                contact_id: contact_id.clone(),
+                occurred_at: entry.occurred_at,
+                entry_id: entry.entry_id.clone(),
+            });
+            self.plan.mutations.push(Mutation::PutPending { session_id: session_id.clone(), entry });
+        }
+        self.plan.mutations.push(Mutation::PutSession { session_id: session_id.clone(), record: SessionRecord { contact_id: None, ..record } });
+        self.plan.mutations.push(Mutation::UnlinkSession { contact_id: contact_id.clone(), session_id: session_id.clone() });
+        self.change(&contact_id, ChangeKind::SessionUnlinked, json!({ "session_id": session_id }));
+        let entry = self.entry(
+            EntryKind::SessionUnlinked,
+            None,
+            format!("session {session_id} disconnected by an operator"),
+            json!({ "session_id": session_id }),
+        );
+        self.append(&contact_id, entry);
+        Ok(Step::Done)
+    }
+
+    /// Erases a contact (CONTRACT 3.8) and leaves tombstones so that older events
+    /// cannot bring any of it back.
+    fn delete(&mut self) -> StoreResult<Step> {
+        let event = self.event;
+        let tenant = event.tenant_id.clone();
+        let at = event.occurred_at;
+        let requested = event.contact_id.clone().expect("decode requires contact_id for contact.deleted");
+        let contact_id = match self.follow(&requested)? {
+            Target::Active(id) => id,
+            Target::Deleted(_) => return Ok(Step::Done),
+            Target::Unknown => {
+                // Deleted before we saw it created: the tombstone stops the late create.
+                self.plan.mutations.push(Mutation::PutContact { contact_id: requested, record: ContactRecord::Deleted { at } });
+                return Ok(Step::Done);
+            }
+        };
+        let contact = self.contacts.remove(&contact_id).expect("loaded by follow");
+        for owned in contact.identifiers {
+            self.plan.mutations.push(Mutation::SetClaim { identifier: owned.identifier, claim: Claim::Released { at, erased: true } });
+        }
+        for session in self.view.contact_sessions(&tenant, &contact_id)? {
+            self.plan.mutations.push(Mutation::UnlinkSession { contact_id: contact_id.clone(), session_id: session.clone() });
+            self.plan.mutations.push(Mutation::PutSession {
+                session_id: session.clone(),
+                record: SessionRecord { erased_at: Some(at), ..SessionRecord::default() },
+            });
+            self.plan.mutations.push(Mutation::ClearPending { session_id: session });
+        }
+        self.plan.mutations.push(Mutation::DeleteTimeline { contact_id: contact_id.clone() });
+        self.plan.mutations.push(Mutation::PutContact { contact_id: contact_id.clone(), record: ContactRecord::Deleted { at } });
+        self.change(&contact_id, ChangeKind::ContactDeleted, json!({}));
+        Ok(Step::Done)
+    }
+
+    /// Writes the touched contacts once and stamps contact changes with the state
+    /// after the event (CONTRACT 5).
+    fn finish(mut self) -> Plan {
+        for (id, contact) in &self.contacts {
+            let touched = self.plan.changes.iter().any(|c| &c.contact_id == id && carries_state(c.kind));
+            if !touched {
+                continue;
+            }
+            let state = serde_json::to_value(contact.state()).expect("contact state serializes");
+            for change in self.plan.changes.iter_mut().filter(|c| &c.contact_id == id && carries_state(c.kind)) {
+                if let Value::Object(data) = &mut change.data {
+                    data.insert("contact".into(), state.clone());
+                }
+            }
+            self.plan.mutations.push(Mutation::PutContact { contact_id: id.clone(), record: ContactRecord::Active(contact.clone()) });
+        }
+        self.plan
+    }
+}
+
+fn carries_state(kind: ChangeKind) -> bool {
+    matches!(
+        kind,
+        ChangeKind::ContactCreated
+            | ChangeKind::ContactUpdated
+            | ChangeKind::IdentifierAdded
+            | ChangeKind::IdentifierRemoved
+            | ChangeKind::IdentityConflict
+            | ChangeKind::ContactMerged
+    )
+}

@@ -1,0 +1,82 @@
+//! The store seam. Resolution reads through `DirectoryView` and answers with
+//! `Mutation`s; a `Store` applies them. Every read and write names its partition
+//! (tenant plus one key), so the same trait fits SQLite and a wide-column store.
+
+pub mod sqlite;
+
+use crate::identity::Identifier;
+use crate::model::{Claim, ContactRecord, ExportedContact, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry, Timestamp};
+
+/// What a store failure means to the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Worth retrying with backoff: the store was busy or unreachable.
+    #[error("store temporarily unavailable: {0}")]
+    Transient(String),
+    /// Stored data could not be read back: stop and page someone.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// Anything else the backend reports: stop.
+    #[error("store failure: {0}")]
+    Fatal(String),
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Reads by partition key only: no joins, no scans on the hot path.
+pub trait DirectoryView {
+    fn tenant_config(&self, tenant: &str) -> StoreResult<Option<TenantConfig>>;
+    fn event_seen(&self, tenant: &str, event_id: &str) -> StoreResult<bool>;
+    fn session(&self, tenant: &str, session_id: &str) -> StoreResult<Option<SessionRecord>>;
+    fn claim(&self, tenant: &str, identifier: &Identifier) -> StoreResult<Option<Claim>>;
+    fn contact(&self, tenant: &str, contact_id: &str) -> StoreResult<Option<ContactRecord>>;
+    /// The contact's sessions, sorted.
+    fn contact_sessions(&self, tenant: &str, contact_id: &str) -> StoreResult<Vec<String>>;
+    /// Newest first, strictly older than `before`, at most `limit` entries.
+    fn timeline(
+        &self,
+        tenant: &str,
+        contact_id: &str,
+        before: Option<&TimelineCursor>,
+        limit: usize,
+    ) -> StoreResult<Vec<TimelineEntry>>;
+    fn timeline_len(&self, tenant: &str, contact_id: &str) -> StoreResult<u64>;
+    /// Entries of a session that has not resolved to a contact yet.
+    fn pending(&self, tenant: &str, session_id: &str) -> StoreResult<Vec<TimelineEntry>>;
+}
+
+/// One write, within one tenant. A plan's mutations are applied in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mutation {
+    MarkSeen { event_id: String },
+    PutTenantConfig(TenantConfig),
+    PutSession { session_id: String, record: SessionRecord },
+    PutContact { contact_id: String, record: ContactRecord },
+    LinkSession { contact_id: String, session_id: String },
+    UnlinkSession { contact_id: String, session_id: String },
+    SetClaim { identifier: Identifier, claim: Claim },
+    PutEntry { contact_id: String, entry: TimelineEntry },
+    DeleteEntry { contact_id: String, occurred_at: Timestamp, entry_id: String },
+    DeleteTimeline { contact_id: String },
+    PutPending { session_id: String, entry: TimelineEntry },
+    ClearPending { session_id: String },
+}
+
+/// A directory backend. Writes happen in units opened by `begin` and closed by
+/// `commit`; backends without transactions make them no-ops and rely on the
+/// mutations being idempotent.
+pub trait Store: DirectoryView {
+    fn begin(&mut self) -> StoreResult<()>;
+    fn apply(&mut self, tenant: &str, mutations: &[Mutation]) -> StoreResult<()>;
+    fn commit(&mut self) -> StoreResult<()>;
+    fn rollback(&mut self) -> StoreResult<()>;
+    /// Every live contact, ordered by tenant then contact id. A batch job, not a
+    /// hot path: backends may scan.
+    fn export(&self, visit: &mut dyn FnMut(ExportedContact) -> StoreResult<()>) -> StoreResult<()>;
+}
