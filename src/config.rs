@@ -24,7 +24,7 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
     /// Events per write transaction. Larger batches amortize commits; smaller ones
-    /// hold the write lock for less time when processes share a data dir. Default 1000.
+    /// hold the write lock for less time when processes share a data dir. Default 5000.
     pub batch_size: usize,
     /// Attempts per batch when the store is busy before the run fails. Default 10.
     pub max_attempts: u32,
@@ -81,7 +81,7 @@ impl Default for Config {
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        Self { batch_size: 1000, max_attempts: 10 }
+        Self { batch_size: 5000, max_attempts: 10 }
     }
 }
 
@@ -188,7 +188,7 @@ mod tests {
     fn defaults_run_locally() {
         let config = Config::load(None, &FlagOverrides::default()).unwrap();
         assert_eq!(config.data_dir, PathBuf::from("contactd-data"));
-        assert_eq!(config.ingest.batch_size, 1000);
+        assert_eq!(config.ingest.batch_size, 5000);
     }
 
     #[test]
