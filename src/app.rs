@@ -70,7 +70,14 @@ impl IngestSummary {
         }
         line("contacts created", r.contacts_created.to_string());
         line("timeline entries", r.entries_appended.to_string());
-        line("index", if self.index.indexed { format!("{} changes applied", self.index.changes) } else { "queued: another process holds the writer".into() });
+        line(
+            "index",
+            if self.index.indexed {
+                format!("{} changes applied", self.index.changes)
+            } else {
+                "queued: another process holds the writer".into()
+            },
+        );
         line("elapsed", format!("{:.2} s", self.elapsed.as_secs_f64()));
         line("throughput", format!("{:.0} events/s", self.events_per_second()));
         if let Some(peak) = self.peak_memory_bytes {

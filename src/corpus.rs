@@ -29,12 +29,70 @@ impl Default for GenOptions {
 }
 
 const WORDS: [&str; 64] = [
-    "order", "refund", "parcel", "delivery", "invoice", "payment", "card", "account", "password", "login", "warranty",
-    "certificate", "tyre", "winter", "promotion", "discount", "price", "shipping", "address", "courier", "return",
-    "exchange", "size", "colour", "broken", "damaged", "missing", "late", "today", "tomorrow", "week", "please",
-    "thanks", "hello", "help", "question", "status", "tracking", "number", "email", "phone", "callback", "manager",
-    "complaint", "subscription", "cancel", "renew", "upgrade", "plan", "bill", "charge", "twice", "receipt", "store",
-    "pickup", "opening", "hours", "weekend", "stock", "available", "reserve", "confirm", "appointment", "service",
+    "order",
+    "refund",
+    "parcel",
+    "delivery",
+    "invoice",
+    "payment",
+    "card",
+    "account",
+    "password",
+    "login",
+    "warranty",
+    "certificate",
+    "tyre",
+    "winter",
+    "promotion",
+    "discount",
+    "price",
+    "shipping",
+    "address",
+    "courier",
+    "return",
+    "exchange",
+    "size",
+    "colour",
+    "broken",
+    "damaged",
+    "missing",
+    "late",
+    "today",
+    "tomorrow",
+    "week",
+    "please",
+    "thanks",
+    "hello",
+    "help",
+    "question",
+    "status",
+    "tracking",
+    "number",
+    "email",
+    "phone",
+    "callback",
+    "manager",
+    "complaint",
+    "subscription",
+    "cancel",
+    "renew",
+    "upgrade",
+    "plan",
+    "bill",
+    "charge",
+    "twice",
+    "receipt",
+    "store",
+    "pickup",
+    "opening",
+    "hours",
+    "weekend",
+    "stock",
+    "available",
+    "reserve",
+    "confirm",
+    "appointment",
+    "service",
 ];
 
 /// How many conversations run at once; their events interleave like a busy queue.
@@ -57,7 +115,13 @@ pub struct Generator {
 impl Generator {
     pub fn new(options: GenOptions) -> Self {
         let customers_per_tenant = (options.events / u64::from(options.tenants.max(1)) / 25).max(10);
-        Self { rng: SmallRng::seed_from_u64(options.seed), options, clock: 1_767_225_600_000_000, next_session: 0, customers_per_tenant }
+        Self {
+            rng: SmallRng::seed_from_u64(options.seed),
+            options,
+            clock: 1_767_225_600_000_000,
+            next_session: 0,
+            customers_per_tenant,
+        }
     }
 
     fn tenant(&self, t: u32) -> String {
@@ -146,11 +210,19 @@ impl Generator {
                 events.push_back(e);
             }
             "messenger" => {
-                let e = start(self, json!({ "name": name, "facebook_psid": { "page_id": format!("page-{t}"), "psid": format!("{customer}") }, "source": "oauth_facebook" }), json!({}));
+                let e = start(
+                    self,
+                    json!({ "name": name, "facebook_psid": { "page_id": format!("page-{t}"), "psid": format!("{customer}") }, "source": "oauth_facebook" }),
+                    json!({}),
+                );
                 events.push_back(e);
             }
             "whatsapp" => {
-                let e = start(self, json!({ "whatsapp_id": phone.trim_start_matches('+'), "phones": [phone], "source": "channel" }), json!({}));
+                let e = start(
+                    self,
+                    json!({ "whatsapp_id": phone.trim_start_matches('+'), "phones": [phone], "source": "channel" }),
+                    json!({}),
+                );
                 events.push_back(e);
             }
             "apple" => {
@@ -163,7 +235,8 @@ impl Generator {
             }
         }
         let messages = self.rng.random_range(3..9);
-        let identify_at = if channel == "chat" && self.rng.random_bool(0.7) { Some(self.rng.random_range(0..messages)) } else { None };
+        let identify_at =
+            if channel == "chat" && self.rng.random_bool(0.7) { Some(self.rng.random_range(0..messages)) } else { None };
         for m in 0..messages {
             if identify_at == Some(m) {
                 let mut e = self.envelope(&tenant, "identity.provided", channel, &session, &mut n);

@@ -44,9 +44,7 @@ impl DecodeError {
     fn from_serde(error: serde_json::Error) -> Self {
         let message = error.to_string();
         match error.classify() {
-            serde_json::error::Category::Data if message.starts_with("missing field") => {
-                Self::MissingField(message)
-            }
+            serde_json::error::Category::Data if message.starts_with("missing field") => Self::MissingField(message),
             serde_json::error::Category::Data => Self::WrongType(message),
             _ => Self::NotJson(message),
         }
@@ -154,16 +152,48 @@ pub enum EmailDirection {
 /// What happened, with the payload of its type.
 #[derive(Clone, Debug, PartialEq)]
 pub enum EventBody {
-    TenantConfigured { identifying_params: Vec<String>, default_phone_region: Option<String> },
-    SessionStarted { invited: bool, direction: Option<Direction> },
+    TenantConfigured {
+        identifying_params: Vec<String>,
+        default_phone_region: Option<String>,
+    },
+    SessionStarted {
+        invited: bool,
+        direction: Option<Direction>,
+    },
     IdentityProvided,
-    MessagePosted { message_id: String, author: Author, author_name: Option<String>, text: String },
-    SessionEnded { duration_ms: Option<u64> },
-    Email { direction: EmailDirection, thread_id: String, message_id: String, subject: String, text: String, participants: Vec<String> },
-    CallEnded { direction: Direction, duration_ms: u64, transcript: Option<String> },
-    NoteAdded { note_id: String, author: String, text: String },
+    MessagePosted {
+        message_id: String,
+        author: Author,
+        author_name: Option<String>,
+        text: String,
+    },
+    SessionEnded {
+        duration_ms: Option<u64>,
+    },
+    Email {
+        direction: EmailDirection,
+        thread_id: String,
+        message_id: String,
+        subject: String,
+        text: String,
+        participants: Vec<String>,
+    },
+    CallEnded {
+        direction: Direction,
+        duration_ms: u64,
+        transcript: Option<String>,
+    },
+    NoteAdded {
+        note_id: String,
+        author: String,
+        text: String,
+    },
     ContactCreated,
-    ContactUpdated { set_name: Option<String>, add: Option<RawIdentity>, remove: Option<RawIdentity> },
+    ContactUpdated {
+        set_name: Option<String>,
+        add: Option<Box<RawIdentity>>,
+        remove: Option<Box<RawIdentity>>,
+    },
     ContactDeleted,
     SessionLinked,
     SessionUnlinked,
@@ -354,11 +384,20 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             let p: MessagePayload = payload(raw, kind)?;
             EventBody::MessagePosted { message_id: p.message_id, author: p.author, author_name: p.author_name, text: p.text }
         }
-        "session.ended" => EventBody::SessionEnded { duration_ms: optional_payload::<SessionEndedPayload>(raw, kind)?.duration_ms },
+        "session.ended" => {
+            EventBody::SessionEnded { duration_ms: optional_payload::<SessionEndedPayload>(raw, kind)?.duration_ms }
+        }
         "email.received" | "email.sent" => {
             let p: EmailPayload = payload(raw, kind)?;
             let direction = if kind == "email.sent" { EmailDirection::Sent } else { EmailDirection::Received };
-            EventBody::Email { direction, thread_id: p.thread_id, message_id: p.message_id, subject: p.subject, text: p.text, participants: p.participants }
+            EventBody::Email {
+                direction,
+                thread_id: p.thread_id,
+                message_id: p.message_id,
+                subject: p.subject,
+                text: p.text,
+                participants: p.participants,
+            }
         }
         "call.ended" => {
             let p: CallPayload = payload(raw, kind)?;
@@ -371,7 +410,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         "contact.created" => EventBody::ContactCreated,
         "contact.updated" => {
             let p: ContactUpdatedPayload = optional_payload(raw, kind)?;
-            EventBody::ContactUpdated { set_name: p.set_name, add: p.add, remove: p.remove }
+            EventBody::ContactUpdated { set_name: p.set_name, add: p.add.map(Box::new), remove: p.remove.map(Box::new) }
         }
         "contact.deleted" => EventBody::ContactDeleted,
         "session.linked" => EventBody::SessionLinked,

@@ -27,16 +27,8 @@ pub enum IdentifierKind {
 }
 
 impl IdentifierKind {
-    pub const ALL: [IdentifierKind; 8] = [
-        Self::Param,
-        Self::Facebook,
-        Self::Whatsapp,
-        Self::Apple,
-        Self::Vk,
-        Self::Email,
-        Self::Phone,
-        Self::Browser,
-    ];
+    pub const ALL: [IdentifierKind; 8] =
+        [Self::Param, Self::Facebook, Self::Whatsapp, Self::Apple, Self::Vk, Self::Email, Self::Phone, Self::Browser];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -60,10 +52,7 @@ impl IdentifierKind {
 impl FromStr for IdentifierKind {
     type Err = IdentifierParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| IdentifierParseError::UnknownKind(s.to_owned()))
+        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| IdentifierParseError::UnknownKind(s.to_owned()))
     }
 }
 
@@ -100,9 +89,7 @@ impl Identifier {
         let invalid = || IdentifierParseError::Invalid(value.to_owned(), kind.as_str());
         let value = match kind {
             IdentifierKind::Email => normalize_email(value).ok_or_else(invalid)?,
-            IdentifierKind::Phone => {
-                normalize_phone(value, config.default_phone_region.as_deref()).ok_or_else(invalid)?
-            }
+            IdentifierKind::Phone => normalize_phone(value, config.default_phone_region.as_deref()).ok_or_else(invalid)?,
             IdentifierKind::Facebook => {
                 let (page, psid) = value.split_once(':').ok_or_else(invalid)?;
                 facebook_value(page, psid).ok_or_else(invalid)?
@@ -233,20 +220,13 @@ pub fn normalize_phone(raw: &str, default_region: Option<&str>) -> Option<String
             _ => return None,
         }
     }
-    let international = if let Some(rest) = digits.strip_prefix("00") {
-        format!("+{rest}")
-    } else {
-        digits
-    };
+    let international = if let Some(rest) = digits.strip_prefix("00") { format!("+{rest}") } else { digits };
     let national_digits = international.trim_start_matches('+');
     if national_digits.len() < 4 || national_digits.bytes().all(|b| b == national_digits.as_bytes()[0]) {
         return None;
     }
-    let region = if international.starts_with('+') {
-        None
-    } else {
-        Some(default_region?.parse::<phonenumber::country::Id>().ok()?)
-    };
+    let region =
+        if international.starts_with('+') { None } else { Some(default_region?.parse::<phonenumber::country::Id>().ok()?) };
     let number = phonenumber::parse(region, &international).ok()?;
     if !phonenumber::is_valid(&number) {
         return None;
@@ -303,8 +283,7 @@ mod tests {
 
     #[test]
     fn invalid_and_junk_emails_are_not_identifiers() {
-        for junk in ["", "null", "n/a", "test@test.com", "no-at-sign", "a@b", "a b@c.cz", "@x.cz", "a@-x.cz", "a..b@x.cz"]
-        {
+        for junk in ["", "null", "n/a", "test@test.com", "no-at-sign", "a@b", "a b@c.cz", "@x.cz", "a@-x.cz", "a..b@x.cz"] {
             assert_eq!(normalize_email(junk), None, "{junk:?}");
         }
     }
@@ -348,10 +327,7 @@ mod tests {
         };
         let config = TenantConfig { identifying_params: vec!["crm_id".into()], ..cz() };
         let kinds: Vec<String> = normalize(&identity, &config).identifiers.iter().map(ToString::to_string).collect();
-        assert_eq!(
-            kinds,
-            ["param:crm_id=C-1", "whatsapp:420777123456", "email:a@x.cz", "phone:+420777123456", "browser:b-1"]
-        );
+        assert_eq!(kinds, ["param:crm_id=C-1", "whatsapp:420777123456", "email:a@x.cz", "phone:+420777123456", "browser:b-1"]);
     }
 
     #[test]

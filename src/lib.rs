@@ -7,8 +7,8 @@
 pub mod app;
 pub mod cli;
 pub mod config;
-pub mod event;
 pub mod corpus;
+pub mod event;
 pub mod identity;
 pub mod index;
 pub mod model;

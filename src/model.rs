@@ -366,11 +366,7 @@ mod tests {
     use super::*;
 
     fn name(value: &str, source: NameSource, at: i64) -> NameField {
-        NameField {
-            value: value.into(),
-            source,
-            version: Version { at: Timestamp::from_micros(at), event_id: format!("e{at}") },
-        }
+        NameField { value: value.into(), source, version: Version { at: Timestamp::from_micros(at), event_id: format!("e{at}") } }
     }
 
     #[test]

@@ -101,9 +101,14 @@ pub fn process_batch<S: Store + ChangeSink>(store: &mut S, batch: &[RawRecord]) 
     Ok(outcome)
 }
 
-fn apply_events<S: Store + ChangeSink>(store: &mut S, events: &[(usize, Event)], outcome: &mut BatchOutcome) -> Result<(), StoreError> {
+fn apply_events<S: Store + ChangeSink>(
+    store: &mut S,
+    events: &[(usize, Event)],
+    outcome: &mut BatchOutcome,
+) -> Result<(), StoreError> {
     for (index, event) in events {
-        let span = tracing::debug_span!("event", tenant = %event.tenant_id, event_id = %event.event_id, kind = event.body.type_name());
+        let span =
+            tracing::debug_span!("event", tenant = %event.tenant_id, event_id = %event.event_id, kind = event.body.type_name());
         let _entered = span.enter();
         match resolve::resolve(event, &*store)? {
             Resolution::Duplicate => {
@@ -197,7 +202,9 @@ pub fn follow_changes<L: ChangeLog>(
     let mut writer = loop {
         match index.writer(options.writer_memory_bytes) {
             Ok(writer) => break writer,
-            Err(IndexError::WriterBusy) if waiting_since.elapsed() < options.lock_wait => std::thread::sleep(Duration::from_millis(100)),
+            Err(IndexError::WriterBusy) if waiting_since.elapsed() < options.lock_wait => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
             Err(IndexError::WriterBusy) => {
                 warn!("index writer held by another process; changes stay queued for the next run");
                 return Ok(report);

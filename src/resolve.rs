@@ -232,11 +232,22 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         self.contacts.insert(contact_id.clone(), contact);
         self.plan.contacts_created += 1;
         self.change(&contact_id, ChangeKind::ContactCreated, json!({}));
-        let entry = self.entry(EntryKind::ContactCreated, None, "contact created".into(), json!({ "by_event": self.event.body.type_name() }));
+        let entry = self.entry(
+            EntryKind::ContactCreated,
+            None,
+            "contact created".into(),
+            json!({ "by_event": self.event.body.type_name() }),
+        );
         self.append(&contact_id, entry);
     }
 
-    fn attach_session(&mut self, session_id: &str, record: SessionRecord, contact_id: &str, by_operator: bool) -> StoreResult<()> {
+    fn attach_session(
+        &mut self,
+        session_id: &str,
+        record: SessionRecord,
+        contact_id: &str,
+        by_operator: bool,
+    ) -> StoreResult<()> {
         let tenant = self.tenant().to_owned();
         self.plan.mutations.push(Mutation::PutSession {
             session_id: session_id.to_owned(),
@@ -294,7 +305,13 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             });
             self.contact(contact_id).identifiers.push(OwnedIdentifier { identifier: identifier.clone(), added_at: occurred_at });
             let details = json!({ "identifier": identifier.to_string() });
-            self.record(contact_id, ChangeKind::IdentifierAdded, EntryKind::IdentifierAdded, format!("{identifier} added"), details);
+            self.record(
+                contact_id,
+                ChangeKind::IdentifierAdded,
+                EntryKind::IdentifierAdded,
+                format!("{identifier} added"),
+                details,
+            );
         }
         Ok(())
     }
@@ -303,7 +320,8 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         let occurred_at = self.event.occurred_at;
         for identifier in identifiers {
             let contact = self.contact(contact_id);
-            let Some(position) = contact.identifiers.iter().position(|o| &o.identifier == identifier && o.added_at <= occurred_at)
+            let Some(position) =
+                contact.identifiers.iter().position(|o| &o.identifier == identifier && o.added_at <= occurred_at)
             else {
                 continue;
             };
@@ -313,7 +331,13 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
                 claim: Claim::Released { at: occurred_at, erased: false },
             });
             let details = json!({ "identifier": identifier.to_string() });
-            self.record(contact_id, ChangeKind::IdentifierRemoved, EntryKind::IdentifierRemoved, format!("{identifier} removed"), details);
+            self.record(
+                contact_id,
+                ChangeKind::IdentifierRemoved,
+                EntryKind::IdentifierRemoved,
+                format!("{identifier} removed"),
+                details,
+            );
         }
     }
 
@@ -477,7 +501,11 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         let (kind, text, details) = match &event.body {
             EventBody::SessionStarted { invited, direction } => {
                 let how = if *invited { " by operator invitation" } else { "" };
-                (EntryKind::SessionStarted, format!("{channel} session started{how}"), json!({ "invited": invited, "direction": direction }))
+                (
+                    EntryKind::SessionStarted,
+                    format!("{channel} session started{how}"),
+                    json!({ "invited": invited, "direction": direction }),
+                )
             }
             EventBody::MessagePosted { message_id, author, author_name, text } => (
                 EntryKind::Message,
@@ -573,10 +601,18 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             self.plan.mutations.push(Mutation::PutEntry { contact_id: into.to_owned(), entry });
         }
         self.plan.mutations.push(Mutation::DeleteTimeline { contact_id: from.to_owned() });
-        self.plan.mutations.push(Mutation::PutContact { contact_id: from.to_owned(), record: ContactRecord::Merged { into: into.to_owned() } });
+        self.plan
+            .mutations
+            .push(Mutation::PutContact { contact_id: from.to_owned(), record: ContactRecord::Merged { into: into.to_owned() } });
         self.change(into, ChangeKind::SessionLinked, json!({ "session_id": session_id, "by": "operator" }));
         let details = json!({ "merged_contact_id": from, "session_id": session_id });
-        self.record(into, ChangeKind::ContactMerged, EntryKind::ContactMerged, format!("contact {from} merged into this contact"), details);
+        self.record(
+            into,
+            ChangeKind::ContactMerged,
+            EntryKind::ContactMerged,
+            format!("contact {from} merged into this contact"),
+            details,
+        );
         Ok(())
     }
 
@@ -601,7 +637,9 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             });
             self.plan.mutations.push(Mutation::PutPending { session_id: session_id.clone(), entry });
         }
-        self.plan.mutations.push(Mutation::PutSession { session_id: session_id.clone(), record: SessionRecord { contact_id: None, ..record } });
+        self.plan
+            .mutations
+            .push(Mutation::PutSession { session_id: session_id.clone(), record: SessionRecord { contact_id: None, ..record } });
         self.plan.mutations.push(Mutation::UnlinkSession { contact_id: contact_id.clone(), session_id: session_id.clone() });
         self.change(&contact_id, ChangeKind::SessionUnlinked, json!({ "session_id": session_id }));
         let entry = self.entry(
@@ -632,7 +670,9 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         };
         let contact = self.contacts.remove(&contact_id).expect("loaded by follow");
         for owned in contact.identifiers {
-            self.plan.mutations.push(Mutation::SetClaim { identifier: owned.identifier, claim: Claim::Released { at, erased: true } });
+            self.plan
+                .mutations
+                .push(Mutation::SetClaim { identifier: owned.identifier, claim: Claim::Released { at, erased: true } });
         }
         for session in self.view.contact_sessions(&tenant, &contact_id)? {
             self.plan.mutations.push(Mutation::UnlinkSession { contact_id: contact_id.clone(), session_id: session.clone() });
@@ -662,7 +702,9 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
                     data.insert("contact".into(), state.clone());
                 }
             }
-            self.plan.mutations.push(Mutation::PutContact { contact_id: id.clone(), record: ContactRecord::Active(contact.clone()) });
+            self.plan
+                .mutations
+                .push(Mutation::PutContact { contact_id: id.clone(), record: ContactRecord::Active(contact.clone()) });
         }
         self.plan
     }

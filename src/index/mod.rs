@@ -112,10 +112,7 @@ impl SearchIndex {
     /// The change sequence the last commit holds; resume after it.
     pub fn applied_through(&self) -> Result<u64, IndexError> {
         let metas = self.index.load_metas()?;
-        Ok(metas
-            .payload
-            .and_then(|p| serde_json::from_str::<CommitPayload>(&p).ok())
-            .map_or(0, |p| p.applied_through))
+        Ok(metas.payload.and_then(|p| serde_json::from_str::<CommitPayload>(&p).ok()).map_or(0, |p| p.applied_through))
     }
 
     /// Takes the single writer lock; `WriterBusy` when another process has it.
@@ -140,7 +137,8 @@ impl SearchIndex {
         let term = |field, value: &str| -> Box<dyn Query> {
             Box::new(TermQuery::new(Term::from_field_text(field, value), IndexRecordOption::Basic))
         };
-        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, term(fields.tenant, tenant)), (Occur::Must, user_query.box_clone())];
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> =
+            vec![(Occur::Must, term(fields.tenant, tenant)), (Occur::Must, user_query.box_clone())];
         if let Some(contact_id) = contact_id {
             clauses.push((Occur::Must, term(fields.contact, &scoped(tenant, contact_id))));
         }

@@ -38,7 +38,8 @@ impl<R: BufRead> EventSource for JsonlSource<R> {
             if payload.is_empty() {
                 continue;
             }
-            batch.push(RawRecord { payload: payload.to_vec(), origin: Origin { source: self.name.clone(), position: self.line } });
+            batch
+                .push(RawRecord { payload: payload.to_vec(), origin: Origin { source: self.name.clone(), position: self.line } });
         }
         Ok(batch)
     }

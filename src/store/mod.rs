@@ -5,7 +5,9 @@
 pub mod sqlite;
 
 use crate::identity::Identifier;
-use crate::model::{Claim, ContactRecord, ExportedContact, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry, Timestamp};
+use crate::model::{
+    Claim, ContactRecord, ExportedContact, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry, Timestamp,
+};
 
 /// What a store failure means to the caller.
 #[derive(Debug, thiserror::Error)]

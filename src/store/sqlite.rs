@@ -13,9 +13,7 @@ use serde::de::DeserializeOwned;
 
 use super::{DirectoryView, Mutation, Store, StoreError, StoreResult};
 use crate::identity::Identifier;
-use crate::model::{
-    Change, Claim, ContactRecord, ExportedContact, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry,
-};
+use crate::model::{Change, Claim, ContactRecord, ExportedContact, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry};
 use crate::publish::{ChangeLog, ChangeSink};
 
 const SCHEMA_VERSION: i64 = 1;
@@ -152,8 +150,10 @@ impl SqliteStore {
                     .execute(params![tenant, contact_id, to_json(record)])?;
             }
             Mutation::LinkSession { contact_id, session_id } => {
-                conn.prepare_cached("INSERT OR IGNORE INTO contact_sessions (tenant, contact_id, session_id) VALUES (?1, ?2, ?3)")?
-                    .execute(params![tenant, contact_id, session_id])?;
+                conn.prepare_cached(
+                    "INSERT OR IGNORE INTO contact_sessions (tenant, contact_id, session_id) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![tenant, contact_id, session_id])?;
             }
             Mutation::UnlinkSession { contact_id, session_id } => {
                 conn.prepare_cached("DELETE FROM contact_sessions WHERE tenant = ?1 AND contact_id = ?2 AND session_id = ?3")?
@@ -170,16 +170,20 @@ impl SqliteStore {
                 .execute(params![tenant, contact_id, entry.occurred_at.micros(), entry.entry_id, to_json(entry)])?;
             }
             Mutation::DeleteEntry { contact_id, occurred_at, entry_id } => {
-                conn.prepare_cached("DELETE FROM timeline WHERE tenant = ?1 AND contact_id = ?2 AND occurred_at = ?3 AND entry_id = ?4")?
-                    .execute(params![tenant, contact_id, occurred_at.micros(), entry_id])?;
+                conn.prepare_cached(
+                    "DELETE FROM timeline WHERE tenant = ?1 AND contact_id = ?2 AND occurred_at = ?3 AND entry_id = ?4",
+                )?
+                .execute(params![tenant, contact_id, occurred_at.micros(), entry_id])?;
             }
             Mutation::DeleteTimeline { contact_id } => {
                 conn.prepare_cached("DELETE FROM timeline WHERE tenant = ?1 AND contact_id = ?2")?
                     .execute(params![tenant, contact_id])?;
             }
             Mutation::PutPending { session_id, entry } => {
-                conn.prepare_cached("INSERT OR REPLACE INTO pending (tenant, session_id, entry_id, entry) VALUES (?1, ?2, ?3, ?4)")?
-                    .execute(params![tenant, session_id, entry.entry_id, to_json(entry)])?;
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO pending (tenant, session_id, entry_id, entry) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![tenant, session_id, entry.entry_id, to_json(entry)])?;
             }
             Mutation::ClearPending { session_id } => {
                 conn.prepare_cached("DELETE FROM pending WHERE tenant = ?1 AND session_id = ?2")?
@@ -224,7 +228,10 @@ impl DirectoryView for SqliteStore {
     }
 
     fn claim(&self, tenant: &str, identifier: &Identifier) -> StoreResult<Option<Claim>> {
-        self.row("SELECT claim FROM claims WHERE tenant = ?1 AND identifier_hash = ?2", params![tenant, identifier_hash(identifier)])
+        self.row(
+            "SELECT claim FROM claims WHERE tenant = ?1 AND identifier_hash = ?2",
+            params![tenant, identifier_hash(identifier)],
+        )
     }
 
     fn contact(&self, tenant: &str, contact_id: &str) -> StoreResult<Option<ContactRecord>> {
@@ -272,7 +279,10 @@ impl DirectoryView for SqliteStore {
     }
 
     fn pending(&self, tenant: &str, session_id: &str) -> StoreResult<Vec<TimelineEntry>> {
-        self.entries("SELECT entry FROM pending WHERE tenant = ?1 AND session_id = ?2 ORDER BY entry_id", params![tenant, session_id])
+        self.entries(
+            "SELECT entry FROM pending WHERE tenant = ?1 AND session_id = ?2 ORDER BY entry_id",
+            params![tenant, session_id],
+        )
     }
 }
 
@@ -356,7 +366,11 @@ impl ChangeLog for SqliteStore {
 
     fn trim_through(&mut self, seq: u64) -> StoreResult<()> {
         let seq = i64::try_from(seq).unwrap_or(i64::MAX);
-        self.conn.prepare_cached("DELETE FROM outbox WHERE seq <= ?1").map_err(sql_error)?.execute(params![seq]).map_err(sql_error)?;
+        self.conn
+            .prepare_cached("DELETE FROM outbox WHERE seq <= ?1")
+            .map_err(sql_error)?
+            .execute(params![seq])
+            .map_err(sql_error)?;
         Ok(())
     }
 }

@@ -1,0 +1,154 @@
+//! The `contactd` binary as a newcomer uses it: ingest the examples, export,
+//! search, look a contact up.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn contactd(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_contactd"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("CONTACTD_CONFIG")
+        .output()
+        .expect("contactd runs")
+}
+
+fn stdout_ok(output: Output) -> String {
+    assert!(output.status.success(), "failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect()
+}
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/events.jsonl");
+
+fn ingested() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = stdout_ok(contactd(dir.path(), &["ingest", EXAMPLES]));
+    assert!(summary.contains("lines read         19"), "{summary}");
+    assert!(summary.contains("duplicates         1"), "{summary}");
+    assert!(summary.contains("contacts created   3"), "{summary}");
+    dir
+}
+
+#[test]
+fn ingest_reports_and_dead_letters_bad_lines_with_their_reason() {
+    let dir = ingested();
+    let letters = json_lines(&std::fs::read_to_string(dir.path().join("dead-letter.jsonl")).unwrap());
+    let reasons: Vec<&str> = letters.iter().map(|l| l["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, ["not_json", "missing_field"]);
+    assert_eq!(letters[0]["payload"], "this line is not JSON and must go to the dead-letter output");
+    assert_eq!(letters[1]["position"], 19);
+}
+
+#[test]
+fn export_is_sorted_by_tenant_then_contact() {
+    let dir = ingested();
+    let contacts = json_lines(&stdout_ok(contactd(dir.path(), &["export"])));
+    let keys: Vec<(String, String)> = contacts
+        .iter()
+        .map(|c| (c["tenant_id"].as_str().unwrap().to_owned(), c["contact_id"].as_str().unwrap().to_owned()))
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted);
+    assert_eq!(keys.len(), 3);
+}
+
+#[test]
+fn search_finds_history_and_never_crosses_tenants() {
+    let dir = ingested();
+    let hits = json_lines(&stdout_ok(contactd(dir.path(), &["search", "--tenant", "acme", "refund"])));
+    assert_eq!(hits.len(), 5);
+    assert!(hits.iter().all(|h| h["snippet"].as_str().unwrap().to_lowercase().contains("<b>refund</b>")));
+    let jana = hits[0]["contact_id"].as_str().unwrap();
+    assert!(hits.iter().all(|h| h["contact_id"] == jana));
+    let acme_contacts: Vec<String> = json_lines(&stdout_ok(contactd(dir.path(), &["export"])))
+        .iter()
+        .filter(|c| c["tenant_id"] == "acme")
+        .map(|c| c["contact_id"].as_str().unwrap().to_owned())
+        .collect();
+    for adversarial in ["refund", "tenant:acme refund", "refund OR tenant:acme", "contact:acme refund", "*", "refund OR warranty"]
+    {
+        let output = contactd(dir.path(), &["search", "--tenant", "globex", adversarial]);
+        if output.status.success() {
+            let hits = json_lines(&String::from_utf8(output.stdout).unwrap());
+            assert!(
+                hits.iter().all(|h| !acme_contacts.iter().any(|c| h["contact_id"] == c.as_str())),
+                "{adversarial} leaked another tenant"
+            );
+            assert!(
+                hits.iter().all(|h| !h["snippet"].as_str().unwrap().contains("refund")),
+                "{adversarial} leaked another tenant"
+            );
+        }
+    }
+    let warranty = json_lines(&stdout_ok(contactd(dir.path(), &["search", "--tenant", "globex", "warranty"])));
+    assert_eq!(warranty.len(), 1);
+}
+
+#[test]
+fn a_malformed_query_is_a_clear_error() {
+    let dir = ingested();
+    let output = contactd(dir.path(), &["search", "--tenant", "acme", "refund AND (("]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("query is not valid"));
+}
+
+#[test]
+fn contact_lookup_by_identifier_pages_the_timeline_newest_first() {
+    let dir = ingested();
+    let first: Value = serde_json::from_str(&stdout_ok(contactd(
+        dir.path(),
+        &["contact", "--tenant", "acme", "--identifier", "email:JANA.Novakova@example.cz", "--limit", "4"],
+    )))
+    .unwrap();
+    assert_eq!(first["name"], "Jana Nováková");
+    let total = first["timeline_entries"].as_u64().unwrap();
+    let mut seen: Vec<String> = Vec::new();
+    let mut page = first;
+    loop {
+        let entries = page["timeline"].as_array().unwrap();
+        let times: Vec<&str> = entries.iter().map(|e| e["occurred_at"].as_str().unwrap()).collect();
+        assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first");
+        seen.extend(entries.iter().map(|e| e["entry_id"].as_str().unwrap().to_owned()));
+        let Some(cursor) = page["next_cursor"].as_str() else { break };
+        let id = page["contact_id"].as_str().unwrap().to_owned();
+        page = serde_json::from_str(&stdout_ok(contactd(
+            dir.path(),
+            &["contact", "--tenant", "acme", &id, "--limit", "4", "--cursor", cursor],
+        )))
+        .unwrap();
+    }
+    assert_eq!(seen.len() as u64, total);
+    let other_tenant = contactd(dir.path(), &["contact", "--tenant", "globex", "--identifier", "phone:+420777123456"]);
+    assert!(!other_tenant.status.success());
+}
+
+#[test]
+fn deleting_a_contact_erases_its_search_documents() {
+    let dir = ingested();
+    let hits = json_lines(&stdout_ok(contactd(dir.path(), &["search", "--tenant", "acme", "refund"])));
+    let jana = hits[0]["contact_id"].as_str().unwrap();
+    let delete = format!(
+        r#"{{"schema":"contact-event/v1","event_id":"del-1","tenant_id":"acme","type":"contact.deleted","occurred_at":"2026-11-20T00:00:00Z","channel":"operator","contact_id":"{jana}"}}"#
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_contactd"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["ingest", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), delete.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert!(json_lines(&stdout_ok(contactd(dir.path(), &["search", "--tenant", "acme", "refund"]))).is_empty());
+    assert!(!contactd(dir.path(), &["contact", "--tenant", "acme", jana]).status.success());
+}

@@ -1,0 +1,260 @@
+//! The store conformance suite: what resolution relies on from any `Store`.
+//! Written against the trait; each backend runs it through `conformance_suite!`.
+
+use contactd::event::Channel;
+use contactd::identity::{Identifier, IdentifierKind};
+use contactd::model::{
+    Claim, Contact, ContactRecord, EntryKind, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry, Timestamp,
+};
+use contactd::store::{Mutation, Store};
+
+fn entry(id: &str, micros: i64, session: Option<&str>) -> TimelineEntry {
+    TimelineEntry {
+        entry_id: id.into(),
+        occurred_at: Timestamp::from_micros(micros),
+        channel: Channel::Chat,
+        session_id: session.map(str::to_owned),
+        kind: EntryKind::Message,
+        text: format!("text {id}"),
+        details: serde_json::json!({}),
+    }
+}
+
+fn contact(id: &str) -> ContactRecord {
+    ContactRecord::Active(Contact { id: id.into(), name: None, identifiers: Vec::new(), created_at: Timestamp::from_micros(1) })
+}
+
+fn email(value: &str) -> Identifier {
+    Identifier { kind: IdentifierKind::Email, value: value.into() }
+}
+
+fn write<S: Store>(store: &mut S, tenant: &str, mutations: Vec<Mutation>) {
+    store.begin().unwrap();
+    store.apply(tenant, &mutations).unwrap();
+    store.commit().unwrap();
+}
+
+pub fn reads_return_what_was_written<S: Store>(store: &mut S) {
+    let config = TenantConfig { identifying_params: vec!["crm".into()], default_phone_region: Some("CZ".into()), version: None };
+    write(
+        store,
+        "t1",
+        vec![
+            Mutation::MarkSeen { event_id: "e1".into() },
+            Mutation::PutTenantConfig(config.clone()),
+            Mutation::PutContact { contact_id: "c1".into(), record: contact("c1") },
+            Mutation::PutSession {
+                session_id: "s1".into(),
+                record: SessionRecord { contact_id: Some("c1".into()), ..Default::default() },
+            },
+            Mutation::SetClaim { identifier: email("a@x.cz"), claim: Claim::Owned { contact_id: "c1".into() } },
+            Mutation::LinkSession { contact_id: "c1".into(), session_id: "s2".into() },
+            Mutation::LinkSession { contact_id: "c1".into(), session_id: "s1".into() },
+        ],
+    );
+    assert!(store.event_seen("t1", "e1").unwrap());
+    assert!(!store.event_seen("t1", "e2").unwrap());
+    assert_eq!(store.tenant_config("t1").unwrap(), Some(config));
+    assert_eq!(store.contact("t1", "c1").unwrap(), Some(contact("c1")));
+    assert_eq!(store.session("t1", "s1").unwrap().unwrap().contact_id.as_deref(), Some("c1"));
+    assert_eq!(store.claim("t1", &email("a@x.cz")).unwrap(), Some(Claim::Owned { contact_id: "c1".into() }));
+    assert_eq!(store.contact_sessions("t1", "c1").unwrap(), ["s1", "s2"], "sorted");
+}
+
+pub fn tenants_are_isolated<S: Store>(store: &mut S) {
+    write(
+        store,
+        "t1",
+        vec![
+            Mutation::MarkSeen { event_id: "e1".into() },
+            Mutation::PutContact { contact_id: "c1".into(), record: contact("c1") },
+            Mutation::SetClaim { identifier: email("a@x.cz"), claim: Claim::Owned { contact_id: "c1".into() } },
+            Mutation::PutEntry { contact_id: "c1".into(), entry: entry("x", 1, None) },
+        ],
+    );
+    assert!(!store.event_seen("t2", "e1").unwrap());
+    assert_eq!(store.contact("t2", "c1").unwrap(), None);
+    assert_eq!(store.claim("t2", &email("a@x.cz")).unwrap(), None);
+    assert!(store.timeline("t2", "c1", None, 10).unwrap().is_empty());
+}
+
+pub fn timelines_page_newest_first<S: Store>(store: &mut S) {
+    let mutations =
+        (0..5).map(|i| Mutation::PutEntry { contact_id: "c1".into(), entry: entry(&format!("e{i}"), i * 10, None) }).collect();
+    write(store, "t1", mutations);
+    let page = store.timeline("t1", "c1", None, 2).unwrap();
+    assert_eq!(page.iter().map(|e| e.entry_id.as_str()).collect::<Vec<_>>(), ["e4", "e3"]);
+    let cursor = TimelineCursor { occurred_at: page[1].occurred_at, entry_id: page[1].entry_id.clone() };
+    let next = store.timeline("t1", "c1", Some(&cursor), 10).unwrap();
+    assert_eq!(next.iter().map(|e| e.entry_id.as_str()).collect::<Vec<_>>(), ["e2", "e1", "e0"]);
+    assert_eq!(store.timeline_len("t1", "c1").unwrap(), 5);
+}
+
+pub fn writes_are_idempotent_overwrites<S: Store>(store: &mut S) {
+    let put = vec![Mutation::PutEntry { contact_id: "c1".into(), entry: entry("e1", 5, Some("s1")) }];
+    write(store, "t1", put.clone());
+    write(store, "t1", put);
+    assert_eq!(store.timeline_len("t1", "c1").unwrap(), 1);
+    write(
+        store,
+        "t1",
+        vec![Mutation::SetClaim {
+            identifier: email("a@x.cz"),
+            claim: Claim::Released { at: Timestamp::from_micros(9), erased: true },
+        }],
+    );
+    assert_eq!(
+        store.claim("t1", &email("a@x.cz")).unwrap(),
+        Some(Claim::Released { at: Timestamp::from_micros(9), erased: true })
+    );
+}
+
+pub fn deletes_remove_what_they_name<S: Store>(store: &mut S) {
+    write(
+        store,
+        "t1",
+        vec![
+            Mutation::PutEntry { contact_id: "c1".into(), entry: entry("e1", 1, None) },
+            Mutation::PutEntry { contact_id: "c1".into(), entry: entry("e2", 2, None) },
+            Mutation::PutEntry { contact_id: "c2".into(), entry: entry("e3", 3, None) },
+            Mutation::PutPending { session_id: "s1".into(), entry: entry("p1", 1, Some("s1")) },
+            Mutation::LinkSession { contact_id: "c1".into(), session_id: "s1".into() },
+        ],
+    );
+    write(
+        store,
+        "t1",
+        vec![Mutation::DeleteEntry { contact_id: "c1".into(), occurred_at: Timestamp::from_micros(1), entry_id: "e1".into() }],
+    );
+    assert_eq!(store.timeline_len("t1", "c1").unwrap(), 1);
+    assert_eq!(store.pending("t1", "s1").unwrap().len(), 1);
+    write(
+        store,
+        "t1",
+        vec![
+            Mutation::DeleteTimeline { contact_id: "c1".into() },
+            Mutation::ClearPending { session_id: "s1".into() },
+            Mutation::UnlinkSession { contact_id: "c1".into(), session_id: "s1".into() },
+        ],
+    );
+    assert_eq!(store.timeline_len("t1", "c1").unwrap(), 0);
+    assert_eq!(store.timeline_len("t1", "c2").unwrap(), 1, "other contacts keep theirs");
+    assert!(store.pending("t1", "s1").unwrap().is_empty());
+    assert!(store.contact_sessions("t1", "c1").unwrap().is_empty());
+}
+
+pub fn rollback_discards_the_unit<S: Store>(store: &mut S) {
+    store.begin().unwrap();
+    store.apply("t1", &[Mutation::MarkSeen { event_id: "e1".into() }]).unwrap();
+    store.rollback().unwrap();
+    assert!(!store.event_seen("t1", "e1").unwrap());
+}
+
+pub fn export_lists_live_contacts_in_order<S: Store>(store: &mut S) {
+    write(store, "t2", vec![Mutation::PutContact { contact_id: "a".into(), record: contact("a") }]);
+    write(
+        store,
+        "t1",
+        vec![
+            Mutation::PutContact { contact_id: "b".into(), record: contact("b") },
+            Mutation::PutContact { contact_id: "a".into(), record: contact("a") },
+            Mutation::PutContact { contact_id: "m".into(), record: ContactRecord::Merged { into: "a".into() } },
+            Mutation::PutContact { contact_id: "d".into(), record: ContactRecord::Deleted { at: Timestamp::from_micros(1) } },
+            Mutation::PutEntry { contact_id: "a".into(), entry: entry("e1", 1, None) },
+            Mutation::LinkSession { contact_id: "a".into(), session_id: "s1".into() },
+        ],
+    );
+    let mut seen = Vec::new();
+    store
+        .export(&mut |c| {
+            seen.push((c.tenant_id.clone(), c.contact_id.clone(), c.timeline_entries, c.sessions.clone()));
+            Ok(())
+        })
+        .unwrap();
+    let keys: Vec<(&str, &str)> = seen.iter().map(|(t, c, _, _)| (t.as_str(), c.as_str())).collect();
+    assert_eq!(keys, [("t1", "a"), ("t1", "b"), ("t2", "a")]);
+    assert_eq!((seen[0].2, seen[0].3.clone()), (1, vec!["s1".to_owned()]));
+}
+
+/// Runs every check of the suite against a fresh store from `$make`.
+macro_rules! conformance_suite {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            #[test]
+            fn reads_return_what_was_written() {
+                super::reads_return_what_was_written(&mut $make);
+            }
+            #[test]
+            fn tenants_are_isolated() {
+                super::tenants_are_isolated(&mut $make);
+            }
+            #[test]
+            fn timelines_page_newest_first() {
+                super::timelines_page_newest_first(&mut $make);
+            }
+            #[test]
+            fn writes_are_idempotent_overwrites() {
+                super::writes_are_idempotent_overwrites(&mut $make);
+            }
+            #[test]
+            fn deletes_remove_what_they_name() {
+                super::deletes_remove_what_they_name(&mut $make);
+            }
+            #[test]
+            fn rollback_discards_the_unit() {
+                super::rollback_discards_the_unit(&mut $make);
+            }
+            #[test]
+            fn export_lists_live_contacts_in_order() {
+                super::export_lists_live_contacts_in_order(&mut $make);
+            }
+        }
+    };
+}
+
+conformance_suite!(sqlite, crate::harness::Directory::new().store);
+
+/// Several processes share one data directory: each write unit sees the
+/// others' committed claims, so no identifier ever gets two owners.
+#[test]
+fn concurrent_writers_on_one_file_never_double_claim() {
+    use contactd::store::sqlite::{SqliteOptions, SqliteStore};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("directory.sqlite3");
+    SqliteStore::open(&path, &SqliteOptions::default()).unwrap();
+    let lines: Vec<String> = (0..400)
+        .map(|i| {
+            let identity = serde_json::json!({ "emails": [format!("user{}@example.cz", i % 50)] });
+            crate::harness::identified(&format!("e{i}"), i % 600, &format!("s{i}"), identity).to_string()
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for worker in 0..2 {
+            let (path, lines) = (&path, &lines);
+            scope.spawn(move || {
+                let mut store = SqliteStore::open(path, &SqliteOptions::default()).unwrap();
+                for chunk in lines.chunks(7).skip(worker).step_by(2).chain(lines.chunks(7).skip(1 - worker).step_by(2)) {
+                    let batch: Vec<_> = chunk
+                        .iter()
+                        .map(|l| contactd::source::RawRecord {
+                            payload: l.clone().into_bytes(),
+                            origin: contactd::source::Origin { source: "t".into(), position: 0 },
+                        })
+                        .collect();
+                    contactd::pipeline::process_batch_with_retry(&mut store, &batch, 20).unwrap();
+                }
+            });
+        }
+    });
+    let store = SqliteStore::open(&path, &SqliteOptions::default()).unwrap();
+    let mut contacts = Vec::new();
+    store
+        .export(&mut |c| {
+            contacts.push(c);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(contacts.len(), 50, "one contact per identifier");
+    let sessions: usize = contacts.iter().map(|c| c.sessions.len()).sum();
+    assert_eq!(sessions, 400, "every event applied exactly once");
+}

@@ -1,0 +1,144 @@
+//! Property tests of the guarantees in CONTRACT section 3: redeliveries change
+//! nothing, and a session's entries and a contact's name do not depend on the
+//! order in which events arrive.
+
+use std::collections::BTreeSet;
+
+use contactd::model::EntryKind;
+use contactd::store::DirectoryView;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use crate::harness::{Directory, identified, message, with};
+
+/// One conversation: which customer, whether they also give a phone, how many
+/// messages, and the guest name they type (if any).
+#[derive(Clone, Debug)]
+struct Conversation {
+    customer: u8,
+    phone: bool,
+    messages: u8,
+    name: Option<u8>,
+}
+
+fn conversation() -> impl Strategy<Value = Conversation> {
+    (0u8..4, any::<bool>(), 0u8..4, proptest::option::of(0u8..3)).prop_map(|(customer, phone, messages, name)| Conversation {
+        customer,
+        phone,
+        messages,
+        name,
+    })
+}
+
+/// Events with distinct times; every identity carries the customer's e-mail, so
+/// each customer ends up as exactly one contact whatever the order.
+fn events(conversations: &[Conversation]) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut minute = 0;
+    let mut tick = || {
+        minute += 1;
+        minute
+    };
+    for (n, c) in conversations.iter().enumerate() {
+        let session = format!("s{n}");
+        let mut identity = json!({ "emails": [format!("customer{}@example.cz", c.customer)] });
+        if c.phone {
+            identity["phones"] = json!([format!("+42077700{:04}", c.customer)]);
+        }
+        let started = crate::harness::event(&format!("{session}-start"), "session.started", tick(), Some(&session));
+        out.push(with(started, "identity", identity.clone()));
+        for m in 0..c.messages {
+            out.push(message(&format!("{session}-m{m}"), tick(), &session, &format!("{session} message {m}")));
+        }
+        if let Some(name) = c.name {
+            identity["name"] = json!(format!("Name {name} of {}", c.customer));
+            out.push(identified(&format!("{session}-id"), tick(), &session, identity));
+        }
+    }
+    out
+}
+
+/// The directory with contact ids abstracted away: per contact its e-mails,
+/// phones, sessions, name and message texts.
+type Canonical = BTreeSet<(Vec<String>, Vec<String>, Vec<String>, Option<String>, BTreeSet<String>)>;
+
+fn canonical(directory: &Directory) -> Canonical {
+    directory
+        .export()
+        .into_iter()
+        .map(|c| {
+            let texts = directory
+                .store
+                .timeline(&c.tenant_id, &c.contact_id, None, usize::MAX)
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.kind == EntryKind::Message)
+                .map(|e| e.text)
+                .collect();
+            (c.state.emails, c.state.phones, c.sessions, c.state.name, texts)
+        })
+        .collect()
+}
+
+fn run(events: &[Value]) -> Directory {
+    let mut directory = Directory::new();
+    directory.feed(events);
+    directory
+}
+
+fn shuffled(events: &[Value], seed: u64) -> Vec<Value> {
+    use rand::seq::SliceRandom;
+    use rand::{SeedableRng, rngs::SmallRng};
+    let mut out = events.to_vec();
+    out.shuffle(&mut SmallRng::seed_from_u64(seed));
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn redeliveries_leave_the_snapshot_unchanged(
+        conversations in proptest::collection::vec(conversation(), 1..6),
+        redeliveries in proptest::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>()), 1..8),
+    ) {
+        let once = events(&conversations);
+        let mut twice = once.clone();
+        for (which, at) in redeliveries {
+            let original = which.index(once.len());
+            // A redelivery arrives after the original, anywhere later.
+            let position = original + 1 + at.index(twice.len() - original);
+            twice.insert(position.min(twice.len()), once[original].clone());
+        }
+        let expected = run(&once);
+        let actual = run(&twice);
+        prop_assert_eq!(expected.export(), actual.export());
+        prop_assert_eq!(expected.changes().len(), actual.changes().len());
+    }
+
+    #[test]
+    fn arrival_order_does_not_change_who_owns_what(
+        conversations in proptest::collection::vec(conversation(), 1..6),
+        seed in any::<u64>(),
+    ) {
+        let ordered = events(&conversations);
+        let expected = canonical(&run(&ordered));
+        let directory = run(&shuffled(&ordered, seed));
+        prop_assert_eq!(&canonical(&directory), &expected);
+        for n in 0..conversations.len() {
+            prop_assert!(directory.store.pending("acme", &format!("s{n}")).unwrap().is_empty(), "no entry of a resolved session is left waiting");
+        }
+    }
+
+    #[test]
+    fn the_newest_guest_name_wins_whatever_the_order(names in proptest::collection::vec(0u32..500, 1..8), seed in any::<u64>()) {
+        let distinct: BTreeSet<u32> = names.into_iter().collect();
+        let events: Vec<Value> = distinct
+            .iter()
+            .map(|minute| identified(&format!("n{minute}"), *minute, "s1", json!({ "emails": ["n@example.cz"], "name": format!("Name {minute}") })))
+            .collect();
+        let directory = run(&shuffled(&events, seed));
+        let newest = distinct.iter().max().unwrap();
+        prop_assert_eq!(directory.contact_with_email("n@example.cz").state.name, Some(format!("Name {newest}")));
+    }
+}

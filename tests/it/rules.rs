@@ -1,0 +1,278 @@
+//! CONTRACT sections 2-4, rule by rule, through the real pipeline and store.
+
+use contactd::model::ChangeKind;
+use contactd::store::DirectoryView;
+use serde_json::json;
+
+use crate::harness::{Directory, configure, event, identified, message, with};
+
+fn examples() -> Vec<String> {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/events.jsonl"))
+        .expect("examples/events.jsonl")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_example_events_build_the_expected_directory() {
+    let mut directory = Directory::new();
+    let (report, rejected) = directory.feed_lines(&examples());
+    assert_eq!(report.duplicates, 1);
+    assert_eq!(rejected, ["not_json", "missing_field"]);
+    let contacts = directory.export();
+    assert_eq!(contacts.len(), 3);
+
+    let jana = directory.contact_with_email("jana.novakova@example.cz");
+    assert_eq!(jana.tenant_id, "acme");
+    assert_eq!(jana.state.name.as_deref(), Some("Jana Nováková"));
+    assert_eq!(jana.state.phones, ["+420777123456"]);
+    assert_eq!(jana.state.channel_ids.whatsapp, ["420777123456"]);
+    assert_eq!(jana.state.channel_ids.browser, ["b-7f3a"]);
+    assert_eq!(jana.sessions, ["call-500", "chat-100", "mail-300", "wa-200"]);
+
+    let karel = contacts.iter().find(|c| c.state.channel_ids.facebook == ["acme-page:2231"]).expect("Karel");
+    assert_eq!(karel.state.name.as_deref(), Some("Karel Dvořák Jr."));
+    assert_eq!(karel.state.params.get("crm_id").map(String::as_str), Some("C-1002"));
+    assert_eq!(karel.state.emails, ["karel@dvorak.example"]);
+
+    let globex: Vec<_> = contacts.iter().filter(|c| c.tenant_id == "globex").collect();
+    assert_eq!(globex.len(), 1, "tenants never share contacts");
+    assert_ne!(globex[0].contact_id, jana.contact_id);
+}
+
+#[test]
+fn an_anonymous_session_waits_and_attaches_when_it_resolves() {
+    let mut directory = Directory::new();
+    directory.feed(&[
+        with(event("e1", "session.started", 0, Some("s1")), "identity", json!({ "browser_id": "b-1" })),
+        message("e2", 1, "s1", "where is my parcel"),
+    ]);
+    assert!(directory.export().is_empty(), "a browser id alone never founds a contact");
+    directory.feed(&[identified("e3", 2, "s1", json!({ "emails": ["ann@example.cz"], "name": "Ann" }))]);
+    let ann = directory.contact_with_email("ann@example.cz");
+    assert_eq!(ann.state.channel_ids.browser, ["b-1"]);
+    assert_eq!(ann.sessions, ["s1"]);
+    let timeline = directory.store.timeline("acme", &ann.contact_id, None, 100).unwrap();
+    assert!(timeline.iter().any(|e| e.text == "where is my parcel"), "the waiting message attached");
+}
+
+#[test]
+fn a_returning_browser_finds_its_contact_but_cannot_found_one() {
+    let mut directory = Directory::new();
+    directory.feed(&[
+        with(
+            event("e1", "session.started", 0, Some("s1")),
+            "identity",
+            json!({ "browser_id": "b-1", "emails": ["ann@example.cz"] }),
+        ),
+        with(event("e2", "session.started", 10, Some("s2")), "identity", json!({ "browser_id": "b-1" })),
+        message("e3", 11, "s2", "me again"),
+    ]);
+    let ann = directory.contact_with_email("ann@example.cz");
+    assert_eq!(ann.sessions, ["s1", "s2"]);
+}
+
+#[test]
+fn the_highest_priority_identifier_decides_and_others_are_never_moved() {
+    let mut directory = Directory::new();
+    directory.feed(&[
+        configure("cfg", 0),
+        identified("e1", 1, "s1", json!({ "phones": ["+420 777 000 111"] })),
+        identified("e2", 2, "s2", json!({ "emails": ["bob@example.cz"] })),
+        identified("e3", 3, "s3", json!({ "emails": ["bob@example.cz"], "phones": ["777 000 111"] })),
+    ]);
+    let bob = directory.contact_with_email("bob@example.cz");
+    assert_eq!(bob.sessions, ["s2", "s3"], "email outranks phone");
+    assert!(bob.state.phones.is_empty(), "the phone stays with its first owner");
+    let conflicts: Vec<_> = directory.changes().into_iter().filter(|c| c.kind == ChangeKind::IdentityConflict).collect();
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].contact_id, bob.contact_id);
+    assert_eq!(conflicts[0].data["identifier"], "phone:+420777000111");
+    let timeline = directory.store.timeline("acme", &bob.contact_id, None, 100).unwrap();
+    assert!(timeline.iter().any(|e| e.kind == contactd::model::EntryKind::IdentityConflict));
+}
+
+#[test]
+fn custom_parameters_identify_only_when_the_tenant_says_so() {
+    let mut directory = Directory::new();
+    directory.feed(&[
+        identified("e1", 1, "s1", json!({ "params": { "crm_id": "C-1" } })),
+        configure("cfg", 2),
+        identified("e2", 3, "s2", json!({ "params": { "crm_id": "C-1", "color": "red" } })),
+        identified("e3", 4, "s3", json!({ "params": { "crm_id": "C-1" } })),
+    ]);
+    let contacts = directory.export();
+    assert_eq!(contacts.len(), 1, "before configuration crm_id was not an identifier");
+    assert_eq!(contacts[0].sessions, ["s2", "s3"]);
+    assert_eq!(contacts[0].state.params, [("crm_id".to_owned(), "C-1".to_owned())].into());
+}
+
+#[test]
+fn operator_names_win_and_guest_names_are_last_writer_wins() {
+    let mut directory = Directory::new();
+    directory.feed(&[
+        identified("e1", 10, "s1", json!({ "emails": ["cy@example.cz"], "name": "Cy New" })),
+        identified("e2", 5, "s1", json!({ "name": "Cy Old" })),
+    ]);
+    assert_eq!(
+        directory.contact_with_email("cy@example.cz").state.name.as_deref(),
+        Some("Cy New"),
+        "an older name arriving late loses"
+    );
+    directory.feed(&[with(event("e3", "contact.updated", 1, Some("s1")), "payload", json!({ "set_name": "Cyril (VIP)" }))]);
+    directory.feed(&[identified("e4", 20, "s1", json!({ "name": "cy" }))]);
+    assert_eq!(
+        directory.contact_with_email("cy@example.cz").state.name.as_deref(),
+        Some("Cyril (VIP)"),
+        "an operator's name always wins"
+    );
+}
+
+fn email(id: &str, minute: u32, session: &str, participants: &[&str]) -> serde_json::Value {
+    let e = with(event(id, "email.received", minute, Some(session)), "channel", json!("email"));
+    with(
+        e,
+        "payload",
+        json!({ "thread_id": session, "message_id": id, "subject": "Invoice", "text": "see attached", "participants": participants }),
+    )
+}
+
+#[test]
+fn email_threads_go_to_the_first_participant_in_the_directory() {
+    let mut directory = Directory::new();
+    directory.feed(&[
+        identified("known-a", 0, "s0", json!({ "emails": ["a@example.cz"] })),
+        identified("known-b", 0, "s00", json!({ "emails": ["b@example.cz"] })),
+        // a) the first participant is known
+        email("m1", 1, "t1", &["a@example.cz", "b@example.cz"]),
+        // b) only a later participant is known
+        email("m2", 2, "t2", &["stranger@example.cz", "b@example.cz"]),
+        // c) nobody is known: the first address founds a contact
+        email("m3", 3, "t3", &["new@example.cz", "other@example.cz"]),
+    ]);
+    assert!(directory.contact_with_email("a@example.cz").sessions.contains(&"t1".to_owned()));
+    assert!(directory.contact_with_email("b@example.cz").sessions.contains(&"t2".to_owned()));
+    let new = directory.contact_with_email("new@example.cz");
+    assert_eq!(new.sessions, ["t3"]);
+    assert!(
+        directory.export().iter().all(|c| !c.state.emails.contains(&"other@example.cz".to_owned())),
+        "other participants are other people"
+    );
+}
+
+#[test]
+fn linking_a_resolved_session_merges_its_contact() {
+    let mut directory = Directory::new();
+    directory.feed(&[
+        identified("e1", 1, "s1", json!({ "emails": ["x@example.cz"] })),
+        identified("e2", 2, "s2", json!({ "phones": ["+420777000222"] })),
+        message("e3", 3, "s2", "hello from y"),
+    ]);
+    let x = directory.contact_with_email("x@example.cz").contact_id;
+    let y = directory.export().into_iter().find(|c| c.contact_id != x).unwrap().contact_id;
+    directory.feed(&[with(event("e4", "session.linked", 4, Some("s2")), "contact_id", json!(x))]);
+    let contacts = directory.export();
+    assert_eq!(contacts.len(), 1, "y was merged into x");
+    assert_eq!(contacts[0].contact_id, x);
+    assert_eq!(contacts[0].state.phones, ["+420777000222"]);
+    assert_eq!(contacts[0].sessions, ["s1", "s2"]);
+    let timeline = directory.store.timeline("acme", &x, None, 100).unwrap();
+    assert!(timeline.iter().any(|e| e.text == "hello from y"));
+    // The old id redirects, so events naming it still land on x.
+    directory.feed(&[with(
+        with(event("e5", "note.added", 5, None), "contact_id", json!(y)),
+        "payload",
+        json!({ "note_id": "n", "author": "op", "text": "note via old id" }),
+    )]);
+    assert!(directory.store.timeline("acme", &x, None, 100).unwrap().iter().any(|e| e.text == "note via old id"));
+}
+
+#[test]
+fn unlinking_returns_the_session_entries_to_waiting() {
+    let mut directory = Directory::new();
+    directory.feed(&[
+        identified("e1", 1, "s1", json!({ "emails": ["x@example.cz"] })),
+        message("e2", 2, "s1", "wrong person"),
+        with(event("e3", "session.unlinked", 3, Some("s1")), "channel", json!("operator")),
+    ]);
+    let x = directory.contact_with_email("x@example.cz");
+    assert!(x.sessions.is_empty());
+    let timeline = directory.store.timeline("acme", &x.contact_id, None, 100).unwrap();
+    assert!(timeline.iter().all(|e| e.session_id.as_deref() != Some("s1")));
+    assert_eq!(directory.store.pending("acme", "s1").unwrap().len(), 2, "the message and the identifier change of e1 wait again");
+}
+
+#[test]
+fn deletion_erases_and_older_events_never_bring_it_back() {
+    let mut directory = Directory::new();
+    directory.feed(&[identified("e1", 10, "s1", json!({ "emails": ["gone@example.cz"] })), message("e2", 11, "s1", "secret")]);
+    let id = directory.contact_with_email("gone@example.cz").contact_id;
+    directory.feed(&[with(event("del", "contact.deleted", 20, None), "contact_id", json!(id))]);
+    assert!(directory.export().is_empty());
+    assert!(directory.store.timeline("acme", &id, None, 10).unwrap().is_empty());
+    let late = directory.feed(&[
+        message("e3", 12, "s1", "late message of the erased session"),
+        identified("e4", 15, "s9", json!({ "emails": ["gone@example.cz"] })),
+        with(
+            with(event("e5", "note.added", 15, None), "contact_id", json!(id)),
+            "payload",
+            json!({ "note_id": "n", "author": "op", "text": "t" }),
+        ),
+    ]);
+    assert_eq!(late.skipped.get("erased"), Some(&3));
+    assert!(directory.export().is_empty(), "nothing older than the deletion resurrects it");
+    directory.feed(&[identified("e6", 30, "s10", json!({ "emails": ["gone@example.cz"] }))]);
+    let reborn = directory.contact_with_email("gone@example.cz");
+    assert_ne!(reborn.contact_id, id, "a later event starts a new contact");
+    assert_eq!(reborn.sessions, ["s10"]);
+}
+
+#[test]
+fn a_removed_identifier_is_not_re_added_by_an_older_event() {
+    let mut directory = Directory::new();
+    directory.feed(&[
+        identified("e1", 1, "s1", json!({ "emails": ["z@example.cz"], "phones": ["+420777000333"] })),
+        with(event("e2", "contact.updated", 10, Some("s1")), "payload", json!({ "remove": { "phones": ["+420777000333"] } })),
+        identified("e3", 5, "s1", json!({ "phones": ["+420777000333"] })),
+    ]);
+    assert!(directory.contact_with_email("z@example.cz").state.phones.is_empty());
+    directory.feed(&[identified("e4", 11, "s1", json!({ "phones": ["+420777000333"] }))]);
+    assert_eq!(directory.contact_with_email("z@example.cz").state.phones, ["+420777000333"], "a newer event may add it again");
+}
+
+#[test]
+fn an_event_for_an_unknown_contact_is_dead_lettered() {
+    let mut directory = Directory::new();
+    let note = with(event("e1", "note.added", 1, None), "contact_id", json!("c-nobody"));
+    let (_, rejected) =
+        directory.feed_lines(&[with(note, "payload", json!({ "note_id": "n", "author": "op", "text": "t" })).to_string()]);
+    assert_eq!(rejected, ["unknown_contact"]);
+}
+
+#[test]
+fn operators_create_contacts_and_the_changes_carry_state() {
+    let mut directory = Directory::new();
+    let created = with(event("op-1", "contact.created", 1, None), "channel", json!("operator"));
+    directory.feed(&[with(created, "identity", json!({ "name": "Dana", "emails": ["dana@example.cz"], "source": "operator" }))]);
+    let dana = directory.contact_with_email("dana@example.cz");
+    assert_eq!(dana.state.name.as_deref(), Some("Dana"));
+    let changes = directory.changes();
+    let kinds: Vec<ChangeKind> = changes.iter().map(|c| c.kind).collect();
+    assert!(kinds.contains(&ChangeKind::ContactCreated) && kinds.contains(&ChangeKind::IdentifierAdded));
+    let created = changes.iter().find(|c| c.kind == ChangeKind::ContactCreated).unwrap();
+    assert_eq!(created.data["contact"]["emails"], json!(["dana@example.cz"]), "state after the event");
+    assert!(changes.iter().all(|c| c.caused_by == "op-1" && c.contact_id == dana.contact_id));
+}
+
+#[test]
+fn a_redelivered_event_changes_nothing() {
+    let mut directory = Directory::new();
+    let events = [identified("e1", 1, "s1", json!({ "emails": ["r@example.cz"] })), message("e2", 2, "s1", "hi")];
+    directory.feed(&events);
+    let (before, changes) = (directory.export(), directory.changes().len());
+    let report = directory.feed(&events);
+    assert_eq!(report.duplicates, 2);
+    assert_eq!(directory.export(), before);
+    assert_eq!(directory.changes().len(), changes);
+}
