@@ -1,0 +1,72 @@
+//! Benchmarks of the hot paths, each reported as events per second and as a
+//! ratio to a baseline measured in the same run (JSON decoding alone), so the
+//! figures compare across machines. `cargo bench` runs it;
+//! CONTACTD_BENCH_EVENTS sets the corpus size (default 200000).
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use contactd::corpus::{GenOptions, Generator};
+use contactd::event;
+use contactd::identity;
+use contactd::model::TenantConfig;
+use contactd::pipeline;
+use contactd::source::{Origin, RawRecord};
+use contactd::store::sqlite::{SqliteOptions, SqliteStore};
+
+fn rate(events: usize, started: Instant) -> f64 {
+    events as f64 / started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let events: u64 = std::env::var("CONTACTD_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let mut corpus = Vec::new();
+    Generator::new(GenOptions { events, ..GenOptions::default() }).write(&mut corpus).expect("corpus");
+    let lines: Vec<&[u8]> = corpus.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    let n = lines.len();
+
+    let started = Instant::now();
+    let decoded: Vec<event::Event> = lines.iter().filter_map(|l| event::decode(l).ok()).collect();
+    let baseline = rate(n, started);
+
+    let config = TenantConfig { identifying_params: vec!["crm_id".into()], default_phone_region: Some("CZ".into()), version: None };
+    let started = Instant::now();
+    for event in &decoded {
+        if let Some(identity) = &event.identity {
+            black_box(identity::normalize(identity, &config));
+        }
+    }
+    let normalize = rate(n, started);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut store = SqliteStore::open(&dir.path().join("bench.sqlite3"), &SqliteOptions::default()).expect("store");
+    let records: Vec<RawRecord> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| RawRecord { payload: l.to_vec(), origin: Origin { source: "bench".into(), position: i as u64 } })
+        .collect();
+    let started = Instant::now();
+    for batch in records.chunks(5_000) {
+        pipeline::process_batch(&mut store, batch).expect("batch");
+    }
+    let resolve_store = rate(n, started);
+
+    let index = contactd::index::SearchIndex::open_or_create(&dir.path().join("index")).expect("index");
+    let mut log = SqliteStore::open(&dir.path().join("bench.sqlite3"), &SqliteOptions::default()).expect("store");
+    let options = contactd::config::Config::default().follow_options();
+    let started = Instant::now();
+    let done = std::sync::atomic::AtomicBool::new(true);
+    let followed = pipeline::follow_changes(&mut log, &index, &options, &done).expect("index");
+    let indexing = rate(n, started);
+
+    println!("contactd pipeline benchmark, {n} events ({} changes indexed)", followed.changes);
+    println!("{:<28} {:>12} {:>8}", "stage", "events/s", "ratio");
+    for (stage, value) in [
+        ("decode (baseline)", baseline),
+        ("normalize identities", normalize),
+        ("resolve + SQLite store", resolve_store),
+        ("index changes (tantivy)", indexing),
+    ] {
+        println!("{stage:<28} {value:>12.0} {:>8.3}", value / baseline);
+    }
+}
