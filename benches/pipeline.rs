@@ -29,7 +29,8 @@ fn main() {
     let decoded: Vec<event::Event> = lines.iter().filter_map(|l| event::decode(l).ok()).collect();
     let baseline = rate(n, started);
 
-    let config = TenantConfig { identifying_params: vec!["crm_id".into()], default_phone_region: Some("CZ".into()), version: None };
+    let config =
+        TenantConfig { identifying_params: vec!["crm_id".into()], default_phone_region: Some("CZ".into()), version: None };
     let started = Instant::now();
     for event in &decoded {
         if let Some(identity) = &event.identity {

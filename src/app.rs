@@ -137,10 +137,13 @@ pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummar
     let progress = progress_bar(total_bytes, args.quiet);
 
     let (report, follow) = std::thread::scope(|scope| {
-        let follower = scope.spawn(|| -> anyhow::Result<FollowReport> {
-            let mut log = SqliteStore::open(&config.store_path(), &config.sqlite_options())?;
-            Ok(pipeline::follow_changes(&mut log, &index, &config.follow_options(), &producer_done)?)
-        });
+        let follower = std::thread::Builder::new()
+            .name("contactd-index".into())
+            .spawn_scoped(scope, || -> anyhow::Result<FollowReport> {
+                let mut log = SqliteStore::open(&config.store_path(), &config.sqlite_options())?;
+                Ok(pipeline::follow_changes(&mut log, &index, &config.follow_options(), &producer_done)?)
+            })
+            .expect("spawning the indexing thread");
         let produced = (|| -> anyhow::Result<Report> {
             let mut report = Report::default();
             loop {

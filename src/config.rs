@@ -49,6 +49,9 @@ pub struct IndexConfig {
 pub struct SqliteConfig {
     /// Milliseconds a writer waits for another process's transaction. Default 30000.
     pub busy_timeout_ms: u64,
+    /// Records (sessions, contacts, identifier claims) kept in memory between
+    /// write units; about 300 bytes each. Default 2000000.
+    pub cache_records: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -93,7 +96,7 @@ impl Default for IndexConfig {
 
 impl Default for SqliteConfig {
     fn default() -> Self {
-        Self { busy_timeout_ms: 30_000 }
+        Self { busy_timeout_ms: 30_000, cache_records: 2_000_000 }
     }
 }
 
@@ -167,7 +170,10 @@ impl Config {
     }
 
     pub fn sqlite_options(&self) -> crate::store::sqlite::SqliteOptions {
-        crate::store::sqlite::SqliteOptions { busy_timeout: Duration::from_millis(self.sqlite.busy_timeout_ms) }
+        crate::store::sqlite::SqliteOptions {
+            busy_timeout: Duration::from_millis(self.sqlite.busy_timeout_ms),
+            cache_records: self.sqlite.cache_records,
+        }
     }
 
     pub fn follow_options(&self) -> crate::pipeline::FollowOptions {

@@ -185,7 +185,8 @@ pub struct FollowReport {
     pub indexed: bool,
 }
 
-const CHANGES_PER_READ: usize = 4096;
+/// Write units read per poll; each holds up to one ingest batch of changes.
+const UNITS_PER_READ: usize = 4;
 const IDLE_POLL: Duration = Duration::from_millis(20);
 
 /// Applies the change log to the index until `producer_done` is set and the log
@@ -217,8 +218,8 @@ pub fn follow_changes<L: ChangeLog>(
     let mut last_commit = Instant::now();
     loop {
         let done = producer_done.load(Ordering::Acquire);
-        let changes = log.read_after(applied_through, CHANGES_PER_READ)?;
-        if changes.is_empty() {
+        let units = log.read_after(applied_through, UNITS_PER_READ)?;
+        if units.is_empty() {
             if done {
                 break;
             }
@@ -232,10 +233,12 @@ pub fn follow_changes<L: ChangeLog>(
             std::thread::sleep(IDLE_POLL);
             continue;
         }
-        for (seq, change) in &changes {
-            writer.apply(change, *seq)?;
-            applied_through = *seq;
-            report.changes += 1;
+        for unit in &units {
+            for change in &unit.changes {
+                writer.apply(change, unit.seq)?;
+                report.changes += 1;
+            }
+            applied_through = unit.seq;
         }
         if writer.pending_ops() >= options.commit_every_ops || last_commit.elapsed() >= options.commit_interval {
             writer.commit(applied_through)?;

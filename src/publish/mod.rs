@@ -12,11 +12,19 @@ pub trait ChangeSink {
     fn publish(&mut self, changes: &[Change]) -> StoreResult<()>;
 }
 
-/// A durable, ordered log of changes that a consumer reads by sequence number.
+/// The changes of one write unit, in order, under the unit's log position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChangeUnit {
+    pub seq: u64,
+    pub changes: Vec<Change>,
+}
+
+/// A durable, ordered log of changes, one entry per write unit, that a consumer
+/// reads by position. Consumers record positions of whole units only.
 pub trait ChangeLog {
-    /// Changes with a sequence number above `after`, oldest first.
-    fn read_after(&self, after: u64, limit: usize) -> StoreResult<Vec<(u64, Change)>>;
-    /// Forgets changes every consumer has made durable.
+    /// Up to `max_units` units after position `after`, oldest first.
+    fn read_after(&self, after: u64, max_units: usize) -> StoreResult<Vec<ChangeUnit>>;
+    /// Forgets units every consumer has made durable.
     fn trim_through(&mut self, seq: u64) -> StoreResult<()>;
 }
 

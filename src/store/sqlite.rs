@@ -1,9 +1,11 @@
 //! The embedded store: one SQLite file in WAL mode. Write units are `BEGIN
 //! IMMEDIATE` transactions, so several processes can share a data directory and
-//! still see identifier claims one at a time.
+//! still see identifier claims one at a time. Small records (tenants, sessions,
+//! contacts, claims) are served from a cache and written back once per unit;
+//! the cache is dropped whenever another process has committed.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,13 +16,17 @@ use serde::de::DeserializeOwned;
 use super::{DirectoryView, Mutation, Store, StoreError, StoreResult};
 use crate::identity::Identifier;
 use crate::model::{Change, Claim, ContactRecord, ExportedContact, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry};
-use crate::publish::{ChangeLog, ChangeSink};
+use crate::publish::{ChangeLog, ChangeSink, ChangeUnit};
 
 const SCHEMA_VERSION: i64 = 1;
 const STATEMENT_CACHE_CAPACITY: usize = 64;
 const PAGE_SIZE: i64 = 16_384;
 const WAL_CHECKPOINT_PAGES: i64 = 4_096;
 
+// Timeline and pending rows are JSON of several hundred bytes: kept in rowid
+// tables (appended in arrival order) with a narrow unique index for partition
+// reads, because wide rows in a WITHOUT ROWID B-tree make every insert shift and
+// split pages. The small record tables stay WITHOUT ROWID.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tenants (tenant TEXT PRIMARY KEY, config TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (tenant TEXT NOT NULL, event_id TEXT NOT NULL, PRIMARY KEY (tenant, event_id)) WITHOUT ROWID;
@@ -33,29 +39,58 @@ CREATE TABLE IF NOT EXISTS contact_sessions (tenant TEXT NOT NULL, contact_id TE
 CREATE TABLE IF NOT EXISTS claims (tenant TEXT NOT NULL, identifier_hash BLOB NOT NULL, claim TEXT NOT NULL,
     PRIMARY KEY (tenant, identifier_hash)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS timeline (tenant TEXT NOT NULL, contact_id TEXT NOT NULL, occurred_at INTEGER NOT NULL,
-    entry_id TEXT NOT NULL, entry TEXT NOT NULL, PRIMARY KEY (tenant, contact_id, occurred_at, entry_id)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS pending (tenant TEXT NOT NULL, session_id TEXT NOT NULL, entry_id TEXT NOT NULL, entry TEXT NOT NULL,
-    PRIMARY KEY (tenant, session_id, entry_id)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, change TEXT NOT NULL);
+    entry_id TEXT NOT NULL, entry TEXT NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS timeline_by_contact ON timeline (tenant, contact_id, occurred_at, entry_id);
+CREATE TABLE IF NOT EXISTS pending (tenant TEXT NOT NULL, session_id TEXT NOT NULL, entry_id TEXT NOT NULL, entry TEXT NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS pending_by_session ON pending (tenant, session_id, entry_id);
+CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, changes TEXT NOT NULL);
 ";
 
 #[derive(Clone, Debug)]
 pub struct SqliteOptions {
     /// How long a writer waits for another process's write transaction.
     pub busy_timeout: Duration,
+    /// Records kept in the read cache before it is emptied at the next unit.
+    pub cache_records: usize,
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        Self { busy_timeout: Duration::from_secs(30) }
+        Self { busy_timeout: Duration::from_secs(30), cache_records: 2_000_000 }
+    }
+}
+
+type Key = (String, String);
+
+/// Records as last read or written by this connection. `None` caches absence.
+/// `dirty` keys were written in the open unit and are flushed at commit.
+#[derive(Default)]
+struct Cache {
+    tenants: HashMap<String, Option<TenantConfig>>,
+    sessions: HashMap<Key, Option<SessionRecord>>,
+    contacts: HashMap<Key, Option<ContactRecord>>,
+    claims: HashMap<(String, [u8; 16]), Option<Claim>>,
+    dirty_tenants: Vec<String>,
+    dirty_sessions: Vec<Key>,
+    dirty_contacts: Vec<Key>,
+    dirty_claims: Vec<(String, [u8; 16])>,
+}
+
+impl Cache {
+    fn len(&self) -> usize {
+        self.tenants.len() + self.sessions.len() + self.contacts.len() + self.claims.len()
     }
 }
 
 pub struct SqliteStore {
     conn: Connection,
-    /// Tenant settings change rarely and are read by every event; cached for the
-    /// length of one write unit, when no other process can change them.
-    tenant_cache: RefCell<HashMap<String, Option<TenantConfig>>>,
+    cache: RefCell<Cache>,
+    cache_records: usize,
+    /// `PRAGMA data_version` when this connection last held the write lock; a
+    /// different value means another process committed and the cache is stale.
+    data_version: Option<i64>,
+    /// Changes of the open unit, written as one outbox row at commit.
+    unit_changes: Vec<Change>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -120,7 +155,85 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA).map_err(sql_error)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sql_error)?;
         conn.execute_batch("COMMIT").map_err(sql_error)?;
-        Ok(Self { conn, tenant_cache: RefCell::new(HashMap::new()) })
+        Ok(Self {
+            conn,
+            cache: RefCell::new(Cache::default()),
+            cache_records: options.cache_records,
+            data_version: None,
+            unit_changes: Vec::new(),
+        })
+    }
+
+    fn data_version(&self) -> StoreResult<i64> {
+        self.conn.pragma_query_value(None, "data_version", |row| row.get(0)).map_err(sql_error)
+    }
+
+    /// Looks `key` up in a cache map, reading and remembering it on a miss.
+    fn cached<K, T>(
+        &self,
+        map: impl Fn(&mut Cache) -> &mut HashMap<K, Option<T>>,
+        key: K,
+        load: impl FnOnce() -> StoreResult<Option<T>>,
+    ) -> StoreResult<Option<T>>
+    where
+        K: std::hash::Hash + Eq,
+        T: Clone,
+    {
+        if let Some(hit) = map(&mut self.cache.borrow_mut()).get(&key) {
+            return Ok(hit.clone());
+        }
+        let value = load()?;
+        map(&mut self.cache.borrow_mut()).insert(key, value.clone());
+        Ok(value)
+    }
+
+    /// Writes the unit's dirty records, sorted so B-tree pages are visited in order.
+    fn flush(&mut self) -> rusqlite::Result<()> {
+        let mut cache = self.cache.borrow_mut();
+        let cache = &mut *cache;
+        let mut tenants = std::mem::take(&mut cache.dirty_tenants);
+        tenants.sort();
+        tenants.dedup();
+        for tenant in tenants {
+            if let Some(Some(config)) = cache.tenants.get(&tenant) {
+                self.conn
+                    .prepare_cached("INSERT OR REPLACE INTO tenants (tenant, config) VALUES (?1, ?2)")?
+                    .execute(params![tenant, to_json(config)])?;
+            }
+        }
+        let sessions: BTreeMap<&Key, &SessionRecord> =
+            cache.dirty_sessions.iter().filter_map(|k| cache.sessions.get(k).and_then(Option::as_ref).map(|r| (k, r))).collect();
+        let mut statement =
+            self.conn.prepare_cached("INSERT OR REPLACE INTO sessions (tenant, session_id, record) VALUES (?1, ?2, ?3)")?;
+        for ((tenant, session), record) in sessions {
+            statement.execute(params![tenant, session, to_json(record)])?;
+        }
+        let contacts: BTreeMap<&Key, &ContactRecord> =
+            cache.dirty_contacts.iter().filter_map(|k| cache.contacts.get(k).and_then(Option::as_ref).map(|r| (k, r))).collect();
+        let mut statement =
+            self.conn.prepare_cached("INSERT OR REPLACE INTO contacts (tenant, contact_id, record) VALUES (?1, ?2, ?3)")?;
+        for ((tenant, contact), record) in contacts {
+            statement.execute(params![tenant, contact, to_json(record)])?;
+        }
+        let claims: BTreeMap<&(String, [u8; 16]), &Claim> =
+            cache.dirty_claims.iter().filter_map(|k| cache.claims.get(k).and_then(Option::as_ref).map(|r| (k, r))).collect();
+        let mut statement =
+            self.conn.prepare_cached("INSERT OR REPLACE INTO claims (tenant, identifier_hash, claim) VALUES (?1, ?2, ?3)")?;
+        for ((tenant, hash), claim) in claims {
+            statement.execute(params![tenant, hash, to_json(claim)])?;
+        }
+        cache.dirty_sessions.clear();
+        cache.dirty_contacts.clear();
+        cache.dirty_claims.clear();
+        if !self.unit_changes.is_empty() {
+            let mut lines = String::new();
+            for change in self.unit_changes.drain(..) {
+                lines.push_str(&to_json(&change));
+                lines.push('\n');
+            }
+            self.conn.prepare_cached("INSERT INTO outbox (changes) VALUES (?1)")?.execute(params![lines])?;
+        }
+        Ok(())
     }
 
     fn entries(&self, sql: &str, params: impl rusqlite::Params) -> StoreResult<Vec<TimelineEntry>> {
@@ -131,23 +244,30 @@ impl SqliteStore {
 
     fn apply_one(&self, tenant: &str, mutation: &Mutation) -> rusqlite::Result<()> {
         let conn = &self.conn;
+        let mut cache = self.cache.borrow_mut();
         match mutation {
             Mutation::MarkSeen { event_id } => {
                 conn.prepare_cached("INSERT OR IGNORE INTO events (tenant, event_id) VALUES (?1, ?2)")?
                     .execute(params![tenant, event_id])?;
             }
             Mutation::PutTenantConfig(config) => {
-                conn.prepare_cached("INSERT OR REPLACE INTO tenants (tenant, config) VALUES (?1, ?2)")?
-                    .execute(params![tenant, to_json(config)])?;
-                self.tenant_cache.borrow_mut().insert(tenant.to_owned(), Some(config.clone()));
+                cache.tenants.insert(tenant.to_owned(), Some(config.clone()));
+                cache.dirty_tenants.push(tenant.to_owned());
             }
             Mutation::PutSession { session_id, record } => {
-                conn.prepare_cached("INSERT OR REPLACE INTO sessions (tenant, session_id, record) VALUES (?1, ?2, ?3)")?
-                    .execute(params![tenant, session_id, to_json(record)])?;
+                let key = (tenant.to_owned(), session_id.clone());
+                cache.sessions.insert(key.clone(), Some(record.clone()));
+                cache.dirty_sessions.push(key);
             }
             Mutation::PutContact { contact_id, record } => {
-                conn.prepare_cached("INSERT OR REPLACE INTO contacts (tenant, contact_id, record) VALUES (?1, ?2, ?3)")?
-                    .execute(params![tenant, contact_id, to_json(record)])?;
+                let key = (tenant.to_owned(), contact_id.clone());
+                cache.contacts.insert(key.clone(), Some(record.clone()));
+                cache.dirty_contacts.push(key);
+            }
+            Mutation::SetClaim { identifier, claim } => {
+                let key = (tenant.to_owned(), identifier_hash(identifier));
+                cache.claims.insert(key.clone(), Some(claim.clone()));
+                cache.dirty_claims.push(key);
             }
             Mutation::LinkSession { contact_id, session_id } => {
                 conn.prepare_cached(
@@ -158,10 +278,6 @@ impl SqliteStore {
             Mutation::UnlinkSession { contact_id, session_id } => {
                 conn.prepare_cached("DELETE FROM contact_sessions WHERE tenant = ?1 AND contact_id = ?2 AND session_id = ?3")?
                     .execute(params![tenant, contact_id, session_id])?;
-            }
-            Mutation::SetClaim { identifier, claim } => {
-                conn.prepare_cached("INSERT OR REPLACE INTO claims (tenant, identifier_hash, claim) VALUES (?1, ?2, ?3)")?
-                    .execute(params![tenant, identifier_hash(identifier), to_json(claim)])?;
             }
             Mutation::PutEntry { contact_id, entry } => {
                 conn.prepare_cached(
@@ -207,12 +323,11 @@ impl SqliteStore {
 
 impl DirectoryView for SqliteStore {
     fn tenant_config(&self, tenant: &str) -> StoreResult<Option<TenantConfig>> {
-        if let Some(cached) = self.tenant_cache.borrow().get(tenant) {
-            return Ok(cached.clone());
-        }
-        let config: Option<TenantConfig> = self.row("SELECT config FROM tenants WHERE tenant = ?1", params![tenant])?;
-        self.tenant_cache.borrow_mut().insert(tenant.to_owned(), config.clone());
-        Ok(config)
+        self.cached(
+            |c| &mut c.tenants,
+            tenant.to_owned(),
+            || self.row("SELECT config FROM tenants WHERE tenant = ?1", params![tenant]),
+        )
     }
 
     fn event_seen(&self, tenant: &str, event_id: &str) -> StoreResult<bool> {
@@ -224,18 +339,28 @@ impl DirectoryView for SqliteStore {
     }
 
     fn session(&self, tenant: &str, session_id: &str) -> StoreResult<Option<SessionRecord>> {
-        self.row("SELECT record FROM sessions WHERE tenant = ?1 AND session_id = ?2", params![tenant, session_id])
+        self.cached(
+            |c| &mut c.sessions,
+            (tenant.to_owned(), session_id.to_owned()),
+            || self.row("SELECT record FROM sessions WHERE tenant = ?1 AND session_id = ?2", params![tenant, session_id]),
+        )
     }
 
     fn claim(&self, tenant: &str, identifier: &Identifier) -> StoreResult<Option<Claim>> {
-        self.row(
-            "SELECT claim FROM claims WHERE tenant = ?1 AND identifier_hash = ?2",
-            params![tenant, identifier_hash(identifier)],
+        let hash = identifier_hash(identifier);
+        self.cached(
+            |c| &mut c.claims,
+            (tenant.to_owned(), hash),
+            || self.row("SELECT claim FROM claims WHERE tenant = ?1 AND identifier_hash = ?2", params![tenant, hash]),
         )
     }
 
     fn contact(&self, tenant: &str, contact_id: &str) -> StoreResult<Option<ContactRecord>> {
-        self.row("SELECT record FROM contacts WHERE tenant = ?1 AND contact_id = ?2", params![tenant, contact_id])
+        self.cached(
+            |c| &mut c.contacts,
+            (tenant.to_owned(), contact_id.to_owned()),
+            || self.row("SELECT record FROM contacts WHERE tenant = ?1 AND contact_id = ?2", params![tenant, contact_id]),
+        )
     }
 
     fn contact_sessions(&self, tenant: &str, contact_id: &str) -> StoreResult<Vec<String>> {
@@ -288,9 +413,20 @@ impl DirectoryView for SqliteStore {
 
 impl Store for SqliteStore {
     fn begin(&mut self) -> StoreResult<()> {
-        // Another process may have changed tenant settings since our last unit.
-        self.tenant_cache.borrow_mut().clear();
-        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(sql_error)
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(sql_error)?;
+        let version = self.data_version();
+        let version = match version {
+            Ok(version) => version,
+            Err(error) => {
+                self.rollback()?;
+                return Err(error);
+            }
+        };
+        if self.data_version != Some(version) || self.cache.borrow().len() > self.cache_records {
+            *self.cache.borrow_mut() = Cache::default();
+        }
+        self.data_version = Some(version);
+        Ok(())
     }
 
     fn apply(&mut self, tenant: &str, mutations: &[Mutation]) -> StoreResult<()> {
@@ -301,11 +437,15 @@ impl Store for SqliteStore {
     }
 
     fn commit(&mut self) -> StoreResult<()> {
+        self.flush().map_err(sql_error)?;
         self.conn.execute_batch("COMMIT").map_err(sql_error)
     }
 
     fn rollback(&mut self) -> StoreResult<()> {
-        self.tenant_cache.borrow_mut().clear();
+        // The cache holds the unit's uncommitted writes: forget it all.
+        *self.cache.borrow_mut() = Cache::default();
+        self.unit_changes.clear();
+        self.data_version = None;
         if self.conn.is_autocommit() {
             return Ok(());
         }
@@ -337,29 +477,29 @@ impl Store for SqliteStore {
 }
 
 impl ChangeSink for SqliteStore {
-    /// Written inside the open write unit: a change is durable exactly when the
-    /// effects it describes are.
+    /// Kept with the open write unit and written in the same transaction: a
+    /// change is durable exactly when the effects it describes are.
     fn publish(&mut self, changes: &[Change]) -> StoreResult<()> {
-        let mut statement = self.conn.prepare_cached("INSERT INTO outbox (change) VALUES (?1)").map_err(sql_error)?;
-        for change in changes {
-            statement.execute(params![to_json(change)]).map_err(sql_error)?;
-        }
+        self.unit_changes.extend_from_slice(changes);
         Ok(())
     }
 }
 
 impl ChangeLog for SqliteStore {
-    fn read_after(&self, after: u64, limit: usize) -> StoreResult<Vec<(u64, Change)>> {
-        let mut statement =
-            self.conn.prepare_cached("SELECT seq, change FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2").map_err(sql_error)?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    fn read_after(&self, after: u64, max_units: usize) -> StoreResult<Vec<ChangeUnit>> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT seq, changes FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+            .map_err(sql_error)?;
+        let limit = i64::try_from(max_units).unwrap_or(i64::MAX);
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let rows = statement
             .query_map(params![after, limit], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))
             .map_err(sql_error)?;
         rows.map(|row| {
             let (seq, text) = row.map_err(sql_error)?;
-            Ok((seq.unsigned_abs(), from_json(&text)?))
+            let changes = text.lines().map(from_json).collect::<StoreResult<_>>()?;
+            Ok(ChangeUnit { seq: seq.unsigned_abs(), changes })
         })
         .collect()
     }

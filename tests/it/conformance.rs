@@ -6,7 +6,7 @@ use contactd::identity::{Identifier, IdentifierKind};
 use contactd::model::{
     Claim, Contact, ContactRecord, EntryKind, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry, Timestamp,
 };
-use contactd::store::{Mutation, Store};
+use contactd::store::{DirectoryView, Mutation, Store};
 
 fn entry(id: &str, micros: i64, session: Option<&str>) -> TimelineEntry {
     TimelineEntry {
@@ -143,11 +143,47 @@ pub fn deletes_remove_what_they_name<S: Store>(store: &mut S) {
     assert!(store.contact_sessions("t1", "c1").unwrap().is_empty());
 }
 
+pub fn reads_see_the_units_own_writes<S: Store>(store: &mut S) {
+    store.begin().unwrap();
+    assert_eq!(store.claim("t1", &email("a@x.cz")).unwrap(), None);
+    assert_eq!(store.contact("t1", "c1").unwrap(), None);
+    assert_eq!(store.session("t1", "s1").unwrap(), None);
+    store
+        .apply(
+            "t1",
+            &[
+                Mutation::SetClaim { identifier: email("a@x.cz"), claim: Claim::Owned { contact_id: "c1".into() } },
+                Mutation::PutContact { contact_id: "c1".into(), record: contact("c1") },
+                Mutation::PutSession {
+                    session_id: "s1".into(),
+                    record: SessionRecord { contact_id: Some("c1".into()), ..Default::default() },
+                },
+                Mutation::PutPending { session_id: "s2".into(), entry: entry("p1", 1, Some("s2")) },
+            ],
+        )
+        .unwrap();
+    assert_eq!(store.claim("t1", &email("a@x.cz")).unwrap(), Some(Claim::Owned { contact_id: "c1".into() }));
+    assert_eq!(store.contact("t1", "c1").unwrap(), Some(contact("c1")));
+    assert_eq!(store.session("t1", "s1").unwrap().unwrap().contact_id.as_deref(), Some("c1"));
+    assert_eq!(store.pending("t1", "s2").unwrap().len(), 1);
+    store.commit().unwrap();
+    assert_eq!(store.claim("t1", &email("a@x.cz")).unwrap(), Some(Claim::Owned { contact_id: "c1".into() }));
+}
+
 pub fn rollback_discards_the_unit<S: Store>(store: &mut S) {
     store.begin().unwrap();
-    store.apply("t1", &[Mutation::MarkSeen { event_id: "e1".into() }]).unwrap();
+    store
+        .apply(
+            "t1",
+            &[
+                Mutation::MarkSeen { event_id: "e1".into() },
+                Mutation::SetClaim { identifier: email("a@x.cz"), claim: Claim::Owned { contact_id: "c1".into() } },
+            ],
+        )
+        .unwrap();
     store.rollback().unwrap();
     assert!(!store.event_seen("t1", "e1").unwrap());
+    assert_eq!(store.claim("t1", &email("a@x.cz")).unwrap(), None, "no cached write survives a rollback");
 }
 
 pub fn export_lists_live_contacts_in_order<S: Store>(store: &mut S) {
@@ -201,6 +237,10 @@ macro_rules! conformance_suite {
                 super::deletes_remove_what_they_name(&mut $make);
             }
             #[test]
+            fn reads_see_the_units_own_writes() {
+                super::reads_see_the_units_own_writes(&mut $make);
+            }
+            #[test]
             fn rollback_discards_the_unit() {
                 super::rollback_discards_the_unit(&mut $make);
             }
@@ -213,6 +253,27 @@ macro_rules! conformance_suite {
 }
 
 conformance_suite!(sqlite, crate::harness::Directory::new().store);
+
+/// A connection's cached records must not outlive another process's commit.
+#[test]
+fn a_cache_never_hides_another_writers_commit() {
+    use contactd::store::sqlite::{SqliteOptions, SqliteStore};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("directory.sqlite3");
+    let mut first = SqliteStore::open(&path, &SqliteOptions::default()).unwrap();
+    let mut second = SqliteStore::open(&path, &SqliteOptions::default()).unwrap();
+    first.begin().unwrap();
+    assert_eq!(first.claim("t1", &email("a@x.cz")).unwrap(), None);
+    first.commit().unwrap();
+    write(
+        &mut second,
+        "t1",
+        vec![Mutation::SetClaim { identifier: email("a@x.cz"), claim: Claim::Owned { contact_id: "c2".into() } }],
+    );
+    first.begin().unwrap();
+    assert_eq!(first.claim("t1", &email("a@x.cz")).unwrap(), Some(Claim::Owned { contact_id: "c2".into() }));
+    first.commit().unwrap();
+}
 
 /// Several processes share one data directory: each write unit sees the
 /// others' committed claims, so no identifier ever gets two owners.

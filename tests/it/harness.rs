@@ -56,7 +56,7 @@ impl Directory {
     }
 
     pub fn changes(&self) -> Vec<Change> {
-        self.store.read_after(0, usize::MAX).expect("outbox").into_iter().map(|(_, c)| c).collect()
+        self.store.read_after(0, usize::MAX).expect("outbox").into_iter().flat_map(|unit| unit.changes).collect()
     }
 
     pub fn contact_with_email(&self, email: &str) -> ExportedContact {

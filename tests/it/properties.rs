@@ -103,13 +103,16 @@ proptest! {
         redeliveries in proptest::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>()), 1..8),
     ) {
         let once = events(&conversations);
-        let mut twice = once.clone();
-        for (which, at) in redeliveries {
+        // Each event sorts at its own position; a redelivery sorts strictly after
+        // the original it repeats, anywhere later in the stream.
+        let mut keyed: Vec<((usize, usize), &Value)> = once.iter().enumerate().map(|(i, e)| ((i, 0), e)).collect();
+        for (copy, (which, delay)) in redeliveries.iter().enumerate() {
             let original = which.index(once.len());
-            // A redelivery arrives after the original, anywhere later.
-            let position = original + 1 + at.index(twice.len() - original);
-            twice.insert(position.min(twice.len()), once[original].clone());
+            let after = original + 1 + delay.index(once.len() - original);
+            keyed.push(((after, copy + 1), &once[original]));
         }
+        keyed.sort_by_key(|(key, _)| *key);
+        let twice: Vec<Value> = keyed.into_iter().map(|(_, e)| e.clone()).collect();
         let expected = run(&once);
         let actual = run(&twice);
         prop_assert_eq!(expected.export(), actual.export());
