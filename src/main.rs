@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+/// The pipeline allocates many short-lived strings per event; mimalloc handles
+/// that pattern markedly better than the system allocator (measured in the benchmark).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = contactd::cli::Cli::parse();
     let config = match contactd::config::Config::load(cli.config.as_deref(), &cli.overrides()) {

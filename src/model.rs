@@ -262,6 +262,36 @@ impl EntryKind {
     }
 }
 
+/// An entry's free-form details, kept as serialized JSON: built once when the
+/// entry is made, then copied byte for byte into rows, changes and documents.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Details(Box<serde_json::value::RawValue>);
+
+impl Details {
+    pub fn of(value: &impl Serialize) -> Self {
+        Self(serde_json::value::to_raw_value(value).expect("details serialize to JSON"))
+    }
+
+    pub fn as_json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// One string field of the details, if present.
+    pub fn text_field(&self, key: &str) -> Option<String> {
+        let map: BTreeMap<&str, &serde_json::value::RawValue> = serde_json::from_str(self.0.get()).ok()?;
+        map.get(key).and_then(|raw| serde_json::from_str(raw.get()).ok())
+    }
+}
+
+impl PartialEq for Details {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl Eq for Details {}
+
 /// One line of a contact's history. `entry_id` is unique within a tenant and
 /// derived from the causing event, so replays overwrite instead of duplicating.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,7 +302,7 @@ pub struct TimelineEntry {
     pub session_id: Option<String>,
     pub kind: EntryKind,
     pub text: String,
-    pub details: serde_json::Value,
+    pub details: Details,
 }
 
 /// Where a page of a timeline starts: strictly older than this position.
@@ -336,6 +366,39 @@ pub enum ChangeKind {
     TimelineAppended,
 }
 
+/// How a session came to be attached to a contact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkedBy {
+    Operator,
+    Resolution,
+}
+
+/// What a change carries; which fields are set depends on its type (see
+/// `schemas/directory-change.v1.schema.json`). Unset fields are omitted.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChangeData {
+    /// The contact's state after the event, on contact changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<ContactState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identifier: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_contact_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<LinkedBy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_contact_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_by: Option<NameSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<TimelineEntry>,
+}
+
 /// One outbound directory change (CONTRACT 5).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Change {
@@ -347,7 +410,7 @@ pub struct Change {
     pub kind: ChangeKind,
     pub occurred_at: Timestamp,
     pub caused_by: String,
-    pub data: serde_json::Value,
+    pub data: ChangeData,
 }
 
 /// One line of the directory snapshot (CONTRACT 7).

@@ -215,6 +215,9 @@ pub fn follow_changes<L: ChangeLog>(
     };
     let mut applied_through = index.applied_through()?;
     let mut committed_through = applied_through;
+    // The first unit after a restart may have been partly indexed before the
+    // crash (a merge commits mid-unit), so its documents are written as upserts.
+    let mut first_unit = true;
     let mut last_commit = Instant::now();
     loop {
         let done = producer_done.load(Ordering::Acquire);
@@ -235,9 +238,10 @@ pub fn follow_changes<L: ChangeLog>(
         }
         for unit in &units {
             for change in &unit.changes {
-                writer.apply(change, unit.seq)?;
+                writer.apply(change, unit.seq, first_unit)?;
                 report.changes += 1;
             }
+            first_unit = false;
             applied_through = unit.seq;
         }
         if writer.pending_ops() >= options.commit_every_ops || last_commit.elapsed() >= options.commit_interval {

@@ -4,13 +4,13 @@
 
 use std::collections::HashMap;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::event::{EmailDirection, Event, EventBody, IdentitySource};
 use crate::identity::{self, Identifier, IdentifierKind, NormalizedIdentity};
 use crate::model::{
-    CHANGE_SCHEMA_V1, Change, ChangeKind, Claim, Contact, ContactRecord, EntryKind, NameField, NameSource, OwnedIdentifier,
-    SessionRecord, TenantConfig, TimelineEntry, Timestamp, Version, derived_id,
+    CHANGE_SCHEMA_V1, Change, ChangeData, ChangeKind, Claim, Contact, ContactRecord, Details, EntryKind, LinkedBy, NameField,
+    NameSource, OwnedIdentifier, SessionRecord, TenantConfig, TimelineEntry, Timestamp, Version, derived_id,
 };
 use crate::store::{DirectoryView, Mutation, StoreResult};
 
@@ -90,6 +90,15 @@ pub fn resolve<V: DirectoryView + ?Sized>(event: &Event, view: &V) -> StoreResul
         }
         Step::Reject(why) => Resolution::Rejected(why),
     })
+}
+
+/// Details of a message entry; messages are most of the traffic, so they skip
+/// the intermediate JSON tree the other kinds build.
+#[derive(serde::Serialize)]
+struct MessageDetails<'a> {
+    message_id: &'a str,
+    author: crate::event::Author,
+    author_name: Option<&'a str>,
 }
 
 enum Step {
@@ -179,7 +188,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         })
     }
 
-    fn entry(&mut self, kind: EntryKind, session_id: Option<&str>, text: String, details: Value) -> TimelineEntry {
+    fn entry(&mut self, kind: EntryKind, session_id: Option<&str>, text: String, details: Details) -> TimelineEntry {
         let entry_id = match self.entries {
             0 => self.event.event_id.clone(),
             n => format!("{}#{n}", self.event.event_id),
@@ -196,7 +205,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         }
     }
 
-    fn change(&mut self, contact_id: &str, kind: ChangeKind, data: Value) {
+    fn change(&mut self, contact_id: &str, kind: ChangeKind, data: ChangeData) {
         let n = self.plan.changes.len().to_string();
         let change_id = derived_id("chg-", &[self.tenant(), &self.event.event_id, &n]);
         self.plan.changes.push(Change {
@@ -212,31 +221,30 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
     }
 
     fn append(&mut self, contact_id: &str, entry: TimelineEntry) {
-        self.change(contact_id, ChangeKind::TimelineAppended, json!({ "entry": entry }));
+        self.change(contact_id, ChangeKind::TimelineAppended, ChangeData { entry: Some(entry.clone()), ..ChangeData::default() });
         self.plan.mutations.push(Mutation::PutEntry { contact_id: contact_id.to_owned(), entry });
         self.plan.entries_appended += 1;
     }
 
     /// Records a change of contact details both as a change event and in the timeline.
-    fn record(&mut self, contact_id: &str, change: ChangeKind, entry: EntryKind, text: String, details: Value) {
-        self.change(contact_id, change, details.clone());
+    fn record(&mut self, contact_id: &str, change: ChangeKind, entry: EntryKind, text: String, details: ChangeData) {
+        let entry_details = Details::of(&details);
+        self.change(contact_id, change, details);
         let session = self.event.session_id.clone();
-        let entry = self.entry(entry, session.as_deref(), text, details);
-        self.plan.mutations.push(Mutation::PutEntry { contact_id: contact_id.to_owned(), entry: entry.clone() });
-        self.change(contact_id, ChangeKind::TimelineAppended, json!({ "entry": entry }));
-        self.plan.entries_appended += 1;
+        let entry = self.entry(entry, session.as_deref(), text, entry_details);
+        self.append(contact_id, entry);
     }
 
     fn create(&mut self, contact_id: String) {
         let contact = Contact { id: contact_id.clone(), name: None, identifiers: Vec::new(), created_at: self.event.occurred_at };
         self.contacts.insert(contact_id.clone(), contact);
         self.plan.contacts_created += 1;
-        self.change(&contact_id, ChangeKind::ContactCreated, json!({}));
+        self.change(&contact_id, ChangeKind::ContactCreated, ChangeData::default());
         let entry = self.entry(
             EntryKind::ContactCreated,
             None,
             "contact created".into(),
-            json!({ "by_event": self.event.body.type_name() }),
+            Details::of(&json!({ "by_event": self.event.body.type_name() })),
         );
         self.append(&contact_id, entry);
     }
@@ -261,14 +269,15 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         for entry in pending {
             self.append(contact_id, entry);
         }
-        let by = if by_operator { "operator" } else { "resolution" };
-        self.change(contact_id, ChangeKind::SessionLinked, json!({ "session_id": session_id, "by": by }));
+        let by = if by_operator { LinkedBy::Operator } else { LinkedBy::Resolution };
+        let data = ChangeData { session_id: Some(session_id.to_owned()), by: Some(by), ..ChangeData::default() };
+        self.change(contact_id, ChangeKind::SessionLinked, data);
         if by_operator {
             let entry = self.entry(
                 EntryKind::SessionLinked,
                 None,
                 format!("session {session_id} linked by an operator"),
-                json!({ "session_id": session_id }),
+                Details::of(&json!({ "session_id": session_id })),
             );
             self.append(contact_id, entry);
         }
@@ -288,7 +297,11 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
                     if let Target::Active(owner) = self.follow(&owner)?
                         && owner != contact_id
                     {
-                        let details = json!({ "identifier": identifier.to_string(), "owner_contact_id": owner });
+                        let details = ChangeData {
+                            identifier: Some(identifier.to_string()),
+                            owner_contact_id: Some(owner.clone()),
+                            ..ChangeData::default()
+                        };
                         let text = format!("{identifier} belongs to contact {owner}; left there for an operator to settle");
                         self.record(contact_id, ChangeKind::IdentityConflict, EntryKind::IdentityConflict, text, details);
                         continue;
@@ -304,7 +317,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
                 claim: Claim::Owned { contact_id: contact_id.to_owned() },
             });
             self.contact(contact_id).identifiers.push(OwnedIdentifier { identifier: identifier.clone(), added_at: occurred_at });
-            let details = json!({ "identifier": identifier.to_string() });
+            let details = ChangeData { identifier: Some(identifier.to_string()), ..ChangeData::default() };
             self.record(
                 contact_id,
                 ChangeKind::IdentifierAdded,
@@ -330,7 +343,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
                 identifier: identifier.clone(),
                 claim: Claim::Released { at: occurred_at, erased: false },
             });
-            let details = json!({ "identifier": identifier.to_string() });
+            let details = ChangeData { identifier: Some(identifier.to_string()), ..ChangeData::default() };
             self.record(
                 contact_id,
                 ChangeKind::IdentifierRemoved,
@@ -347,7 +360,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             return;
         }
         let text = format!("name set to {}", field.value);
-        let details = json!({ "name": field.value, "set_by": source });
+        let details = ChangeData { name: Some(field.value.clone()), set_by: Some(source), ..ChangeData::default() };
         self.contact(contact_id).name = Some(field);
         self.record(contact_id, ChangeKind::ContactUpdated, EntryKind::NameSet, text, details);
     }
@@ -504,32 +517,32 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
                 (
                     EntryKind::SessionStarted,
                     format!("{channel} session started{how}"),
-                    json!({ "invited": invited, "direction": direction }),
+                    Details::of(&json!({ "invited": invited, "direction": direction })),
                 )
             }
             EventBody::MessagePosted { message_id, author, author_name, text } => (
                 EntryKind::Message,
                 text.clone(),
-                json!({ "message_id": message_id, "author": author, "author_name": author_name }),
+                Details::of(&MessageDetails { message_id, author: *author, author_name: author_name.as_deref() }),
             ),
             EventBody::SessionEnded { duration_ms } => {
-                (EntryKind::SessionEnded, format!("{channel} session ended"), json!({ "duration_ms": duration_ms }))
+                (EntryKind::SessionEnded, format!("{channel} session ended"), Details::of(&json!({ "duration_ms": duration_ms })))
             }
             EventBody::Email { direction, thread_id, message_id, subject, text, participants } => (
                 EntryKind::Email,
                 text.clone(),
-                json!({
+                Details::of(&json!({
                     "direction": if *direction == EmailDirection::Sent { "sent" } else { "received" },
                     "thread_id": thread_id, "message_id": message_id, "subject": subject, "participants": participants,
-                }),
+                })),
             ),
             EventBody::CallEnded { direction, duration_ms, transcript } => (
                 EntryKind::Call,
                 transcript.clone().unwrap_or_default(),
-                json!({ "direction": direction, "duration_ms": duration_ms }),
+                Details::of(&json!({ "direction": direction, "duration_ms": duration_ms })),
             ),
             EventBody::NoteAdded { note_id, author, text } => {
-                (EntryKind::Note, text.clone(), json!({ "note_id": note_id, "author": author }))
+                (EntryKind::Note, text.clone(), Details::of(&json!({ "note_id": note_id, "author": author })))
             }
             _ => return None,
         };
@@ -604,8 +617,14 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         self.plan
             .mutations
             .push(Mutation::PutContact { contact_id: from.to_owned(), record: ContactRecord::Merged { into: into.to_owned() } });
-        self.change(into, ChangeKind::SessionLinked, json!({ "session_id": session_id, "by": "operator" }));
-        let details = json!({ "merged_contact_id": from, "session_id": session_id });
+        let linked =
+            ChangeData { session_id: Some(session_id.to_owned()), by: Some(LinkedBy::Operator), ..ChangeData::default() };
+        self.change(into, ChangeKind::SessionLinked, linked);
+        let details = ChangeData {
+            merged_contact_id: Some(from.to_owned()),
+            session_id: Some(session_id.to_owned()),
+            ..ChangeData::default()
+        };
         self.record(
             into,
             ChangeKind::ContactMerged,
@@ -641,12 +660,16 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             .mutations
             .push(Mutation::PutSession { session_id: session_id.clone(), record: SessionRecord { contact_id: None, ..record } });
         self.plan.mutations.push(Mutation::UnlinkSession { contact_id: contact_id.clone(), session_id: session_id.clone() });
-        self.change(&contact_id, ChangeKind::SessionUnlinked, json!({ "session_id": session_id }));
+        self.change(
+            &contact_id,
+            ChangeKind::SessionUnlinked,
+            ChangeData { session_id: Some(session_id.clone()), ..ChangeData::default() },
+        );
         let entry = self.entry(
             EntryKind::SessionUnlinked,
             None,
             format!("session {session_id} disconnected by an operator"),
-            json!({ "session_id": session_id }),
+            Details::of(&json!({ "session_id": session_id })),
         );
         self.append(&contact_id, entry);
         Ok(Step::Done)
@@ -684,7 +707,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         }
         self.plan.mutations.push(Mutation::DeleteTimeline { contact_id: contact_id.clone() });
         self.plan.mutations.push(Mutation::PutContact { contact_id: contact_id.clone(), record: ContactRecord::Deleted { at } });
-        self.change(&contact_id, ChangeKind::ContactDeleted, json!({}));
+        self.change(&contact_id, ChangeKind::ContactDeleted, ChangeData::default());
         Ok(Step::Done)
     }
 
@@ -692,15 +715,13 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
     /// after the event (CONTRACT 5).
     fn finish(mut self) -> Plan {
         for (id, contact) in &self.contacts {
-            let touched = self.plan.changes.iter().any(|c| &c.contact_id == id && carries_state(c.kind));
-            if !touched {
+            let mut changes = self.plan.changes.iter_mut().filter(|c| &c.contact_id == id && carries_state(c.kind)).peekable();
+            if changes.peek().is_none() {
                 continue;
             }
-            let state = serde_json::to_value(contact.state()).expect("contact state serializes");
-            for change in self.plan.changes.iter_mut().filter(|c| &c.contact_id == id && carries_state(c.kind)) {
-                if let Value::Object(data) = &mut change.data {
-                    data.insert("contact".into(), state.clone());
-                }
+            let state = contact.state();
+            for change in changes {
+                change.data.contact = Some(state.clone());
             }
             self.plan
                 .mutations

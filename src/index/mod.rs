@@ -11,7 +11,7 @@ use tantivy::schema::{Field, INDEXED, IndexRecordOption, STORED, STRING, Schema,
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
-use crate::model::{Change, ChangeKind, TimelineEntry, Timestamp};
+use crate::model::{Change, ChangeKind, EntryKind, TimelineEntry, Timestamp};
 
 /// Separates tenant and id inside one indexed key; it cannot occur in tenant ids.
 const KEY_SEPARATOR: char = '\u{1f}';
@@ -61,9 +61,12 @@ fn scoped(tenant: &str, id: &str) -> String {
 
 /// The text that search matches: the entry's text plus an e-mail's subject.
 fn searchable_text(entry: &TimelineEntry) -> String {
-    match entry.details.get("subject").and_then(|s| s.as_str()) {
-        Some(subject) => format!("{subject}\n{}", entry.text),
-        None => entry.text.clone(),
+    match entry.kind {
+        EntryKind::Email => match entry.details.text_field("subject") {
+            Some(subject) => format!("{subject}\n{}", entry.text),
+            None => entry.text.clone(),
+        },
+        _ => entry.text.clone(),
     }
 }
 
@@ -81,7 +84,7 @@ pub struct Hit {
     pub occurred_at: Timestamp,
     pub channel: crate::event::Channel,
     pub session_id: Option<String>,
-    pub kind: crate::model::EntryKind,
+    pub kind: EntryKind,
     /// A fragment of the entry with each match wrapped in `<b>…</b>` (HTML-escaped).
     pub snippet: String,
     pub score: f32,
@@ -202,8 +205,6 @@ impl TimelineWriter {
     fn add(&mut self, tenant: &str, contact_id: &str, entry: &TimelineEntry) -> Result<(), IndexError> {
         let f = self.fields;
         let key = scoped(tenant, &entry.entry_id);
-        // Upsert: a replayed or moved entry replaces its earlier document.
-        self.writer.delete_term(Term::from_field_text(f.key, &key));
         let mut doc = TantivyDocument::default();
         doc.add_text(f.key, &key);
         doc.add_text(f.tenant, tenant);
@@ -221,25 +222,31 @@ impl TimelineWriter {
     }
 
     /// Applies one change event; changes that do not touch history are ignored.
-    pub fn apply(&mut self, change: &Change, position: u64) -> Result<(), IndexError> {
+    /// `replay` is set for the first unit after a restart, which a commit in the
+    /// middle of it (before a merge) may have partly indexed already.
+    pub fn apply(&mut self, change: &Change, position: u64, replay: bool) -> Result<(), IndexError> {
         let tenant = &change.tenant_id;
+        let data = &change.data;
         match change.kind {
             ChangeKind::TimelineAppended => {
-                let entry: TimelineEntry = serde_json::from_value(change.data.get("entry").cloned().unwrap_or_default())
-                    .map_err(|e| IndexError::BadChange(format!("{}: {e}", change.change_id)))?;
-                self.add(tenant, &change.contact_id, &entry)?;
+                let entry =
+                    data.entry.as_ref().ok_or_else(|| IndexError::BadChange(format!("{} has no entry", change.change_id)))?;
+                if replay {
+                    self.writer.delete_term(Term::from_field_text(self.fields.key, &scoped(tenant, &entry.entry_id)));
+                }
+                self.add(tenant, &change.contact_id, entry)?;
             }
             ChangeKind::ContactDeleted => {
                 self.writer.delete_term(Term::from_field_text(self.fields.contact, &scoped(tenant, &change.contact_id)));
                 self.pending_ops += 1;
             }
             ChangeKind::SessionUnlinked => {
-                let session = change.data.get("session_id").and_then(|s| s.as_str()).unwrap_or_default();
+                let session = data.session_id.as_deref().unwrap_or_default();
                 self.writer.delete_term(Term::from_field_text(self.fields.session, &scoped(tenant, session)));
                 self.pending_ops += 1;
             }
             ChangeKind::ContactMerged => {
-                let merged = change.data.get("merged_contact_id").and_then(|s| s.as_str()).unwrap_or_default();
+                let merged = data.merged_contact_id.as_deref().unwrap_or_default();
                 self.move_contact(tenant, merged, &change.contact_id, position)?;
             }
             _ => {}
@@ -252,7 +259,8 @@ impl TimelineWriter {
     fn move_contact(&mut self, tenant: &str, from: &str, into: &str, position: u64) -> Result<(), IndexError> {
         self.commit(position.saturating_sub(1))?;
         let searcher = self.reader.searcher();
-        let query = TermQuery::new(Term::from_field_text(self.fields.contact, &scoped(tenant, from)), IndexRecordOption::Basic);
+        let from_term = Term::from_field_text(self.fields.contact, &scoped(tenant, from));
+        let query = TermQuery::new(from_term.clone(), IndexRecordOption::Basic);
         let count = searcher.search(&query, &tantivy::collector::Count)?;
         if count == 0 {
             return Ok(());
@@ -263,6 +271,7 @@ impl TimelineWriter {
             let doc: TantivyDocument = searcher.doc(address)?;
             entries.push(stored_entry(&doc, self.fields)?.1);
         }
+        self.writer.delete_term(from_term);
         for entry in &entries {
             self.add(tenant, into, entry)?;
         }

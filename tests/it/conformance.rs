@@ -16,7 +16,7 @@ fn entry(id: &str, micros: i64, session: Option<&str>) -> TimelineEntry {
         session_id: session.map(str::to_owned),
         kind: EntryKind::Message,
         text: format!("text {id}"),
-        details: serde_json::json!({}),
+        details: contactd::model::Details::of(&serde_json::json!({})),
     }
 }
 
