@@ -44,6 +44,10 @@ impl Directory {
         total
     }
 
+    pub fn path(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     pub fn export(&self) -> Vec<ExportedContact> {
         let mut contacts = Vec::new();
         self.store

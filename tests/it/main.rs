@@ -4,6 +4,7 @@
 mod cli;
 mod conformance;
 mod harness;
+mod index;
 mod properties;
 mod rules;
 mod schemas;

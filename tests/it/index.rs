@@ -1,0 +1,82 @@
+//! The index follows the change log exactly once: whatever point a run stops
+//! at, the next run leaves one document per timeline entry, no more, no less.
+
+use std::sync::atomic::AtomicBool;
+
+use contactd::config::Config;
+use contactd::index::SearchIndex;
+use contactd::pipeline::follow_changes;
+use contactd::publish::ChangeLog;
+use contactd::store::sqlite::{SqliteOptions, SqliteStore};
+use serde_json::json;
+
+use crate::harness::{Directory, identified, message, with};
+
+fn entries_in_store(directory: &Directory) -> u64 {
+    directory.export().iter().map(|c| c.timeline_entries).sum()
+}
+
+fn follow(directory: &Directory, index: &SearchIndex) {
+    let mut log = SqliteStore::open(&directory.path().join("directory.sqlite3"), &SqliteOptions::default()).unwrap();
+    let report = follow_changes(&mut log, index, &Config::default().follow_options(), &AtomicBool::new(true)).unwrap();
+    assert!(report.indexed);
+    index.reload().unwrap();
+}
+
+fn conversation(directory: &mut Directory) {
+    let lines: Vec<String> = [
+        identified("e1", 1, "s1", json!({ "emails": ["x@example.cz"] })),
+        message("e2", 2, "s1", "first refund request"),
+        identified("e3", 3, "s2", json!({ "phones": ["+420777000444"] })),
+        message("e4", 4, "s2", "second refund request"),
+        with(crate::harness::event("e5", "session.linked", 5, Some("s2")), "contact_id", json!("PLACEHOLDER")),
+        message("e6", 6, "s1", "after the merge"),
+    ]
+    .iter()
+    .map(|e| e.to_string())
+    .collect();
+    // The link names x's contact, known only once e1 is applied. The second
+    // unit appends before it merges, so the merge's mid-unit commit holds part
+    // of that unit.
+    directory.feed_lines(&lines[..3]);
+    let x = directory.contact_with_email("x@example.cz").contact_id;
+    let rest: Vec<String> = lines[3..].iter().map(|l| l.replace("PLACEHOLDER", &x)).collect();
+    directory.feed_lines(&rest);
+}
+
+#[test]
+fn a_full_run_indexes_every_entry_once() {
+    let mut directory = Directory::new();
+    conversation(&mut directory);
+    let index = SearchIndex::open_or_create(&directory.path().join("index")).unwrap();
+    follow(&directory, &index);
+    assert_eq!(index.num_docs(), entries_in_store(&directory));
+    let hits = index.search("acme", None, "refund", 10).unwrap();
+    let x = directory.contact_with_email("x@example.cz").contact_id;
+    assert_eq!(hits.len(), 2);
+    assert!(hits.iter().all(|h| h.contact_id == x), "merged entries moved with their contact");
+    follow(&directory, &index);
+    assert_eq!(index.num_docs(), entries_in_store(&directory), "a second run adds nothing");
+}
+
+#[test]
+fn a_run_that_dies_before_committing_is_replayed_exactly() {
+    let mut directory = Directory::new();
+    conversation(&mut directory);
+    let index = SearchIndex::open_or_create(&directory.path().join("index")).unwrap();
+    {
+        // Apply every unit, including the merge that commits mid-unit, then
+        // stop without the final commit, as a killed process would.
+        let mut writer = index.writer(50 << 20).unwrap();
+        for unit in directory.store.read_after(0, usize::MAX).unwrap() {
+            for change in &unit.changes {
+                writer.apply(change, unit.seq, false).unwrap();
+            }
+        }
+    }
+    index.reload().unwrap();
+    assert!(index.num_docs() > 0, "the merge committed part of the work");
+    follow(&directory, &index);
+    assert_eq!(index.num_docs(), entries_in_store(&directory), "no missing and no duplicate documents");
+    assert_eq!(index.search("acme", None, "refund", 10).unwrap().len(), 2);
+}
