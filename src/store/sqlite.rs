@@ -5,7 +5,7 @@
 //! the cache is dropped whenever another process has committed.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -106,6 +106,29 @@ fn sql_error(error: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Writes the records dirtied in this unit, once each and in key order, so
+/// B-tree pages are visited in sequence.
+fn write_back<K, T>(
+    conn: &Connection,
+    sql: &str,
+    dirty: &mut Vec<(String, K)>,
+    records: &HashMap<(String, K), Option<T>>,
+) -> rusqlite::Result<()>
+where
+    K: Ord + std::hash::Hash + rusqlite::ToSql,
+    T: Serialize,
+{
+    dirty.sort();
+    dirty.dedup();
+    let mut statement = conn.prepare_cached(sql)?;
+    for key in dirty.drain(..) {
+        if let Some(Some(record)) = records.get(&key) {
+            statement.execute(params![key.0, key.1, to_json(record)])?;
+        }
+    }
+    Ok(())
+}
+
 fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("records serialize to JSON")
 }
@@ -187,7 +210,7 @@ impl SqliteStore {
         Ok(value)
     }
 
-    /// Writes the unit's dirty records, sorted so B-tree pages are visited in order.
+    /// Writes the unit's dirty records and its changes.
     fn flush(&mut self) -> rusqlite::Result<()> {
         let mut cache = self.cache.borrow_mut();
         let cache = &mut *cache;
@@ -201,30 +224,24 @@ impl SqliteStore {
                     .execute(params![tenant, to_json(config)])?;
             }
         }
-        let sessions: BTreeMap<&Key, &SessionRecord> =
-            cache.dirty_sessions.iter().filter_map(|k| cache.sessions.get(k).and_then(Option::as_ref).map(|r| (k, r))).collect();
-        let mut statement =
-            self.conn.prepare_cached("INSERT OR REPLACE INTO sessions (tenant, session_id, record) VALUES (?1, ?2, ?3)")?;
-        for ((tenant, session), record) in sessions {
-            statement.execute(params![tenant, session, to_json(record)])?;
-        }
-        let contacts: BTreeMap<&Key, &ContactRecord> =
-            cache.dirty_contacts.iter().filter_map(|k| cache.contacts.get(k).and_then(Option::as_ref).map(|r| (k, r))).collect();
-        let mut statement =
-            self.conn.prepare_cached("INSERT OR REPLACE INTO contacts (tenant, contact_id, record) VALUES (?1, ?2, ?3)")?;
-        for ((tenant, contact), record) in contacts {
-            statement.execute(params![tenant, contact, to_json(record)])?;
-        }
-        let claims: BTreeMap<&(String, [u8; 16]), &Claim> =
-            cache.dirty_claims.iter().filter_map(|k| cache.claims.get(k).and_then(Option::as_ref).map(|r| (k, r))).collect();
-        let mut statement =
-            self.conn.prepare_cached("INSERT OR REPLACE INTO claims (tenant, identifier_hash, claim) VALUES (?1, ?2, ?3)")?;
-        for ((tenant, hash), claim) in claims {
-            statement.execute(params![tenant, hash, to_json(claim)])?;
-        }
-        cache.dirty_sessions.clear();
-        cache.dirty_contacts.clear();
-        cache.dirty_claims.clear();
+        write_back(
+            &self.conn,
+            "INSERT OR REPLACE INTO sessions (tenant, session_id, record) VALUES (?1, ?2, ?3)",
+            &mut cache.dirty_sessions,
+            &cache.sessions,
+        )?;
+        write_back(
+            &self.conn,
+            "INSERT OR REPLACE INTO contacts (tenant, contact_id, record) VALUES (?1, ?2, ?3)",
+            &mut cache.dirty_contacts,
+            &cache.contacts,
+        )?;
+        write_back(
+            &self.conn,
+            "INSERT OR REPLACE INTO claims (tenant, identifier_hash, claim) VALUES (?1, ?2, ?3)",
+            &mut cache.dirty_claims,
+            &cache.claims,
+        )?;
         if !self.unit_changes.is_empty() {
             let mut lines = String::new();
             for change in self.unit_changes.drain(..) {
