@@ -198,6 +198,10 @@ pub struct SessionRecord {
     /// claimed by the contact the session resolves to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_identifiers: Vec<Identifier>,
+    /// Entries of the session wait in the pending partition; when false,
+    /// resolving the session need not read it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub has_pending: bool,
 }
 
 /// Who holds an identifier: a contact, or nobody since `at` (released by an

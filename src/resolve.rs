@@ -257,13 +257,19 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         by_operator: bool,
     ) -> StoreResult<()> {
         let tenant = self.tenant().to_owned();
+        let had_pending = record.has_pending;
         self.plan.mutations.push(Mutation::PutSession {
             session_id: session_id.to_owned(),
-            record: SessionRecord { contact_id: Some(contact_id.to_owned()), waiting_identifiers: Vec::new(), ..record },
+            record: SessionRecord {
+                contact_id: Some(contact_id.to_owned()),
+                waiting_identifiers: Vec::new(),
+                has_pending: false,
+                ..record
+            },
         });
         self.plan.mutations.push(Mutation::LinkSession { contact_id: contact_id.to_owned(), session_id: session_id.to_owned() });
-        let pending = self.view.pending(&tenant, session_id)?;
-        if !pending.is_empty() {
+        let pending = if had_pending { self.view.pending(&tenant, session_id)? } else { Vec::new() };
+        if had_pending {
             self.plan.mutations.push(Mutation::ClearPending { session_id: session_id.to_owned() });
         }
         for entry in pending {
@@ -474,10 +480,13 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
                         record.waiting_identifiers.push(identifier);
                     }
                 }
-                if record.waiting_identifiers.len() > before {
+                let entry = self.own_entry(Some(&session_id));
+                let newly_pending = entry.is_some() && !record.has_pending;
+                if record.waiting_identifiers.len() > before || newly_pending {
+                    record.has_pending |= entry.is_some();
                     self.plan.mutations.push(Mutation::PutSession { session_id: session_id.clone(), record });
                 }
-                if let Some(entry) = self.own_entry(Some(&session_id)) {
+                if let Some(entry) = entry {
                     self.plan.mutations.push(Mutation::PutPending { session_id, entry });
                 }
             }
@@ -656,9 +665,10 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             });
             self.plan.mutations.push(Mutation::PutPending { session_id: session_id.clone(), entry });
         }
-        self.plan
-            .mutations
-            .push(Mutation::PutSession { session_id: session_id.clone(), record: SessionRecord { contact_id: None, ..record } });
+        self.plan.mutations.push(Mutation::PutSession {
+            session_id: session_id.clone(),
+            record: SessionRecord { contact_id: None, has_pending: true, ..record },
+        });
         self.plan.mutations.push(Mutation::UnlinkSession { contact_id: contact_id.clone(), session_id: session_id.clone() });
         self.change(
             &contact_id,
