@@ -14,6 +14,10 @@ use contactd::pipeline;
 use contactd::source::{Origin, RawRecord};
 use contactd::store::sqlite::{SqliteOptions, SqliteStore};
 
+/// The same allocator as the `contactd` binary, so stages compare with ingest.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn rate(events: usize, started: Instant) -> f64 {
     events as f64 / started.elapsed().as_secs_f64()
 }
