@@ -52,6 +52,9 @@ pub struct SqliteConfig {
     /// Records (sessions, contacts, identifier claims) kept in memory between
     /// write units; about 300 bytes each. Default 2000000.
     pub cache_records: usize,
+    /// SQLite page cache per connection, in MiB; ingest slows once the store
+    /// file outgrows it. Default 256.
+    pub page_cache_mb: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -96,7 +99,7 @@ impl Default for IndexConfig {
 
 impl Default for SqliteConfig {
     fn default() -> Self {
-        Self { busy_timeout_ms: 30_000, cache_records: 2_000_000 }
+        Self { busy_timeout_ms: 30_000, cache_records: 2_000_000, page_cache_mb: 256 }
     }
 }
 
@@ -146,6 +149,7 @@ impl Config {
             ("ingest.batch_size", self.ingest.batch_size as u64),
             ("ingest.max_attempts", u64::from(self.ingest.max_attempts)),
             ("index.commit_every_ops", self.index.commit_every_ops as u64),
+            ("sqlite.page_cache_mb", self.sqlite.page_cache_mb as u64),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
@@ -173,6 +177,7 @@ impl Config {
         crate::store::sqlite::SqliteOptions {
             busy_timeout: Duration::from_millis(self.sqlite.busy_timeout_ms),
             cache_records: self.sqlite.cache_records,
+            page_cache_mb: self.sqlite.page_cache_mb,
         }
     }
 

@@ -52,11 +52,13 @@ pub struct SqliteOptions {
     pub busy_timeout: Duration,
     /// Records kept in the read cache before it is emptied at the next unit.
     pub cache_records: usize,
+    /// SQLite's page cache per connection, in MiB.
+    pub page_cache_mb: usize,
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        Self { busy_timeout: Duration::from_secs(30), cache_records: 2_000_000 }
+        Self { busy_timeout: Duration::from_secs(30), cache_records: 2_000_000, page_cache_mb: 256 }
     }
 }
 
@@ -162,7 +164,9 @@ impl SqliteStore {
         // NORMAL in WAL mode is durable against process crashes; a power loss may
         // lose the last transactions, which Kafka redelivers.
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql_error)?;
-        conn.pragma_update(None, "cache_size", -65_536).map_err(sql_error)?;
+        // Negative means KiB. Ingest slows as the file outgrows the page cache.
+        let cache_kib = i64::try_from(options.page_cache_mb.saturating_mul(1024)).unwrap_or(i64::MAX);
+        conn.pragma_update(None, "cache_size", -cache_kib).map_err(sql_error)?;
         // Fewer, larger checkpoints: a page rewritten many times between two
         // checkpoints is copied back once (measured: about 10% faster ingest).
         conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES).map_err(sql_error)?;
