@@ -152,3 +152,52 @@ fn deleting_a_contact_erases_its_search_documents() {
     assert!(json_lines(&stdout_ok(contactd(dir.path(), &["search", "--tenant", "acme", "refund"]))).is_empty());
     assert!(!contactd(dir.path(), &["contact", "--tenant", "acme", jana]).status.success());
 }
+
+#[test]
+fn two_processes_ingesting_into_one_data_dir_build_one_directory() {
+    let corpus_dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_dir.path().join("corpus.jsonl");
+    let dir = tempfile::tempdir().unwrap();
+    stdout_ok(contactd(dir.path(), &["gen", "--events", "3000", "--seed", "11", "--out", corpus.to_str().unwrap()]));
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_contactd"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["ingest", "--quiet", corpus.to_str().unwrap()])
+            .env("CONTACTD__INGEST__BATCH_SIZE", "50")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Both read the whole file: every event is offered twice, concurrently.
+    let (first, second) = (spawn(), spawn());
+    let applied = |summary: &str| -> u64 {
+        let line = summary.lines().find(|l| l.starts_with("applied")).expect("summary has an applied line");
+        line.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    let mut applied_by_both = 0;
+    for child in [first, second] {
+        applied_by_both += applied(&stdout_ok(child.wait_with_output().unwrap()));
+    }
+    let alone = tempfile::tempdir().unwrap();
+    let applied_alone = applied(&stdout_ok(contactd(alone.path(), &["ingest", "--quiet", corpus.to_str().unwrap()])));
+    assert_eq!(applied_by_both, applied_alone, "every event applied exactly once across both processes");
+
+    let shared = json_lines(&stdout_ok(contactd(dir.path(), &["export"])));
+    let mut owners = std::collections::HashMap::new();
+    for contact in &shared {
+        let owned = ["emails", "phones", "sessions"]
+            .iter()
+            .flat_map(|field| contact[*field].as_array().unwrap().iter().map(move |v| (*field, v)));
+        let channel_ids = contact["channel_ids"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(kind, ids)| ids.as_array().unwrap().iter().map(move |v| (kind.as_str(), v)));
+        for (kind, value) in owned.chain(channel_ids) {
+            let key = (contact["tenant_id"].to_string(), kind, value.to_string());
+            assert!(owners.insert(key, contact["contact_id"].clone()).is_none(), "{kind} {value} has two owners");
+        }
+    }
+    assert!(!shared.is_empty());
+}
