@@ -204,9 +204,34 @@ pub fn normalize_email(raw: &str) -> Option<String> {
     (!JUNK_EMAILS.contains(&email.as_str())).then_some(email)
 }
 
+/// Distinct phone spellings remembered per thread; parsing against the metadata
+/// costs microseconds and returning customers repeat the same few strings.
+const PHONE_MEMO_CAPACITY: usize = 100_000;
+
+thread_local! {
+    static PHONE_MEMO: std::cell::RefCell<std::collections::HashMap<(String, Option<String>), Option<String>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
 /// E.164 via libphonenumber's metadata. Accepts spaces, dashes, dots, brackets and a
 /// leading `00`; numbers without a country code use the tenant's default region.
 pub fn normalize_phone(raw: &str, default_region: Option<&str>) -> Option<String> {
+    let key = (raw.to_owned(), default_region.map(str::to_owned));
+    if let Some(known) = PHONE_MEMO.with(|memo| memo.borrow().get(&key).cloned()) {
+        return known;
+    }
+    let phone = parse_phone(raw, default_region);
+    PHONE_MEMO.with(|memo| {
+        let mut memo = memo.borrow_mut();
+        if memo.len() >= PHONE_MEMO_CAPACITY {
+            memo.clear();
+        }
+        memo.insert(key, phone.clone());
+    });
+    phone
+}
+
+fn parse_phone(raw: &str, default_region: Option<&str>) -> Option<String> {
     let trimmed = raw.trim();
     if is_junk(trimmed) {
         return None;
@@ -299,6 +324,15 @@ mod tests {
     fn phones_without_country_code_need_a_default_region() {
         assert_eq!(normalize_phone("777 123 456", None), None);
         assert_eq!(normalize_phone("777 123 456", Some("XX")), None);
+    }
+
+    #[test]
+    fn remembered_phones_still_depend_on_the_region() {
+        for _ in 0..2 {
+            assert_eq!(normalize_phone("777 123 456", Some("CZ")).as_deref(), Some("+420777123456"));
+            assert_eq!(normalize_phone("777 123 456", None), None);
+            assert_eq!(normalize_phone("777 123 456", Some("SK")), None);
+        }
     }
 
     #[test]

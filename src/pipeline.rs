@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use crate::event::{self, Event};
-use crate::index::{IndexError, SearchIndex};
+use crate::index::{IndexError, SearchIndex, TimelineWriter};
 use crate::publish::{ChangeLog, ChangeSink, DeadLetter};
 use crate::resolve::{self, Resolution};
 use crate::source::RawRecord;
@@ -227,10 +227,8 @@ pub fn follow_changes<L: ChangeLog>(
                 break;
             }
             if applied_through > committed_through && last_commit.elapsed() >= options.commit_interval {
-                writer.commit(applied_through)?;
-                log.trim_through(applied_through)?;
+                checkpoint(&mut writer, log, applied_through, &mut report)?;
                 committed_through = applied_through;
-                report.commits += 1;
                 last_commit = Instant::now();
             }
             std::thread::sleep(IDLE_POLL);
@@ -245,18 +243,27 @@ pub fn follow_changes<L: ChangeLog>(
             applied_through = unit.seq;
         }
         if writer.pending_ops() >= options.commit_every_ops || last_commit.elapsed() >= options.commit_interval {
-            writer.commit(applied_through)?;
-            log.trim_through(applied_through)?;
+            checkpoint(&mut writer, log, applied_through, &mut report)?;
             committed_through = applied_through;
-            report.commits += 1;
             last_commit = Instant::now();
         }
     }
     if applied_through > committed_through || report.commits == 0 {
-        writer.commit(applied_through)?;
-        log.trim_through(applied_through)?;
-        report.commits += 1;
+        checkpoint(&mut writer, log, applied_through, &mut report)?;
     }
     report.indexed = true;
     Ok(report)
+}
+
+/// Makes the index durable through unit `through`, then forgets the log behind it.
+fn checkpoint<L: ChangeLog>(
+    writer: &mut TimelineWriter,
+    log: &mut L,
+    through: u64,
+    report: &mut FollowReport,
+) -> Result<(), FollowError> {
+    writer.commit(through)?;
+    log.trim_through(through)?;
+    report.commits += 1;
+    Ok(())
 }
