@@ -208,9 +208,11 @@ pub fn normalize_email(raw: &str) -> Option<String> {
 /// costs microseconds and returning customers repeat the same few strings.
 const PHONE_MEMO_CAPACITY: usize = 100_000;
 
+/// (raw spelling, default region) -> E.164, or `None` when not a phone.
+type PhoneMemo = std::collections::HashMap<(String, Option<String>), Option<String>>;
+
 thread_local! {
-    static PHONE_MEMO: std::cell::RefCell<std::collections::HashMap<(String, Option<String>), Option<String>>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
+    static PHONE_MEMO: std::cell::RefCell<PhoneMemo> = std::cell::RefCell::new(PhoneMemo::new());
 }
 
 /// E.164 via libphonenumber's metadata. Accepts spaces, dashes, dots, brackets and a
