@@ -66,7 +66,7 @@ pub struct SearchArgs {
     pub contact: Option<String>,
     #[arg(long, default_value_t = 10)]
     pub limit: usize,
-    /// Words must all match; supports "phrases", OR, -exclusion and word*.
+    /// Words must all match; supports "exact phrases", OR, -exclusion and "phrase prefixes"*.
     pub query: String,
 }
 

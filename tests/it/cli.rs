@@ -93,6 +93,17 @@ fn search_finds_history_and_never_crosses_tenants() {
 }
 
 #[test]
+fn the_documented_query_syntax_works() {
+    let dir = ingested();
+    let count = |query: &str| json_lines(&stdout_ok(contactd(dir.path(), &["search", "--tenant", "acme", query]))).len();
+    assert_eq!(count("refund"), 5);
+    assert_eq!(count("\"refund arrived\""), 1, "exact phrase");
+    assert_eq!(count("refund -card"), 4, "exclusion");
+    assert_eq!(count("warranty OR tyre"), 1, "warranty is globex's; tyre is acme's");
+    assert_eq!(count("\"the refu\"*"), 3, "phrase prefix");
+}
+
+#[test]
 fn a_malformed_query_is_a_clear_error() {
     let dir = ingested();
     let output = contactd(dir.path(), &["search", "--tenant", "acme", "refund AND (("]);
