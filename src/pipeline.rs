@@ -84,14 +84,13 @@ pub fn process_batch<S: Store + ChangeSink>(store: &mut S, batch: &[RawRecord]) 
         }
     }
     store.begin()?;
-    match apply_events(store, &events, &mut outcome) {
-        Ok(()) => store.commit()?,
-        Err(error) => {
-            if let Err(rollback) = store.rollback() {
-                warn!(error = %rollback, "rollback failed");
-            }
-            return Err(error);
+    // A failed commit leaves the unit open just like a failed write: either way
+    // it is rolled back, so a retry starts clean.
+    if let Err(error) = apply_events(store, &events, &mut outcome).and_then(|()| store.commit()) {
+        if let Err(rollback) = store.rollback() {
+            warn!(error = %rollback, "rollback failed");
         }
+        return Err(error);
     }
     outcome.report.records = batch.len() as u64;
     for rejection in &outcome.rejections {

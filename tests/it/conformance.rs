@@ -319,3 +319,91 @@ fn concurrent_writers_on_one_file_never_double_claim() {
     let sessions: usize = contacts.iter().map(|c| c.sessions.len()).sum();
     assert_eq!(sessions, 400, "every event applied exactly once");
 }
+
+/// A store whose first commit fails, as a busy or full disk would make it.
+struct FailingFirstCommit {
+    inner: contactd::store::sqlite::SqliteStore,
+    failed: bool,
+}
+
+impl DirectoryView for FailingFirstCommit {
+    fn tenant_config(&self, tenant: &str) -> contactd::store::StoreResult<Option<TenantConfig>> {
+        self.inner.tenant_config(tenant)
+    }
+    fn event_seen(&self, tenant: &str, event_id: &str) -> contactd::store::StoreResult<bool> {
+        self.inner.event_seen(tenant, event_id)
+    }
+    fn session(&self, tenant: &str, session_id: &str) -> contactd::store::StoreResult<Option<SessionRecord>> {
+        self.inner.session(tenant, session_id)
+    }
+    fn claim(&self, tenant: &str, identifier: &Identifier) -> contactd::store::StoreResult<Option<Claim>> {
+        self.inner.claim(tenant, identifier)
+    }
+    fn contact(&self, tenant: &str, contact_id: &str) -> contactd::store::StoreResult<Option<ContactRecord>> {
+        self.inner.contact(tenant, contact_id)
+    }
+    fn contact_sessions(&self, tenant: &str, contact_id: &str) -> contactd::store::StoreResult<Vec<String>> {
+        self.inner.contact_sessions(tenant, contact_id)
+    }
+    fn timeline(
+        &self,
+        tenant: &str,
+        contact_id: &str,
+        before: Option<&TimelineCursor>,
+        limit: usize,
+    ) -> contactd::store::StoreResult<Vec<TimelineEntry>> {
+        self.inner.timeline(tenant, contact_id, before, limit)
+    }
+    fn timeline_len(&self, tenant: &str, contact_id: &str) -> contactd::store::StoreResult<u64> {
+        self.inner.timeline_len(tenant, contact_id)
+    }
+    fn pending(&self, tenant: &str, session_id: &str) -> contactd::store::StoreResult<Vec<TimelineEntry>> {
+        self.inner.pending(tenant, session_id)
+    }
+}
+
+impl Store for FailingFirstCommit {
+    fn begin(&mut self) -> contactd::store::StoreResult<()> {
+        self.inner.begin()
+    }
+    fn apply(&mut self, tenant: &str, mutations: &[Mutation]) -> contactd::store::StoreResult<()> {
+        self.inner.apply(tenant, mutations)
+    }
+    fn commit(&mut self) -> contactd::store::StoreResult<()> {
+        if !self.failed {
+            self.failed = true;
+            return Err(contactd::store::StoreError::Transient("disk busy".into()));
+        }
+        self.inner.commit()
+    }
+    fn rollback(&mut self) -> contactd::store::StoreResult<()> {
+        self.inner.rollback()
+    }
+    fn export(
+        &self,
+        visit: &mut dyn FnMut(contactd::model::ExportedContact) -> contactd::store::StoreResult<()>,
+    ) -> contactd::store::StoreResult<()> {
+        self.inner.export(visit)
+    }
+}
+
+impl contactd::publish::ChangeSink for FailingFirstCommit {
+    fn publish(&mut self, changes: &[contactd::model::Change]) -> contactd::store::StoreResult<()> {
+        self.inner.publish(changes)
+    }
+}
+
+#[test]
+fn a_failed_commit_is_rolled_back_and_the_retry_applies_the_batch_once() {
+    let mut store = FailingFirstCommit { inner: crate::harness::Directory::new().store, failed: false };
+    let line = crate::harness::identified("e1", 1, "s1", serde_json::json!({ "emails": ["a@x.cz"] })).to_string();
+    let batch = [contactd::source::RawRecord {
+        payload: line.into_bytes(),
+        origin: contactd::source::Origin { source: "t".into(), position: 1 },
+    }];
+    let outcome = contactd::pipeline::process_batch_with_retry(&mut store, &batch, 3).unwrap();
+    assert_eq!(outcome.report.applied, 1, "the retry applied the event, not a duplicate of a lost unit");
+    let owner = store.claim("acme", &email("a@x.cz")).unwrap();
+    let Some(Claim::Owned { contact_id }) = owner else { panic!("the claim was committed: {owner:?}") };
+    assert!(matches!(store.contact("acme", &contact_id).unwrap(), Some(ContactRecord::Active(_))));
+}
