@@ -268,12 +268,11 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             },
         });
         self.plan.mutations.push(Mutation::LinkSession { contact_id: contact_id.to_owned(), session_id: session_id.to_owned() });
-        let pending = if had_pending { self.view.pending(&tenant, session_id)? } else { Vec::new() };
         if had_pending {
             self.plan.mutations.push(Mutation::ClearPending { session_id: session_id.to_owned() });
-        }
-        for entry in pending {
-            self.append(contact_id, entry);
+            for entry in self.view.pending(&tenant, session_id)? {
+                self.append(contact_id, entry);
+            }
         }
         let by = if by_operator { LinkedBy::Operator } else { LinkedBy::Resolution };
         let data = ChangeData { session_id: Some(session_id.to_owned()), by: Some(by), ..ChangeData::default() };
@@ -657,6 +656,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             .into_iter()
             .filter(|e| e.session_id.as_deref() == Some(session_id.as_str()))
             .collect();
+        let has_pending = record.has_pending || !moved.is_empty();
         for entry in moved {
             self.plan.mutations.push(Mutation::DeleteEntry {
                 contact_id: contact_id.clone(),
@@ -667,7 +667,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         }
         self.plan.mutations.push(Mutation::PutSession {
             session_id: session_id.clone(),
-            record: SessionRecord { contact_id: None, has_pending: true, ..record },
+            record: SessionRecord { contact_id: None, has_pending, ..record },
         });
         self.plan.mutations.push(Mutation::UnlinkSession { contact_id: contact_id.clone(), session_id: session_id.clone() });
         self.change(
