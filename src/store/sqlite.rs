@@ -435,8 +435,7 @@ impl DirectoryView for SqliteStore {
 impl Store for SqliteStore {
     fn begin(&mut self) -> StoreResult<()> {
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(sql_error)?;
-        let version = self.data_version();
-        let version = match version {
+        let version = match self.data_version() {
             Ok(version) => version,
             Err(error) => {
                 self.rollback()?;
