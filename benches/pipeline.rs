@@ -48,7 +48,10 @@ fn main() {
     let records: Vec<RawRecord> = lines
         .iter()
         .enumerate()
-        .map(|(i, l)| RawRecord { payload: l.to_vec(), origin: Origin { source: "bench".into(), position: i as u64 } })
+        .map(|(i, l)| RawRecord {
+            payload: l.to_vec(),
+            origin: Origin { source: "bench".into(), partition: None, position: i as u64 },
+        })
         .collect();
     let started = Instant::now();
     for batch in records.chunks(5_000) {

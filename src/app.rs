@@ -4,16 +4,19 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::json;
 
-use crate::cli::{Command, ContactArgs, ExportArgs, GenArgs, IngestArgs, SearchArgs};
+use crate::api::{self, Health};
+use crate::cli::{Command, ContactArgs, ExportArgs, GenArgs, IngestArgs, ProduceArgs, SearchArgs};
 use crate::config::Config;
 use crate::identity::Identifier;
 use crate::index::SearchIndex;
+use crate::metrics::WorkerMetrics;
 use crate::model::{Claim, ContactRecord, TimelineCursor};
 use crate::pipeline::{self, FollowReport, Report};
 use crate::publish::DeadLetterSink;
@@ -33,6 +36,8 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
         Command::Export(args) => export(&args, config),
         Command::Search(args) => search(&args, config),
         Command::Contact(args) => contact(&args, config),
+        Command::Worker(_) => worker(config),
+        Command::Produce(args) => produce(&args, config),
         Command::Gen(args) => generate(&args),
         Command::Config => {
             println!("{}", serde_json::to_string_pretty(config)?);
@@ -267,5 +272,102 @@ fn generate(args: &GenArgs) -> anyhow::Result<()> {
     let mut out = output(args.out.as_deref())?;
     crate::corpus::Generator::new(options).write(&mut out).context("writing the corpus")?;
     out.flush()?;
+    Ok(())
+}
+
+/// Runs the Kafka worker with its probes and metrics until SIGTERM or SIGINT.
+fn worker(config: &Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let listen: std::net::SocketAddr =
+        config.worker.listen.parse().with_context(|| format!("worker.listen {:?} is not an address", config.worker.listen))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(listen)).with_context(|| format!("binding {listen}"))?;
+    let metrics = WorkerMetrics::new();
+    // The poll loop may wait out a revocation's drain deadline; only far longer
+    // silence means it hangs.
+    let health = Arc::new(Health::new(Duration::from_secs(config.worker.drain_deadline_secs * 2 + 30)));
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    runtime.spawn(api::serve(listener, api::probes(Arc::clone(&health), metrics.clone()), async move {
+        let _ = server_stopped.await;
+    }));
+    runtime.spawn(wait_for_signal(Arc::clone(&shutdown)));
+    let (path, options) = (config.store_path(), config.sqlite_options());
+    let exit = crate::worker::run(config, || SqliteStore::open(&path, &options), metrics, health, &shutdown);
+    let _ = stop_server.send(());
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    match exit? {
+        crate::worker::Exit::Drained => Ok(()),
+        crate::worker::Exit::DeadlineExceeded(unfinished) => {
+            eprintln!("contactd: stopped with {unfinished} events unfinished; they will be redelivered");
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_signal(shutdown: Arc<AtomicBool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot listen for signals");
+        return;
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    tracing::info!("shutdown requested");
+    shutdown.store(true, Ordering::Relaxed);
+}
+
+/// The connectors' key: `tenant_id/session_id`, or the contact for events
+/// without a session. Only a hint, as the contract says.
+fn event_key(line: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Keys {
+        tenant_id: Option<String>,
+        session_id: Option<String>,
+        contact_id: Option<String>,
+    }
+    let keys: Keys = serde_json::from_slice(line).ok()?;
+    let tenant = keys.tenant_id?;
+    Some(format!("{tenant}/{}", keys.session_id.or(keys.contact_id).unwrap_or_default()))
+}
+
+/// Publishes JSONL events to Kafka, waiting for every acknowledgement.
+fn produce(args: &ProduceArgs, config: &Config) -> anyhow::Result<()> {
+    const CHUNK: usize = 10_000;
+    let topic = args.topic.as_deref().unwrap_or(&config.kafka.events_topics[0]);
+    let reader: Box<dyn BufRead> = if args.file == Path::new("-") {
+        Box::new(io::stdin().lock())
+    } else {
+        Box::new(BufReader::new(File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?))
+    };
+    let producer = crate::publish::kafka::producer(&config.kafka).context("creating the producer")?;
+    let mut lines = reader.split(b'\n');
+    let mut produced = 0;
+    loop {
+        let chunk: Vec<Vec<u8>> = lines.by_ref().take(CHUNK).collect::<io::Result<_>>()?;
+        if chunk.is_empty() {
+            break;
+        }
+        let keyed: Vec<(Option<String>, &[u8])> = chunk
+            .iter()
+            .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+            .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+            .map(|line| (event_key(line), line))
+            .collect();
+        produced += crate::publish::kafka::send_all(
+            &producer,
+            keyed.iter().map(|(key, line)| {
+                let record = rdkafka::producer::FutureRecord::to(topic).payload(*line);
+                match key {
+                    Some(key) => record.key(key.as_bytes()),
+                    None => record,
+                }
+            }),
+        )
+        .context("publishing")?;
+    }
+    println!("produced {produced} events to {topic}");
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::FlagOverrides;
+use crate::config::{FlagOverrides, KafkaFlags, WorkerFlags};
 
 #[derive(Debug, Parser)]
 #[command(name = "contactd", version, about = "A living contact directory built from conversation events")]
@@ -15,13 +15,24 @@ pub struct Cli {
     /// Directory with the store, index and dead letters (default ./contactd-data).
     #[arg(long, global = true)]
     pub data_dir: Option<PathBuf>,
+    /// Kafka bootstrap servers (default localhost:9092).
+    #[arg(long, global = true)]
+    pub brokers: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 impl Cli {
     pub fn overrides(&self) -> FlagOverrides {
-        FlagOverrides { data_dir: self.data_dir.clone() }
+        let listen = match &self.command {
+            Command::Worker(args) => args.listen.clone(),
+            _ => None,
+        };
+        FlagOverrides {
+            data_dir: self.data_dir.clone(),
+            kafka: KafkaFlags { brokers: self.brokers.clone() },
+            worker: WorkerFlags { listen },
+        }
     }
 }
 
@@ -35,6 +46,11 @@ pub enum Command {
     Search(SearchArgs),
     /// Show one contact with its timeline, newest first.
     Contact(ContactArgs),
+    /// Consume contact events from Kafka into the directory, publishing changes
+    /// and dead letters, until SIGTERM or SIGINT.
+    Worker(WorkerArgs),
+    /// Publish JSONL events to the events topic, keyed `tenant_id/session_id`.
+    Produce(ProduceArgs),
     /// Write a synthetic JSONL corpus for benchmarks.
     Gen(GenArgs),
     /// Print the effective configuration after all layers.
@@ -48,6 +64,22 @@ pub struct IngestArgs {
     /// Do not show a progress bar even on a terminal.
     #[arg(long)]
     pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Address for /metrics, /healthz and /readyz (default 127.0.0.1:9464).
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    /// The JSONL file, or `-` for standard input.
+    pub file: PathBuf,
+    /// The topic (default: the first of kafka.events_topics).
+    #[arg(long)]
+    pub topic: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -2,6 +2,7 @@
 //! `CONTACTD__SECTION__KEY` environment variables, then command-line flags.
 //! Every field's unit and default is documented here and in the README.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,7 +18,54 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub index: IndexConfig,
     pub sqlite: SqliteConfig,
+    pub kafka: KafkaConfig,
+    pub worker: WorkerConfig,
     pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated. Default `localhost:9092`.
+    pub brokers: String,
+    /// Topics of inbound contact events. Default `["contact-events"]`.
+    pub events_topics: Vec<String>,
+    /// Where directory changes (CONTRACT 5) are published. Default `directory-changes`.
+    pub changes_topic: String,
+    /// Where bad input goes unchanged, with the reason in headers. Default `contact-events-dlq`.
+    pub dead_letter_topic: String,
+    /// The workers' consumer group. Default `contactd-worker`.
+    pub group_id: String,
+    /// How long the producer keeps retrying one record before reporting a
+    /// failure, in milliseconds; the worker then retries the whole publish. Default 30000.
+    pub delivery_timeout_ms: u64,
+    /// Extra librdkafka properties for every client, for example
+    /// `"security.protocol" = "SASL_SSL"`, `"sasl.mechanisms"`, `"sasl.username"`,
+    /// `"sasl.password"`, `"ssl.ca.location"`. Default none.
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Parallel processing lanes. Events are assigned to a lane by their Kafka
+    /// key (`tenant_id/session_id`), so one session's events stay in order. Default 4.
+    pub lanes: usize,
+    /// Most events one lane processes in one write unit. Default 500.
+    pub batch_size: usize,
+    /// Events fetched and not finished before the worker pauses its partitions. Default 20000.
+    pub max_in_flight: usize,
+    /// How often finished offsets are committed, in milliseconds. Default 1000.
+    pub commit_interval_ms: u64,
+    /// On shutdown or revocation, how long in-flight events may take to finish,
+    /// in seconds. Keep it below the pod's termination grace period. Default 20.
+    pub drain_deadline_secs: u64,
+    /// Longest wait between retries of a busy store or an unreachable broker, in milliseconds. Default 5000.
+    pub max_backoff_ms: u64,
+    /// librdkafka statistics interval, which drives the lag metrics, in milliseconds. Default 5000.
+    pub statistics_interval_ms: u64,
+    /// Address of `/metrics`, `/healthz` and `/readyz`. Default `127.0.0.1:9464`.
+    pub listen: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,7 +128,38 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             index: IndexConfig::default(),
             sqlite: SqliteConfig::default(),
+            kafka: KafkaConfig::default(),
+            worker: WorkerConfig::default(),
             log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "localhost:9092".into(),
+            events_topics: vec!["contact-events".into()],
+            changes_topic: "directory-changes".into(),
+            dead_letter_topic: "contact-events-dlq".into(),
+            group_id: "contactd-worker".into(),
+            delivery_timeout_ms: 30_000,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            lanes: 4,
+            batch_size: 500,
+            max_in_flight: 20_000,
+            commit_interval_ms: 1000,
+            drain_deadline_secs: 20,
+            max_backoff_ms: 5000,
+            statistics_interval_ms: 5000,
+            listen: "127.0.0.1:9464".into(),
         }
     }
 }
@@ -122,6 +201,34 @@ pub enum ConfigError {
 pub struct FlagOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "KafkaFlags::is_empty")]
+    pub kafka: KafkaFlags,
+    #[serde(skip_serializing_if = "WorkerFlags::is_empty")]
+    pub worker: WorkerFlags,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct KafkaFlags {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub brokers: Option<String>,
+}
+
+impl KafkaFlags {
+    fn is_empty(&self) -> bool {
+        self.brokers.is_none()
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WorkerFlags {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+
+impl WorkerFlags {
+    fn is_empty(&self) -> bool {
+        self.listen.is_none()
+    }
 }
 
 impl Config {
@@ -150,6 +257,11 @@ impl Config {
             ("ingest.max_attempts", u64::from(self.ingest.max_attempts)),
             ("index.commit_every_ops", self.index.commit_every_ops as u64),
             ("sqlite.page_cache_mb", self.sqlite.page_cache_mb as u64),
+            ("worker.lanes", self.worker.lanes as u64),
+            ("worker.batch_size", self.worker.batch_size as u64),
+            ("worker.max_in_flight", self.worker.max_in_flight as u64),
+            ("worker.commit_interval_ms", self.worker.commit_interval_ms),
+            ("worker.max_backoff_ms", self.worker.max_backoff_ms),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
@@ -157,6 +269,9 @@ impl Config {
         // tantivy refuses writer budgets under 15 MB per thread.
         if !(15..=4096).contains(&self.index.writer_memory_mb) {
             return Err(ConfigError::Invalid("index.writer_memory_mb must be within 15..=4096".into()));
+        }
+        if self.kafka.events_topics.is_empty() {
+            return Err(ConfigError::Invalid("kafka.events_topics must name at least one topic".into()));
         }
         Ok(())
     }
@@ -209,7 +324,7 @@ mod tests {
         std::fs::write(&file, "data_dir = \"from-file\"\n[ingest]\nbatch_size = 7\n").unwrap();
         let from_file = Config::load(Some(&file), &FlagOverrides::default()).unwrap();
         assert_eq!((from_file.data_dir.to_str(), from_file.ingest.batch_size), (Some("from-file"), 7));
-        let flags = FlagOverrides { data_dir: Some("from-flag".into()) };
+        let flags = FlagOverrides { data_dir: Some("from-flag".into()), ..FlagOverrides::default() };
         assert_eq!(Config::load(Some(&file), &flags).unwrap().data_dir, PathBuf::from("from-flag"));
     }
 

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod corpus;
 pub mod event;
 pub mod identity;
 pub mod index;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod publish;
@@ -18,3 +20,4 @@ pub mod resolve;
 pub mod source;
 pub mod store;
 pub mod telemetry;
+pub mod worker;

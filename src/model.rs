@@ -26,6 +26,10 @@ impl Timestamp {
         self.0
     }
 
+    pub fn now() -> Self {
+        Self(i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX))
+    }
+
     /// Requires an explicit offset, as the contract does.
     pub fn parse_rfc3339(text: &str) -> Option<Self> {
         let parsed = OffsetDateTime::parse(text, &Rfc3339).ok()?;

@@ -2,7 +2,7 @@
 //! write unit. `process_batch` is the step function every runner drives (the
 //! JSONL ingest today); `follow_changes` keeps the index current from the outbox.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -10,6 +10,7 @@ use tracing::{debug, warn};
 
 use crate::event::{self, Event};
 use crate::index::{IndexError, SearchIndex, TimelineWriter};
+use crate::model::Timestamp;
 use crate::publish::{ChangeLog, ChangeSink, DeadLetter};
 use crate::resolve::{self, Resolution};
 use crate::source::RawRecord;
@@ -69,6 +70,14 @@ impl Rejection {
 pub struct BatchOutcome {
     pub report: Report,
     pub rejections: Vec<Rejection>,
+    /// The change units holding the effects of the batch's events: the unit
+    /// this batch committed and, for redelivered events, the units of their
+    /// first delivery. A publisher delivers those still in the log.
+    pub units: BTreeSet<u64>,
+    /// Events by (type, outcome): `applied`, `duplicate`, `skipped`, `rejected`.
+    pub by_type: BTreeMap<(&'static str, &'static str), u64>,
+    /// When each decoded event happened, for age metrics.
+    pub occurred_at: Vec<Timestamp>,
 }
 
 /// Decodes a batch, then resolves and applies each event in order inside one
@@ -83,10 +92,18 @@ pub fn process_batch<S: Store + ChangeSink>(store: &mut S, batch: &[RawRecord]) 
             Err(error) => outcome.rejections.push(Rejection { index, reason: error.code(), detail: error.to_string() }),
         }
     }
+    outcome.occurred_at = events.iter().map(|(_, event)| event.occurred_at).collect();
+    if !outcome.rejections.is_empty() {
+        *outcome.by_type.entry(("unknown", "rejected")).or_default() += outcome.rejections.len() as u64;
+    }
     store.begin()?;
     // A failed commit leaves the unit open just like a failed write: either way
     // it is rolled back, so a retry starts clean.
-    if let Err(error) = apply_events(store, &events, &mut outcome).and_then(|()| store.commit()) {
+    let applied = apply_events(store, &events, &mut outcome).and_then(|()| {
+        outcome.units.extend(store.open_unit());
+        store.commit()
+    });
+    if let Err(error) = applied {
         if let Err(rollback) = store.rollback() {
             warn!(error = %rollback, "rollback failed");
         }
@@ -109,18 +126,22 @@ fn apply_events<S: Store + ChangeSink>(
         let span =
             tracing::debug_span!("event", tenant = %event.tenant_id, event_id = %event.event_id, kind = event.body.type_name());
         let _entered = span.enter();
-        match resolve::resolve(event, &*store)? {
-            Resolution::Duplicate => {
+        let result = match resolve::resolve(event, &*store)? {
+            Resolution::Duplicate { unit } => {
                 outcome.report.duplicates += 1;
+                outcome.units.insert(unit);
                 debug!("duplicate event");
+                "duplicate"
             }
             Resolution::Skipped(skip, plan) => {
                 store.apply(&event.tenant_id, &plan.mutations)?;
                 *outcome.report.skipped.entry(skip.code()).or_default() += 1;
                 debug!(reason = skip.code(), "event skipped");
+                "skipped"
             }
             Resolution::Rejected(why) => {
                 outcome.rejections.push(Rejection { index: *index, reason: why.code(), detail: why.to_string() });
+                "rejected"
             }
             Resolution::Applied(plan) => {
                 store.apply(&event.tenant_id, &plan.mutations)?;
@@ -128,8 +149,10 @@ fn apply_events<S: Store + ChangeSink>(
                 outcome.report.applied += 1;
                 outcome.report.contacts_created += u64::from(plan.contacts_created);
                 outcome.report.entries_appended += u64::from(plan.entries_appended);
+                "applied"
             }
-        }
+        };
+        *outcome.by_type.entry((event.body.type_name(), result)).or_default() += 1;
     }
     Ok(())
 }

@@ -57,8 +57,11 @@ pub struct Plan {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resolution {
-    /// The same `event_id` was processed before: nothing to do.
-    Duplicate,
+    /// The same `event_id` was processed before, in change unit `unit`: nothing
+    /// to apply.
+    Duplicate {
+        unit: u64,
+    },
     /// Accepted and recorded as seen, with no other effect.
     Skipped(Skip, Plan),
     Rejected(Unresolvable),
@@ -66,8 +69,8 @@ pub enum Resolution {
 }
 
 pub fn resolve<V: DirectoryView + ?Sized>(event: &Event, view: &V) -> StoreResult<Resolution> {
-    if view.event_seen(&event.tenant_id, &event.event_id)? {
-        return Ok(Resolution::Duplicate);
+    if let Some(unit) = view.event_unit(&event.tenant_id, &event.event_id)? {
+        return Ok(Resolution::Duplicate { unit });
     }
     let config = view.tenant_config(&event.tenant_id)?.unwrap_or_default();
     let mut resolver = Resolver { event, view, config, plan: Plan::default(), contacts: HashMap::new(), entries: 0 };

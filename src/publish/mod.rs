@@ -3,6 +3,7 @@
 //! the in-process indexer tails; dead letters go to a JSONL file.
 
 pub mod jsonl;
+pub mod kafka;
 
 use crate::model::Change;
 use crate::store::StoreResult;
@@ -10,6 +11,8 @@ use crate::store::StoreResult;
 /// Receives the change events of applied events, in processing order.
 pub trait ChangeSink {
     fn publish(&mut self, changes: &[Change]) -> StoreResult<()>;
+    /// The log position the open write unit's changes will be committed under.
+    fn open_unit(&self) -> Option<u64>;
 }
 
 /// The changes of one write unit, in order, under the unit's log position.
@@ -26,6 +29,11 @@ pub trait ChangeLog {
     fn read_after(&self, after: u64, max_units: usize) -> StoreResult<Vec<ChangeUnit>>;
     /// Forgets units every consumer has made durable.
     fn trim_through(&mut self, seq: u64) -> StoreResult<()>;
+    /// One unit, unless it was forgotten.
+    fn unit(&self, seq: u64) -> StoreResult<Option<ChangeUnit>>;
+    /// Forgets one unit once its changes are delivered elsewhere (the worker's
+    /// broker), leaving the others for their own publishers.
+    fn forget_unit(&mut self, seq: u64) -> StoreResult<()>;
 }
 
 /// Where an input that cannot be processed goes, unchanged, with why and from where.

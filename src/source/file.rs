@@ -38,8 +38,10 @@ impl<R: BufRead> EventSource for JsonlSource<R> {
             if payload.is_empty() {
                 continue;
             }
-            batch
-                .push(RawRecord { payload: payload.to_vec(), origin: Origin { source: self.name.clone(), position: self.line } });
+            batch.push(RawRecord {
+                payload: payload.to_vec(),
+                origin: Origin { source: self.name.clone(), partition: None, position: self.line },
+            });
         }
         Ok(batch)
     }

@@ -2,14 +2,18 @@
 //! same pipeline a Kafka consumer feeds.
 
 pub mod file;
+pub mod kafka;
 
 use serde::Serialize;
 
 /// Where one raw record came from, for dead letters and logs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Origin {
-    /// A file path, or `topic/partition` for Kafka.
+    /// A file path, or a Kafka topic.
     pub source: String,
+    /// The Kafka partition; none for a file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
     /// A 1-based line number, or a Kafka offset.
     pub position: u64,
 }

@@ -34,7 +34,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Reads by partition key only: no joins, no scans on the hot path.
 pub trait DirectoryView {
     fn tenant_config(&self, tenant: &str) -> StoreResult<Option<TenantConfig>>;
-    fn event_seen(&self, tenant: &str, event_id: &str) -> StoreResult<bool>;
+    /// The change unit an event was recorded in, if it was processed before: a
+    /// redelivery republishes that unit when it is still undelivered.
+    fn event_unit(&self, tenant: &str, event_id: &str) -> StoreResult<Option<u64>>;
     fn session(&self, tenant: &str, session_id: &str) -> StoreResult<Option<SessionRecord>>;
     fn claim(&self, tenant: &str, identifier: &Identifier) -> StoreResult<Option<Claim>>;
     fn contact(&self, tenant: &str, contact_id: &str) -> StoreResult<Option<ContactRecord>>;

@@ -4,7 +4,7 @@
 //! contacts, claims) are served from a cache and written back once per unit;
 //! the cache is dropped whenever another process has committed.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use crate::identity::Identifier;
 use crate::model::{Change, Claim, ContactRecord, ExportedContact, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry};
 use crate::publish::{ChangeLog, ChangeSink, ChangeUnit};
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 const STATEMENT_CACHE_CAPACITY: usize = 64;
 const PAGE_SIZE: i64 = 16_384;
 const WAL_CHECKPOINT_PAGES: i64 = 4_096;
@@ -29,7 +29,8 @@ const WAL_CHECKPOINT_PAGES: i64 = 4_096;
 // split pages. The small record tables stay WITHOUT ROWID.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tenants (tenant TEXT PRIMARY KEY, config TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS events (tenant TEXT NOT NULL, event_id TEXT NOT NULL, PRIMARY KEY (tenant, event_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (tenant TEXT NOT NULL, event_id TEXT NOT NULL, unit INTEGER NOT NULL,
+    PRIMARY KEY (tenant, event_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sessions (tenant TEXT NOT NULL, session_id TEXT NOT NULL, record TEXT NOT NULL,
     PRIMARY KEY (tenant, session_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS contacts (tenant TEXT NOT NULL, contact_id TEXT NOT NULL, record TEXT NOT NULL,
@@ -93,6 +94,17 @@ pub struct SqliteStore {
     data_version: Option<i64>,
     /// Changes of the open unit, written as one outbox row at commit.
     unit_changes: Vec<Change>,
+    /// The outbox position of the open unit, taken while holding the write lock
+    /// so that events can be stamped with it before the row exists.
+    open_unit: Cell<Option<OpenUnit>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct OpenUnit {
+    seq: u64,
+    /// Whether an event was stamped with `seq`, so the row must be written even
+    /// without changes: a redelivered event must never point at a later unit.
+    stamped: bool,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -179,6 +191,10 @@ impl SqliteStore {
                 path.display()
             )));
         }
+        if version == 1 {
+            // Version 2 records, per event, the outbox unit holding its changes.
+            conn.execute_batch("ALTER TABLE events ADD COLUMN unit INTEGER NOT NULL DEFAULT 0").map_err(sql_error)?;
+        }
         conn.execute_batch(SCHEMA).map_err(sql_error)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sql_error)?;
         conn.execute_batch("COMMIT").map_err(sql_error)?;
@@ -188,6 +204,7 @@ impl SqliteStore {
             cache_records: options.cache_records,
             data_version: None,
             unit_changes: Vec::new(),
+            open_unit: Cell::new(None),
         })
     }
 
@@ -246,13 +263,16 @@ impl SqliteStore {
             &mut cache.dirty_claims,
             &cache.claims,
         )?;
-        if !self.unit_changes.is_empty() {
+        let Some(unit) = self.open_unit.get() else { return Ok(()) };
+        if unit.stamped || !self.unit_changes.is_empty() {
             let mut lines = String::new();
             for change in self.unit_changes.drain(..) {
                 lines.push_str(&to_json(&change));
                 lines.push('\n');
             }
-            self.conn.prepare_cached("INSERT INTO outbox (changes) VALUES (?1)")?.execute(params![lines])?;
+            self.conn
+                .prepare_cached("INSERT INTO outbox (seq, changes) VALUES (?1, ?2)")?
+                .execute(params![unit.seq.cast_signed(), lines])?;
         }
         Ok(())
     }
@@ -268,8 +288,10 @@ impl SqliteStore {
         let mut cache = self.cache.borrow_mut();
         match mutation {
             Mutation::MarkSeen { event_id } => {
-                conn.prepare_cached("INSERT OR IGNORE INTO events (tenant, event_id) VALUES (?1, ?2)")?
-                    .execute(params![tenant, event_id])?;
+                let seq = self.open_unit.get().map_or(0, |unit| unit.seq);
+                self.open_unit.set(Some(OpenUnit { seq, stamped: true }));
+                conn.prepare_cached("INSERT OR IGNORE INTO events (tenant, event_id, unit) VALUES (?1, ?2, ?3)")?
+                    .execute(params![tenant, event_id, seq.cast_signed()])?;
             }
             Mutation::PutTenantConfig(config) => {
                 cache.tenants.insert(tenant.to_owned(), Some(config.clone()));
@@ -351,11 +373,13 @@ impl DirectoryView for SqliteStore {
         )
     }
 
-    fn event_seen(&self, tenant: &str, event_id: &str) -> StoreResult<bool> {
+    fn event_unit(&self, tenant: &str, event_id: &str) -> StoreResult<Option<u64>> {
         self.conn
-            .prepare_cached("SELECT 1 FROM events WHERE tenant = ?1 AND event_id = ?2")
+            .prepare_cached("SELECT unit FROM events WHERE tenant = ?1 AND event_id = ?2")
             .map_err(sql_error)?
-            .exists(params![tenant, event_id])
+            .query_row(params![tenant, event_id], |row| row.get::<_, i64>(0))
+            .optional()
+            .map(|unit| unit.map(i64::unsigned_abs))
             .map_err(sql_error)
     }
 
@@ -446,10 +470,24 @@ impl Store for SqliteStore {
             *self.cache.borrow_mut() = Cache::default();
         }
         self.data_version = Some(version);
+        let next_seq =
+            self.conn.query_row("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0) + 1", [], |row| {
+                row.get::<_, i64>(0)
+            });
+        match next_seq {
+            Ok(seq) => self.open_unit.set(Some(OpenUnit { seq: seq.unsigned_abs(), stamped: false })),
+            Err(error) => {
+                self.rollback()?;
+                return Err(sql_error(error));
+            }
+        }
         Ok(())
     }
 
     fn apply(&mut self, tenant: &str, mutations: &[Mutation]) -> StoreResult<()> {
+        if self.open_unit.get().is_none() {
+            return Err(StoreError::Fatal("a write outside a unit; call begin first".into()));
+        }
         for mutation in mutations {
             self.apply_one(tenant, mutation).map_err(sql_error)?;
         }
@@ -458,13 +496,16 @@ impl Store for SqliteStore {
 
     fn commit(&mut self) -> StoreResult<()> {
         self.flush().map_err(sql_error)?;
-        self.conn.execute_batch("COMMIT").map_err(sql_error)
+        self.conn.execute_batch("COMMIT").map_err(sql_error)?;
+        self.open_unit.set(None);
+        Ok(())
     }
 
     fn rollback(&mut self) -> StoreResult<()> {
         // The cache holds the unit's uncommitted writes: forget it all.
         *self.cache.borrow_mut() = Cache::default();
         self.unit_changes.clear();
+        self.open_unit.set(None);
         self.data_version = None;
         if self.conn.is_autocommit() {
             return Ok(());
@@ -503,6 +544,10 @@ impl ChangeSink for SqliteStore {
         self.unit_changes.extend_from_slice(changes);
         Ok(())
     }
+
+    fn open_unit(&self) -> Option<u64> {
+        self.open_unit.get().map(|unit| unit.seq)
+    }
 }
 
 impl ChangeLog for SqliteStore {
@@ -522,6 +567,26 @@ impl ChangeLog for SqliteStore {
             Ok(ChangeUnit { seq: seq.unsigned_abs(), changes })
         })
         .collect()
+    }
+
+    fn unit(&self, seq: u64) -> StoreResult<Option<ChangeUnit>> {
+        let text: Option<String> = self
+            .conn
+            .prepare_cached("SELECT changes FROM outbox WHERE seq = ?1")
+            .map_err(sql_error)?
+            .query_row(params![seq.cast_signed()], |row| row.get(0))
+            .optional()
+            .map_err(sql_error)?;
+        text.map(|text| Ok(ChangeUnit { seq, changes: text.lines().map(from_json).collect::<StoreResult<_>>()? })).transpose()
+    }
+
+    fn forget_unit(&mut self, seq: u64) -> StoreResult<()> {
+        self.conn
+            .prepare_cached("DELETE FROM outbox WHERE seq = ?1")
+            .map_err(sql_error)?
+            .execute(params![seq.cast_signed()])
+            .map_err(sql_error)?;
+        Ok(())
     }
 
     fn trim_through(&mut self, seq: u64) -> StoreResult<()> {

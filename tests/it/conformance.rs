@@ -6,6 +6,7 @@ use contactd::identity::{Identifier, IdentifierKind};
 use contactd::model::{
     Claim, Contact, ContactRecord, EntryKind, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry, Timestamp,
 };
+use contactd::publish::{ChangeLog, ChangeSink};
 use contactd::store::{DirectoryView, Mutation, Store};
 
 fn entry(id: &str, micros: i64, session: Option<&str>) -> TimelineEntry {
@@ -52,8 +53,8 @@ pub fn reads_return_what_was_written<S: Store>(store: &mut S) {
             Mutation::LinkSession { contact_id: "c1".into(), session_id: "s1".into() },
         ],
     );
-    assert!(store.event_seen("t1", "e1").unwrap());
-    assert!(!store.event_seen("t1", "e2").unwrap());
+    assert!(store.event_unit("t1", "e1").unwrap().is_some());
+    assert!(store.event_unit("t1", "e2").unwrap().is_none());
     assert_eq!(store.tenant_config("t1").unwrap(), Some(config));
     assert_eq!(store.contact("t1", "c1").unwrap(), Some(contact("c1")));
     assert_eq!(store.session("t1", "s1").unwrap().unwrap().contact_id.as_deref(), Some("c1"));
@@ -72,7 +73,7 @@ pub fn tenants_are_isolated<S: Store>(store: &mut S) {
             Mutation::PutEntry { contact_id: "c1".into(), entry: entry("x", 1, None) },
         ],
     );
-    assert!(!store.event_seen("t2", "e1").unwrap());
+    assert!(store.event_unit("t2", "e1").unwrap().is_none());
     assert_eq!(store.contact("t2", "c1").unwrap(), None);
     assert_eq!(store.claim("t2", &email("a@x.cz")).unwrap(), None);
     assert!(store.timeline("t2", "c1", None, 10).unwrap().is_empty());
@@ -182,7 +183,7 @@ pub fn rollback_discards_the_unit<S: Store>(store: &mut S) {
         )
         .unwrap();
     store.rollback().unwrap();
-    assert!(!store.event_seen("t1", "e1").unwrap());
+    assert!(store.event_unit("t1", "e1").unwrap().is_none());
     assert_eq!(store.claim("t1", &email("a@x.cz")).unwrap(), None, "no cached write survives a rollback");
 }
 
@@ -213,6 +214,47 @@ pub fn export_lists_live_contacts_in_order<S: Store>(store: &mut S) {
 }
 
 /// Runs every check of the suite against a fresh store from `$make`.
+fn change(id: &str) -> contactd::model::Change {
+    contactd::model::Change {
+        schema: contactd::model::CHANGE_SCHEMA_V1.into(),
+        change_id: id.into(),
+        tenant_id: "t1".into(),
+        contact_id: "c1".into(),
+        kind: contactd::model::ChangeKind::ContactCreated,
+        occurred_at: Timestamp::from_micros(1),
+        caused_by: "e1".into(),
+        data: contactd::model::ChangeData::default(),
+    }
+}
+
+/// What the worker relies on to republish the changes of a redelivered event
+/// whose first delivery committed but never reached the broker.
+pub fn events_lead_back_to_their_change_units<S: Store + ChangeSink + ChangeLog>(store: &mut S) {
+    store.begin().unwrap();
+    store.apply("t1", &[Mutation::MarkSeen { event_id: "e1".into() }]).unwrap();
+    store.publish(&[change("x1"), change("x2")]).unwrap();
+    let first = store.open_unit().unwrap();
+    store.commit().unwrap();
+    store.begin().unwrap();
+    store.apply("t1", &[Mutation::MarkSeen { event_id: "e2".into() }]).unwrap();
+    let second = store.open_unit().unwrap();
+    store.commit().unwrap();
+    assert!(second > first);
+    assert_eq!(store.event_unit("t1", "e1").unwrap(), Some(first));
+    assert_eq!(store.event_unit("t1", "e2").unwrap(), Some(second));
+    assert_eq!(store.unit(first).unwrap().unwrap().changes, [change("x1"), change("x2")]);
+    assert_eq!(store.unit(second).unwrap().unwrap().changes, [], "a unit without changes is still recorded");
+    store.forget_unit(first).unwrap();
+    assert_eq!(store.unit(first).unwrap(), None);
+    assert!(store.unit(second).unwrap().is_some(), "forgetting one unit keeps the others");
+    store.forget_unit(second).unwrap();
+    store.begin().unwrap();
+    store.apply("t1", &[Mutation::MarkSeen { event_id: "e3".into() }]).unwrap();
+    let third = store.open_unit().unwrap();
+    store.commit().unwrap();
+    assert!(third > second, "a position an event points to is never reused, even once forgotten");
+}
+
 macro_rules! conformance_suite {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -247,6 +289,10 @@ macro_rules! conformance_suite {
             #[test]
             fn export_lists_live_contacts_in_order() {
                 super::export_lists_live_contacts_in_order(&mut $make);
+            }
+            #[test]
+            fn events_lead_back_to_their_change_units() {
+                super::events_lead_back_to_their_change_units(&mut $make);
             }
         }
     };
@@ -299,7 +345,7 @@ fn concurrent_writers_on_one_file_never_double_claim() {
                         .iter()
                         .map(|l| contactd::source::RawRecord {
                             payload: l.clone().into_bytes(),
-                            origin: contactd::source::Origin { source: "t".into(), position: 0 },
+                            origin: contactd::source::Origin { source: "t".into(), partition: None, position: 0 },
                         })
                         .collect();
                     contactd::pipeline::process_batch_with_retry(&mut store, &batch, 20).unwrap();
@@ -330,8 +376,8 @@ impl DirectoryView for FailingFirstCommit {
     fn tenant_config(&self, tenant: &str) -> contactd::store::StoreResult<Option<TenantConfig>> {
         self.inner.tenant_config(tenant)
     }
-    fn event_seen(&self, tenant: &str, event_id: &str) -> contactd::store::StoreResult<bool> {
-        self.inner.event_seen(tenant, event_id)
+    fn event_unit(&self, tenant: &str, event_id: &str) -> contactd::store::StoreResult<Option<u64>> {
+        self.inner.event_unit(tenant, event_id)
     }
     fn session(&self, tenant: &str, session_id: &str) -> contactd::store::StoreResult<Option<SessionRecord>> {
         self.inner.session(tenant, session_id)
@@ -391,6 +437,10 @@ impl contactd::publish::ChangeSink for FailingFirstCommit {
     fn publish(&mut self, changes: &[contactd::model::Change]) -> contactd::store::StoreResult<()> {
         self.inner.publish(changes)
     }
+
+    fn open_unit(&self) -> Option<u64> {
+        self.inner.open_unit()
+    }
 }
 
 #[test]
@@ -399,7 +449,7 @@ fn a_failed_commit_is_rolled_back_and_the_retry_applies_the_batch_once() {
     let line = crate::harness::identified("e1", 1, "s1", serde_json::json!({ "emails": ["a@x.cz"] })).to_string();
     let batch = [contactd::source::RawRecord {
         payload: line.into_bytes(),
-        origin: contactd::source::Origin { source: "t".into(), position: 1 },
+        origin: contactd::source::Origin { source: "t".into(), partition: None, position: 1 },
     }];
     let outcome = contactd::pipeline::process_batch_with_retry(&mut store, &batch, 3).unwrap();
     assert_eq!(outcome.report.applied, 1, "the retry applied the event, not a duplicate of a lost unit");

@@ -28,7 +28,7 @@ impl Directory {
             .enumerate()
             .map(|(i, line)| RawRecord {
                 payload: line.as_bytes().to_vec(),
-                origin: Origin { source: "test".into(), position: i as u64 + 1 },
+                origin: Origin { source: "test".into(), partition: None, position: i as u64 + 1 },
             })
             .collect();
         let outcome = pipeline::process_batch(&mut self.store, &batch).expect("batch applies");

@@ -1,0 +1,114 @@
+//! Prometheus metrics of the worker. Names and labels are part of the operations
+//! contract: the Grafana dashboard and alert rules next to the Helm chart use them.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    registry: Registry,
+    /// Events by `type` and `outcome` (applied, duplicate, skipped, rejected).
+    pub events: IntCounterVec,
+    /// From fetch to offset release: processing, store, publishing.
+    pub processing_seconds: Histogram,
+    /// From `occurred_at` to processing: how far behind real time the directory is.
+    pub event_age_seconds: Histogram,
+    /// One write unit in the store, by `result` (ok, transient, fatal).
+    pub store_seconds: HistogramVec,
+    pub store_retries: IntCounter,
+    pub consumer_lag: IntGaugeVec,
+    pub in_flight: IntGauge,
+    pub pauses: IntCounter,
+    pub dead_letters: IntCounterVec,
+    pub changes_published: IntCounter,
+    pub publish_retries: IntCounter,
+    /// Partitions assigned and revoked, by `kind`.
+    pub rebalances: IntCounterVec,
+    pub commits: IntCounterVec,
+}
+
+impl std::fmt::Debug for WorkerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WorkerMetrics")
+    }
+}
+
+const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const AGE_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 21_600.0, 86_400.0];
+
+impl WorkerMetrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let metrics = Self {
+            events: IntCounterVec::new(Opts::new("contactd_events_total", "Events processed"), &["type", "outcome"])
+                .expect("valid metric"),
+            processing_seconds: Histogram::with_opts(
+                HistogramOpts::new("contactd_event_processing_seconds", "From fetch to a releasable offset")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            event_age_seconds: Histogram::with_opts(
+                HistogramOpts::new("contactd_event_age_seconds", "From occurred_at to processing").buckets(AGE_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            store_seconds: HistogramVec::new(
+                HistogramOpts::new("contactd_store_unit_seconds", "One write unit in the store")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                &["result"],
+            )
+            .expect("valid metric"),
+            store_retries: IntCounter::new("contactd_store_retries_total", "Write units retried after a transient failure")
+                .expect("valid metric"),
+            consumer_lag: IntGaugeVec::new(
+                Opts::new("contactd_consumer_lag", "High watermark minus committed offset"),
+                &["topic", "partition"],
+            )
+            .expect("valid metric"),
+            in_flight: IntGauge::new("contactd_in_flight_events", "Fetched and not finished").expect("valid metric"),
+            pauses: IntCounter::new("contactd_partition_pauses_total", "Times fetching paused on a full pipeline")
+                .expect("valid metric"),
+            dead_letters: IntCounterVec::new(Opts::new("contactd_dead_letters_total", "Inputs dead-lettered"), &["reason"])
+                .expect("valid metric"),
+            changes_published: IntCounter::new("contactd_changes_published_total", "Change events acknowledged by the broker")
+                .expect("valid metric"),
+            publish_retries: IntCounter::new("contactd_publish_retries_total", "Publishes retried after a broker failure")
+                .expect("valid metric"),
+            rebalances: IntCounterVec::new(Opts::new("contactd_rebalances_total", "Partition assignment changes"), &["kind"])
+                .expect("valid metric"),
+            commits: IntCounterVec::new(Opts::new("contactd_offset_commits_total", "Offset commits sent"), &["mode", "result"])
+                .expect("valid metric"),
+            registry,
+        };
+        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+            Box::new(metrics.events.clone()),
+            Box::new(metrics.processing_seconds.clone()),
+            Box::new(metrics.event_age_seconds.clone()),
+            Box::new(metrics.store_seconds.clone()),
+            Box::new(metrics.store_retries.clone()),
+            Box::new(metrics.consumer_lag.clone()),
+            Box::new(metrics.in_flight.clone()),
+            Box::new(metrics.pauses.clone()),
+            Box::new(metrics.dead_letters.clone()),
+            Box::new(metrics.changes_published.clone()),
+            Box::new(metrics.publish_retries.clone()),
+            Box::new(metrics.rebalances.clone()),
+            Box::new(metrics.commits.clone()),
+        ];
+        for collector in collectors {
+            metrics.registry.register(collector).expect("metric names are unique");
+        }
+        metrics
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
+    }
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
