@@ -195,20 +195,6 @@ fn two_processes_ingesting_into_one_data_dir_build_one_directory() {
     assert_eq!(applied_by_both, applied_alone, "every event applied exactly once across both processes");
 
     let shared = json_lines(&stdout_ok(contactd(dir.path(), &["export"])));
-    let mut owners = std::collections::HashMap::new();
-    for contact in &shared {
-        let owned = ["emails", "phones", "sessions"]
-            .iter()
-            .flat_map(|field| contact[*field].as_array().unwrap().iter().map(move |v| (*field, v)));
-        let channel_ids = contact["channel_ids"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .flat_map(|(kind, ids)| ids.as_array().unwrap().iter().map(move |v| (kind.as_str(), v)));
-        for (kind, value) in owned.chain(channel_ids) {
-            let key = (contact["tenant_id"].to_string(), kind, value.to_string());
-            assert!(owners.insert(key, contact["contact_id"].clone()).is_none(), "{kind} {value} has two owners");
-        }
-    }
+    crate::harness::assert_one_owner_per_identifier(&shared);
     assert!(!shared.is_empty());
 }

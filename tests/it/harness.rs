@@ -1,11 +1,13 @@
 //! A directory in a temporary folder, fed events through the real pipeline.
 
-use contactd::model::{Change, ExportedContact};
+use std::collections::BTreeSet;
+
+use contactd::model::{Change, EntryKind, ExportedContact};
 use contactd::pipeline::{self, Report};
 use contactd::publish::ChangeLog;
 use contactd::source::{Origin, RawRecord};
-use contactd::store::Store;
 use contactd::store::sqlite::{SqliteOptions, SqliteStore};
+use contactd::store::{DirectoryView, Store};
 use serde_json::{Value, json};
 
 pub struct Directory {
@@ -71,14 +73,17 @@ impl Directory {
     }
 }
 
-/// An event of tenant `acme` at minute `minute` of 2026-11-02.
+/// An event of tenant `acme` `minute` minutes after 08:00 on 2026-11-02 (up to
+/// four weeks later).
 pub fn event(id: &str, kind: &str, minute: u32, session: Option<&str>) -> Value {
+    let since_midnight = 8 * 60 + minute;
+    let (day, hour) = (2 + since_midnight / (24 * 60), since_midnight / 60 % 24);
     let mut e = json!({
         "schema": "contact-event/v1",
         "event_id": id,
         "tenant_id": "acme",
         "type": kind,
-        "occurred_at": format!("2026-11-02T{:02}:{:02}:00Z", 8 + minute / 60, minute % 60),
+        "occurred_at": format!("2026-11-{day:02}T{hour:02}:{:02}:00Z", minute % 60),
         "channel": "chat",
     });
     if let Some(session) = session {
@@ -107,4 +112,90 @@ pub fn identified(id: &str, minute: u32, session: &str, identity: Value) -> Valu
 pub fn configure(id: &str, minute: u32) -> Value {
     let e = with(event(id, "tenant.configured", minute, None), "channel", json!("operator"));
     with(e, "payload", json!({ "identifying_params": ["crm_id"], "default_phone_region": "CZ" }))
+}
+
+/// One conversation: which customer, whether they also give a phone, how many
+/// messages, and the guest name they type (if any).
+#[derive(Clone, Debug)]
+pub struct Conversation {
+    pub customer: u8,
+    pub phone: bool,
+    pub messages: u8,
+    pub name: Option<u8>,
+}
+
+/// Events with distinct times; every identity carries the customer's e-mail, so
+/// each customer ends up as exactly one contact whatever the order.
+pub fn conversation_events(conversations: &[Conversation]) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut minute = 0;
+    let mut tick = || {
+        minute += 1;
+        minute
+    };
+    for (n, c) in conversations.iter().enumerate() {
+        let session = format!("s{n}");
+        let mut identity = json!({ "emails": [format!("customer{}@example.cz", c.customer)] });
+        if c.phone {
+            identity["phones"] = json!([format!("+42077700{:04}", c.customer)]);
+        }
+        let started = event(&format!("{session}-start"), "session.started", tick(), Some(&session));
+        out.push(with(started, "identity", identity.clone()));
+        for m in 0..c.messages {
+            out.push(message(&format!("{session}-m{m}"), tick(), &session, &format!("{session} message {m}")));
+        }
+        if let Some(name) = c.name {
+            identity["name"] = json!(format!("Name {name} of {}", c.customer));
+            out.push(identified(&format!("{session}-id"), tick(), &session, identity));
+        }
+    }
+    out
+}
+
+/// The directory with contact ids abstracted away: per contact its e-mails,
+/// phones, sessions, name and message texts (sorted, so a duplicate shows).
+pub type Canonical = BTreeSet<(Vec<String>, Vec<String>, Vec<String>, Option<String>, Vec<String>)>;
+
+pub fn canonical(store: &SqliteStore) -> Canonical {
+    let mut contacts = Vec::new();
+    store
+        .export(&mut |c| {
+            contacts.push(c);
+            Ok(())
+        })
+        .expect("export");
+    contacts
+        .into_iter()
+        .map(|c| {
+            let mut texts: Vec<String> = store
+                .timeline(&c.tenant_id, &c.contact_id, None, usize::MAX)
+                .expect("timeline")
+                .into_iter()
+                .filter(|e| e.kind == EntryKind::Message)
+                .map(|e| e.text)
+                .collect();
+            texts.sort();
+            (c.state.emails, c.state.phones, c.sessions, c.state.name, texts)
+        })
+        .collect()
+}
+
+/// Panics when an identifier (e-mail, phone, session, channel id) belongs to
+/// two contacts of one tenant in an export.
+pub fn assert_one_owner_per_identifier(export: &[Value]) {
+    let mut owners = std::collections::HashMap::new();
+    for contact in export {
+        let owned = ["emails", "phones", "sessions"]
+            .iter()
+            .flat_map(|field| contact[*field].as_array().expect("a list").iter().map(move |v| (*field, v)));
+        let channel_ids = contact["channel_ids"]
+            .as_object()
+            .expect("channel ids")
+            .iter()
+            .flat_map(|(kind, ids)| ids.as_array().expect("a list").iter().map(move |v| (kind.as_str(), v)));
+        for (kind, value) in owned.chain(channel_ids) {
+            let key = (contact["tenant_id"].to_string(), kind, value.to_string());
+            assert!(owners.insert(key, contact["contact_id"].clone()).is_none(), "{kind} {value} has two owners");
+        }
+    }
 }

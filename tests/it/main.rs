@@ -1,10 +1,12 @@
 //! The one integration-test binary: contract rules end to end, the store
-//! conformance suite, property tests, the command line and the JSON Schemas.
+//! conformance suite, property tests, the command line, the JSON Schemas and
+//! the Kafka worker against a real broker.
 
 mod cli;
 mod conformance;
 mod harness;
 mod index;
+mod kafka;
 mod properties;
 mod rules;
 mod schemas;

@@ -4,22 +4,11 @@
 
 use std::collections::BTreeSet;
 
-use contactd::model::EntryKind;
 use contactd::store::DirectoryView;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use crate::harness::{Directory, identified, message, with};
-
-/// One conversation: which customer, whether they also give a phone, how many
-/// messages, and the guest name they type (if any).
-#[derive(Clone, Debug)]
-struct Conversation {
-    customer: u8,
-    phone: bool,
-    messages: u8,
-    name: Option<u8>,
-}
+use crate::harness::{Conversation, Directory, canonical, conversation_events as events, identified};
 
 fn conversation() -> impl Strategy<Value = Conversation> {
     (0u8..4, any::<bool>(), 0u8..4, proptest::option::of(0u8..3)).prop_map(|(customer, phone, messages, name)| Conversation {
@@ -28,56 +17,6 @@ fn conversation() -> impl Strategy<Value = Conversation> {
         messages,
         name,
     })
-}
-
-/// Events with distinct times; every identity carries the customer's e-mail, so
-/// each customer ends up as exactly one contact whatever the order.
-fn events(conversations: &[Conversation]) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut minute = 0;
-    let mut tick = || {
-        minute += 1;
-        minute
-    };
-    for (n, c) in conversations.iter().enumerate() {
-        let session = format!("s{n}");
-        let mut identity = json!({ "emails": [format!("customer{}@example.cz", c.customer)] });
-        if c.phone {
-            identity["phones"] = json!([format!("+42077700{:04}", c.customer)]);
-        }
-        let started = crate::harness::event(&format!("{session}-start"), "session.started", tick(), Some(&session));
-        out.push(with(started, "identity", identity.clone()));
-        for m in 0..c.messages {
-            out.push(message(&format!("{session}-m{m}"), tick(), &session, &format!("{session} message {m}")));
-        }
-        if let Some(name) = c.name {
-            identity["name"] = json!(format!("Name {name} of {}", c.customer));
-            out.push(identified(&format!("{session}-id"), tick(), &session, identity));
-        }
-    }
-    out
-}
-
-/// The directory with contact ids abstracted away: per contact its e-mails,
-/// phones, sessions, name and message texts.
-type Canonical = BTreeSet<(Vec<String>, Vec<String>, Vec<String>, Option<String>, BTreeSet<String>)>;
-
-fn canonical(directory: &Directory) -> Canonical {
-    directory
-        .export()
-        .into_iter()
-        .map(|c| {
-            let texts = directory
-                .store
-                .timeline(&c.tenant_id, &c.contact_id, None, usize::MAX)
-                .unwrap()
-                .into_iter()
-                .filter(|e| e.kind == EntryKind::Message)
-                .map(|e| e.text)
-                .collect();
-            (c.state.emails, c.state.phones, c.sessions, c.state.name, texts)
-        })
-        .collect()
 }
 
 fn run(events: &[Value]) -> Directory {
@@ -125,9 +64,9 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let ordered = events(&conversations);
-        let expected = canonical(&run(&ordered));
+        let expected = canonical(&run(&ordered).store);
         let directory = run(&shuffled(&ordered, seed));
-        prop_assert_eq!(&canonical(&directory), &expected);
+        prop_assert_eq!(&canonical(&directory.store), &expected);
         for n in 0..conversations.len() {
             prop_assert!(directory.store.pending("acme", &format!("s{n}")).unwrap().is_empty(), "no entry of a resolved session is left waiting");
         }

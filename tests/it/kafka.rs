@@ -1,0 +1,617 @@
+//! `contactd worker` against a real Kafka-compatible broker: tansu, started by
+//! the fixture on a free loopback port with in-memory storage and killed when
+//! the test ends. A TCP proxy in front of it stands in for a network outage,
+//! since restarting an in-memory broker would also erase its topics.
+//!
+//! tansu 0.6.0 returns nothing for a fetch that starts inside a record batch,
+//! which a consumer resuming from a committed offset does all the time. Test
+//! producers therefore send one record per batch; the worker is unchanged.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use contactd::model::Change;
+use contactd::publish::ChangeLog;
+use contactd::store::sqlite::{SqliteOptions, SqliteStore};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
+
+use crate::harness::{Conversation, assert_one_owner_per_identifier, canonical, conversation_events};
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/events.jsonl");
+const EVENTS: &str = "contact-events";
+const CHANGES: &str = "directory-changes";
+const DEAD_LETTERS: &str = "contact-events-dlq";
+const GROUP: &str = "contactd-worker";
+/// Long enough for a debug build on a busy two-core machine; only a hang reaches it.
+const PATIENCE: Duration = Duration::from_secs(180);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().unwrap().port()
+}
+
+/// Polls `check` until it holds, panicking with `what` if it never does.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !check() {
+        assert!(Instant::now() < deadline, "gave up waiting: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn tansu() -> PathBuf {
+    if let Some(path) = std::env::var_os("TANSU") {
+        return path.into();
+    }
+    let installed = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")))
+        .map(|home| home.join("bin/tansu"));
+    installed.filter(|path| path.exists()).unwrap_or_else(|| "tansu".into())
+}
+
+/// A tansu broker listening on `port` and advertising `advertised`.
+struct Broker {
+    child: Child,
+    port: u16,
+}
+
+impl Broker {
+    fn start(advertised: u16) -> Self {
+        let port = free_port();
+        let child = Command::new(tansu())
+            .args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{port}")])
+            .args(["--advertised-listener-url", &format!("tcp://127.0.0.1:{advertised}")])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot start tansu ({error}); install it: cargo install tansu --locked --version 0.6.0 --features dynostore"
+                )
+            });
+        eventually("tansu accepts connections", || TcpStream::connect(("127.0.0.1", port)).is_ok());
+        Self { child, port }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Forwards a port to the broker; taking it down cuts every connection and
+/// refuses new ones until it is brought up again on the same port.
+struct Proxy {
+    stop: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<TcpStream>>>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn up(port: u16, upstream: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("the proxy port is free");
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let acceptor = {
+            let (stop, connections) = (Arc::clone(&stop), Arc::clone(&connections));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((client, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    };
+                    client.set_nonblocking(false).unwrap();
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                    let mut open = connections.lock().unwrap();
+                    for (mut from, mut to) in [
+                        (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                        (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                    ] {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(Shutdown::Both);
+                        });
+                    }
+                    open.extend([client, server]);
+                }
+            })
+        };
+        Self { stop, connections, acceptor: Some(acceptor) }
+    }
+
+    fn down(mut self) {
+        self.cut();
+    }
+
+    fn cut(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(acceptor) = self.acceptor.take() {
+            acceptor.join().unwrap();
+        }
+        for connection in self.connections.lock().unwrap().drain(..) {
+            let _ = connection.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// A broker reached through a proxy on a fixed port.
+struct Cluster {
+    broker: Broker,
+    proxy: Option<Proxy>,
+    port: u16,
+    /// Configuration for `contactd produce`.
+    producer_config: tempfile::NamedTempFile,
+}
+
+impl Cluster {
+    fn start(topics: &[(&str, i32)]) -> Self {
+        Self::start_on(free_port(), topics)
+    }
+
+    fn start_on(port: u16, topics: &[(&str, i32)]) -> Self {
+        let broker = Broker::start(port);
+        let producer_config = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            producer_config.path(),
+            format!("[kafka]\nbrokers = \"127.0.0.1:{port}\"\n[kafka.properties]\n\"batch.num.messages\" = \"1\"\n"),
+        )
+        .unwrap();
+        let cluster = Self { proxy: Some(Proxy::up(port, broker.port)), broker, port, producer_config };
+        cluster.create_topics(topics);
+        cluster
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn client(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", self.address());
+        config
+    }
+
+    fn create_topics(&self, topics: &[(&str, i32)]) {
+        let admin: AdminClient<_> = self.client().create().expect("admin client");
+        let new: Vec<NewTopic> =
+            topics.iter().map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1))).collect();
+        for result in futures::executor::block_on(admin.create_topics(&new, &AdminOptions::new())).expect("topics are created") {
+            result.unwrap_or_else(|(topic, error)| panic!("creating {topic}: {error}"));
+        }
+    }
+
+    fn disconnect(&mut self) {
+        self.proxy.take().expect("connected").down();
+    }
+
+    fn reconnect(&mut self) {
+        self.proxy = Some(Proxy::up(self.port, self.broker.port));
+    }
+
+    /// Sends raw records to a topic, waiting for every acknowledgement.
+    fn send(&self, topic: &str, records: &[(Option<&str>, &[u8])]) {
+        let producer: FutureProducer = self.client().set("batch.num.messages", "1").create().expect("producer");
+        let deliveries: Vec<_> = records
+            .iter()
+            .map(|(key, payload)| {
+                let record = FutureRecord::<str, [u8]>::to(topic).payload(payload);
+                producer
+                    .send_result(match key {
+                        Some(key) => record.key(key),
+                        None => record,
+                    })
+                    .map_err(|(error, _)| error)
+                    .expect("queued")
+            })
+            .collect();
+        for delivery in deliveries {
+            futures::executor::block_on(delivery).expect("not cancelled").expect("acknowledged");
+        }
+    }
+
+    /// Publishes a JSONL file with `contactd produce`.
+    fn produce(&self, file: &Path) -> usize {
+        let output = Command::new(env!("CARGO_BIN_EXE_contactd"))
+            .arg("--config")
+            .arg(self.producer_config.path())
+            .arg("produce")
+            .arg(file)
+            .env_remove("CONTACTD_CONFIG")
+            .output()
+            .expect("contactd produce runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "produce failed: {}", String::from_utf8_lossy(&output.stderr));
+        stdout.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("unexpected summary {stdout}"))
+    }
+
+    /// The group's committed offset of each partition (0 where none).
+    fn committed(&self, topic: &str, partitions: i32) -> Vec<i64> {
+        let consumer: BaseConsumer = self.client().set("group.id", GROUP).create().expect("consumer");
+        let mut list = TopicPartitionList::new();
+        for partition in 0..partitions {
+            list.add_partition(topic, partition);
+        }
+        match consumer.committed_offsets(list, Duration::from_secs(10)) {
+            Ok(committed) => committed
+                .elements()
+                .iter()
+                .map(|element| match element.offset() {
+                    Offset::Offset(offset) => offset,
+                    _ => 0,
+                })
+                .collect(),
+            Err(_) => vec![-1; partitions as usize],
+        }
+    }
+
+    /// Reads `topic` from the beginning until `count` records arrived.
+    fn read(&self, topic: &str, partitions: i32, count: usize) -> Vec<Record> {
+        let consumer: BaseConsumer =
+            self.client().set("group.id", "contactd-test-reader").set("enable.auto.commit", "false").create().expect("consumer");
+        let mut list = TopicPartitionList::new();
+        for partition in 0..partitions {
+            list.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
+        }
+        consumer.assign(&list).expect("assign");
+        let mut records = Vec::new();
+        let deadline = Instant::now() + PATIENCE;
+        while records.len() < count {
+            assert!(Instant::now() < deadline, "only {} of {count} records arrived on {topic}", records.len());
+            if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+                let message = message.expect("a record");
+                let headers = message
+                    .headers()
+                    .map(|headers| {
+                        headers
+                            .iter()
+                            .map(|header| {
+                                (header.key.to_owned(), String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                records.push(Record {
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+            }
+        }
+        records
+    }
+}
+
+struct Record {
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: BTreeMap<String, String>,
+}
+
+/// A `contactd worker` process with its probe address.
+struct Worker {
+    child: Child,
+    probes: String,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn start(data_dir: &Path, config: &Path) -> Self {
+        let probes = format!("127.0.0.1:{}", free_port());
+        let log = data_dir.with_extension(format!("{}.log", probes.replace([':', '.'], "-")));
+        let child = Command::new(env!("CARGO_BIN_EXE_contactd"))
+            .arg("--config")
+            .arg(config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["worker", "--listen", &probes])
+            .env("RUST_LOG", "info,contactd=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("a log file"))
+            .spawn()
+            .expect("contactd worker starts");
+        let worker = Self { child, probes, log };
+        eventually("the worker serves its probes", || worker.get("/healthz").is_some());
+        worker
+    }
+
+    /// Status and body of a GET on the probe server.
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect(&self.probes).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.probes).ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let status = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+        Some((status, body))
+    }
+
+    fn ready(&self) -> Option<bool> {
+        self.get("/readyz").map(|(status, _)| status == 200)
+    }
+
+    /// The sum of every sample of `metric` whose labels contain `labels`.
+    fn metric(&self, metric: &str, labels: &str) -> f64 {
+        let (_, body) = self.get("/metrics").expect("metrics are served");
+        body.lines()
+            .filter(|line| line.starts_with(metric) && line[metric.len()..].starts_with(['{', ' ']) && line.contains(labels))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn terminate(mut self) -> ExitStatus {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(status.success());
+        self.child.wait().expect("the worker exits")
+    }
+}
+
+impl Drop for Worker {
+    /// A failing test shows the worker's log.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("--- log of the worker on {} ---\n{log}", self.probes);
+        }
+    }
+}
+
+/// Worker settings for tests: quick commits and failure detection.
+fn write_config(dir: &Path, name: &str, cluster: &Cluster, extra: &str) -> PathBuf {
+    let path = dir.join(name);
+    let text = format!(
+        "[kafka]\nbrokers = \"{}\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+         [worker]\ncommit_interval_ms = 200\nstatistics_interval_ms = 500\ndrain_deadline_secs = 30\n{extra}",
+        cluster.address()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn export(data_dir: &Path) -> Vec<Value> {
+    let output = Command::new(env!("CARGO_BIN_EXE_contactd"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("export")
+        .env_remove("CONTACTD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+}
+
+/// The examples through `contactd ingest`: the directory and the changes the
+/// worker must reproduce.
+fn ingested_examples() -> (tempfile::TempDir, Vec<Change>) {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_contactd"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["ingest", "--quiet", EXAMPLES])
+        .env_remove("CONTACTD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let store = SqliteStore::open(&dir.path().join("directory.sqlite3"), &SqliteOptions::default()).unwrap();
+    let changes = store.read_after(0, usize::MAX).unwrap().into_iter().flat_map(|unit| unit.changes).collect();
+    (dir, changes)
+}
+
+fn sorted_by_id(mut changes: Vec<Change>) -> Vec<Change> {
+    changes.sort_by(|a, b| a.change_id.cmp(&b.change_id));
+    changes
+}
+
+#[test]
+fn the_worker_builds_the_same_directory_as_ingest_and_dead_letters_poison() {
+    let cluster = Cluster::start(&[(EVENTS, 1), (CHANGES, 2), (DEAD_LETTERS, 1)]);
+    let produced = cluster.produce(Path::new(EXAMPLES));
+    assert_eq!(produced, 19);
+    cluster.send(EVENTS, &[(Some("acme/s1"), b""), (None, &[0xff, 0x00, 0xfe])]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "contactd.toml", &cluster, "lanes = 1\n");
+    let data = dir.path().join("data");
+    let worker = Worker::start(&data, &config);
+
+    eventually("every offset is committed", || cluster.committed(EVENTS, 1) == [21]);
+    eventually("the worker is ready", || worker.ready() == Some(true));
+    assert_eq!(worker.metric("contactd_dead_letters_total", ""), 4.0);
+    assert!(worker.metric("contactd_events_total", "outcome=\"applied\"") > 0.0);
+    assert!(worker.metric("contactd_event_processing_seconds_count", "") >= 21.0);
+    assert!(worker.terminate().success(), "SIGTERM ends the worker cleanly");
+
+    let (ingested, expected_changes) = ingested_examples();
+    assert_eq!(export(&data), export(ingested.path()), "the worker and ingest agree on the directory");
+
+    let published: Vec<Change> = cluster
+        .read(CHANGES, 2, expected_changes.len())
+        .into_iter()
+        .map(|record| {
+            let change: Change = serde_json::from_slice(&record.payload).expect("a change event");
+            assert_eq!(record.key.as_deref(), Some(format!("{}/{}", change.tenant_id, change.contact_id).as_bytes()));
+            change
+        })
+        .collect();
+    assert_eq!(sorted_by_id(published), sorted_by_id(expected_changes));
+
+    let lines: Vec<&str> = include_str!("../../examples/events.jsonl").lines().collect();
+    let letters = cluster.read(DEAD_LETTERS, 1, 4);
+    let reasons: BTreeSet<&str> = letters.iter().map(|letter| letter.headers["reason"].as_str()).collect();
+    assert!(reasons.contains("not_json"), "{reasons:?}");
+    for letter in &letters {
+        assert_eq!(letter.headers["source_topic"], EVENTS);
+        assert_eq!(letter.headers["source_partition"], "0");
+        assert!(!letter.headers["detail"].is_empty());
+        let offset: usize = letter.headers["source_offset"].parse().unwrap();
+        let original: &[u8] = match offset {
+            19 => b"",
+            20 => &[0xff, 0x00, 0xfe],
+            n => lines[n].as_bytes(),
+        };
+        assert_eq!(letter.payload, original, "dead letter of offset {offset} is the input unchanged");
+    }
+    assert_eq!(letters.iter().find(|l| l.headers["source_offset"] == "19").unwrap().key.as_deref(), Some(&b"acme/s1"[..]));
+}
+
+fn corpus(conversations: usize, first: usize) -> Vec<Value> {
+    let conversations: Vec<Conversation> = (first..first + conversations)
+        .map(|n| Conversation {
+            customer: (n % 37) as u8,
+            phone: n % 3 == 0,
+            messages: (n % 4) as u8,
+            name: (n % 5 < 2).then_some((n % 3) as u8),
+        })
+        .collect();
+    conversation_events(&conversations)
+}
+
+fn write_jsonl(path: &Path, events: &[Value]) {
+    let text: String = events.iter().map(|event| format!("{event}\n")).collect();
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn workers_sharing_a_data_dir_survive_rebalances_and_kill_9_without_loss_or_duplicates() {
+    const PARTITIONS: i32 = 4;
+    let cluster = Cluster::start(&[(EVENTS, PARTITIONS), (CHANGES, 2), (DEAD_LETTERS, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "contactd.toml", &cluster, "lanes = 3\nbatch_size = 16\n");
+    // One event per write unit: slow enough that a kill finds work in flight.
+    let slow = write_config(dir.path(), "slow.toml", &cluster, "lanes = 1\nbatch_size = 1\n");
+    let data = dir.path().join("data");
+    let all = corpus(900, 0);
+    let thirds: Vec<&[Value]> = all.chunks(all.len().div_ceil(3)).collect();
+    let total = |cluster: &Cluster| cluster.committed(EVENTS, PARTITIONS).iter().sum::<i64>();
+    let mut produced = 0;
+    let mut produce = |part: &[Value], name: &str| {
+        let file = dir.path().join(name);
+        write_jsonl(&file, part);
+        produced += cluster.produce(&file);
+        produced
+    };
+
+    let first = produce(thirds[0], "first.jsonl");
+    let mut a = Worker::start(&data, &slow);
+    eventually("the first worker makes progress", || total(&cluster) > 0);
+    let b = Worker::start(&data, &config);
+    eventually("the second worker gets partitions", || {
+        b.metric("contactd_rebalances_total", "kind=\"assigned\"") > 0.0 && total(&cluster) >= first as i64
+    });
+    let second = produce(thirds[1], "second.jsonl");
+    eventually("the second worker processes events", || b.metric("contactd_events_total", "") > 0.0);
+    eventually("the second part is committed", || total(&cluster) == second as i64);
+
+    let before = a.metric("contactd_events_total", "");
+    let third = produce(thirds[2], "third.jsonl");
+    eventually("the first worker is busy with the third part, some of it committed", || {
+        a.metric("contactd_events_total", "") > before
+            && a.metric("contactd_in_flight_events", "") >= 10.0
+            && total(&cluster) > second as i64
+    });
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    assert!(total(&cluster) < third as i64, "the kill comes before the third part is done");
+    a = Worker::start(&data, &config);
+    eventually("every offset is committed", || total(&cluster) == third as i64);
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+
+    let mut alone = crate::harness::Directory::new();
+    alone.feed(&all);
+    let store = SqliteStore::open(&data.join("directory.sqlite3"), &SqliteOptions::default()).unwrap();
+    assert_eq!(canonical(&store), canonical(&alone.store), "same directory as one process reading in order");
+    assert_one_owner_per_identifier(&export(&data));
+}
+
+#[test]
+fn a_busy_store_holds_the_partition_and_readiness_without_dead_letters() {
+    let cluster = Cluster::start(&[(EVENTS, 1), (CHANGES, 1), (DEAD_LETTERS, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        write_config(dir.path(), "contactd.toml", &cluster, "lanes = 1\nmax_backoff_ms = 500\n[sqlite]\nbusy_timeout_ms = 50\n");
+    let data = dir.path().join("data");
+    let worker = Worker::start(&data, &config);
+    eventually("the worker is ready", || worker.ready() == Some(true));
+
+    let lock = rusqlite::Connection::open(data.join("directory.sqlite3")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let produced = cluster.produce(Path::new(EXAMPLES));
+    eventually("the worker retries the busy store", || worker.metric("contactd_store_retries_total", "") > 0.0);
+    eventually("readiness turns false", || worker.ready() == Some(false));
+    assert_eq!(cluster.committed(EVENTS, 1)[0], 0, "nothing is committed past a busy store");
+    assert_eq!(worker.metric("contactd_dead_letters_total", ""), 0.0);
+
+    lock.execute_batch("COMMIT").unwrap();
+    eventually("every offset is committed", || cluster.committed(EVENTS, 1)[0] == produced as i64);
+    eventually("the worker is ready again", || worker.ready() == Some(true));
+    assert_eq!(worker.metric("contactd_dead_letters_total", ""), 2.0, "only the two bad example lines");
+    assert!(worker.terminate().success());
+    let (ingested, _) = ingested_examples();
+    assert_eq!(export(&data), export(ingested.path()));
+}
+
+#[test]
+fn the_worker_waits_for_a_broker_that_is_down_at_start_and_mid_run() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("contactd.toml");
+    std::fs::write(
+        &config,
+        format!("[kafka]\nbrokers = \"127.0.0.1:{port}\"\n[worker]\ncommit_interval_ms = 200\nstatistics_interval_ms = 500\n"),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let worker = Worker::start(&data, &config);
+    assert_eq!(worker.get("/healthz").map(|(status, _)| status), Some(200), "alive while the broker is down");
+    assert_eq!(worker.ready(), Some(false), "not ready without a broker");
+
+    let mut cluster = Cluster::start_on(port, &[(EVENTS, 1), (CHANGES, 1), (DEAD_LETTERS, 1)]);
+    let all = corpus(60, 0);
+    let (before, after) = all.split_at(all.len() / 2);
+    let first = dir.path().join("first.jsonl");
+    write_jsonl(&first, before);
+    let produced = cluster.produce(&first);
+    eventually("the events are committed once the broker is up", || cluster.committed(EVENTS, 1) == [produced as i64]);
+    eventually("the worker is ready", || worker.ready() == Some(true));
+
+    cluster.disconnect();
+    eventually("readiness turns false when the broker goes away", || worker.ready() == Some(false));
+    assert_eq!(worker.get("/healthz").map(|(status, _)| status), Some(200));
+
+    cluster.reconnect();
+    let second = dir.path().join("second.jsonl");
+    write_jsonl(&second, after);
+    let total = produced + cluster.produce(&second);
+    eventually("events after the outage are committed", || cluster.committed(EVENTS, 1) == [total as i64]);
+    eventually("the worker is ready again", || worker.ready() == Some(true));
+    assert!(worker.terminate().success());
+
+    let mut alone = crate::harness::Directory::new();
+    alone.feed(&all);
+    let store = SqliteStore::open(&data.join("directory.sqlite3"), &SqliteOptions::default()).unwrap();
+    assert_eq!(canonical(&store), canonical(&alone.store));
+}
