@@ -7,7 +7,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use serde::Serialize;
@@ -163,6 +163,25 @@ fn identifier_hash(identifier: &Identifier) -> [u8; 16] {
     key
 }
 
+/// WAL is persistent, so only the process that creates the file switches it.
+/// The switch needs an exclusive lock and SQLite does not call the busy handler
+/// for it: two processes opening a new data dir together must retry by hand.
+fn switch_to_wal(conn: &Connection, busy_timeout: Duration) -> StoreResult<()> {
+    let started = Instant::now();
+    loop {
+        // A switch refused for a lock either fails with BUSY or reports the old mode.
+        let refused = match conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0)) {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+            Ok(mode) => StoreError::Transient(format!("journal mode stayed {mode}")),
+            Err(error) => sql_error(error),
+        };
+        match refused {
+            StoreError::Transient(_) if started.elapsed() < busy_timeout => std::thread::sleep(Duration::from_millis(10)),
+            other => return Err(other),
+        }
+    }
+}
+
 impl SqliteStore {
     pub fn open(path: &Path, options: &SqliteOptions) -> StoreResult<Self> {
         let conn = Connection::open(path).map_err(sql_error)?;
@@ -172,7 +191,7 @@ impl SqliteStore {
         conn.pragma_update(None, "page_size", PAGE_SIZE).map_err(sql_error)?;
         // Room for every statement of the hot path, so none is parsed twice.
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(sql_error)?;
+        switch_to_wal(&conn, options.busy_timeout)?;
         // NORMAL in WAL mode is durable against process crashes; a power loss may
         // lose the last transactions, which Kafka redelivers.
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql_error)?;

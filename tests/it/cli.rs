@@ -177,6 +177,7 @@ fn two_processes_ingesting_into_one_data_dir_build_one_directory() {
             .args(["ingest", "--quiet", corpus.to_str().unwrap()])
             .env("CONTACTD__INGEST__BATCH_SIZE", "50")
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     };
