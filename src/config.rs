@@ -49,9 +49,11 @@ pub struct KafkaConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
     /// Parallel processing lanes. Events are assigned to a lane by their Kafka
-    /// key (`tenant_id/session_id`), so one session's events stay in order. Default 4.
+    /// key (`tenant_id/session_id`), so one session's events stay in order. Lanes share the SQLite write lock, so
+    /// more than two mostly wait for each other (measured). Default 2.
     pub lanes: usize,
-    /// Most events one lane processes in one write unit. Default 500.
+    /// Most events one lane processes in one write unit; a lane takes what is
+    /// queued, so a large bound only matters under load. Default 2000.
     pub batch_size: usize,
     /// Events fetched and not finished before the worker pauses its partitions. Default 20000.
     pub max_in_flight: usize,
@@ -152,8 +154,8 @@ impl Default for KafkaConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
-            lanes: 4,
-            batch_size: 500,
+            lanes: 2,
+            batch_size: 2000,
             max_in_flight: 20_000,
             commit_interval_ms: 1000,
             drain_deadline_secs: 20,
