@@ -499,7 +499,8 @@ fn workers_sharing_a_data_dir_survive_rebalances_and_kill_9_without_loss_or_dupl
     const PARTITIONS: i32 = 4;
     let cluster = Cluster::start(&[(EVENTS, PARTITIONS), (CHANGES, 2), (DEAD_LETTERS, 1)]);
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "contactd.toml", &cluster, "lanes = 3\nbatch_size = 16\n");
+    // A small in-flight bound makes the workers pause and resume fetching.
+    let config = write_config(dir.path(), "contactd.toml", &cluster, "lanes = 3\nbatch_size = 16\nmax_in_flight = 8\n");
     // One event per write unit: slow enough that a kill finds work in flight.
     let slow = write_config(dir.path(), "slow.toml", &cluster, "lanes = 1\nbatch_size = 1\n");
     let data = dir.path().join("data");
@@ -537,6 +538,7 @@ fn workers_sharing_a_data_dir_survive_rebalances_and_kill_9_without_loss_or_dupl
     assert!(total(&cluster) < third as i64, "the kill comes before the third part is done");
     a = Worker::start(&data, &config);
     eventually("every offset is committed", || total(&cluster) == third as i64);
+    assert!(b.metric("contactd_partition_pauses_total", "") > 0.0, "the second worker paused fetching");
     assert!(a.terminate().success());
     assert!(b.terminate().success());
 
