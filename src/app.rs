@@ -15,16 +15,16 @@ use crate::api::{self, Health};
 use crate::cli::{Command, ContactArgs, ExportArgs, GenArgs, IngestArgs, ProduceArgs, SearchArgs};
 use crate::config::Config;
 use crate::identity::Identifier;
-use crate::index::SearchIndex;
-use crate::metrics::WorkerMetrics;
-use crate::model::{Claim, ContactRecord, TimelineCursor};
+use crate::index::{SearchIndex, TimelineQuery};
+use crate::metrics::{IndexerMetrics, WorkerMetrics};
+use crate::model::Claim;
 use crate::pipeline::{self, FollowReport, Report};
 use crate::publish::DeadLetterSink;
 use crate::publish::jsonl::JsonlDeadLetters;
 use crate::source::EventSource;
 use crate::source::file::JsonlSource;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{DirectoryView, Store};
+use crate::store::{DirectoryView, Store, view};
 
 pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
     match command {
@@ -37,6 +37,9 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
         Command::Search(args) => search(&args, config),
         Command::Contact(args) => contact(&args, config),
         Command::Worker(_) => worker(config),
+        Command::Indexer(_) => search_server(config, Mode::Indexer),
+        Command::Serve(_) => search_server(config, Mode::Embedded),
+        Command::Reindex => reindex(config),
         Command::Produce(args) => produce(&args, config),
         Command::Gen(args) => generate(&args),
         Command::Config => {
@@ -206,11 +209,17 @@ pub fn export(args: &ExportArgs, config: &Config) -> anyhow::Result<()> {
 
 pub fn search(args: &SearchArgs, config: &Config) -> anyhow::Result<()> {
     let path = config.index_path();
-    if !path.join("meta.json").exists() {
+    if !path.join("timeline").join("meta.json").exists() {
         bail!("no index at {}; run `contactd ingest` first", path.display());
     }
     let index = SearchIndex::open_or_create(&path)?;
-    let hits = index.search(&args.tenant, args.contact.as_deref(), &args.query, args.limit)?;
+    let hits = index.timeline.search(&TimelineQuery {
+        tenant: args.tenant.clone(),
+        text: args.query.clone(),
+        contact_id: args.contact.clone(),
+        limit: args.limit,
+        ..TimelineQuery::default()
+    })?;
     let mut out = output(None)?;
     for hit in hits {
         serde_json::to_writer(&mut out, &hit)?;
@@ -235,34 +244,11 @@ pub fn contact(args: &ContactArgs, config: &Config) -> anyhow::Result<()> {
         }
         (None, None) => bail!("give a contact id or --identifier"),
     };
-    let mut id = requested.clone();
-    let contact = loop {
-        match store.contact(tenant, &id)? {
-            Some(ContactRecord::Active(contact)) => break contact,
-            Some(ContactRecord::Merged { into }) => id = into,
-            Some(ContactRecord::Deleted { .. }) => bail!("contact {requested} was deleted"),
-            None => bail!("tenant {tenant} has no contact {requested}"),
-        }
-    };
-    let cursor = args.cursor.as_deref().map(|c| TimelineCursor::decode(c).context("malformed --cursor")).transpose()?;
-    let limit = args.limit.max(1);
-    let mut entries = store.timeline(tenant, &id, cursor.as_ref(), limit + 1)?;
-    let next_cursor = (entries.len() > limit).then(|| {
-        entries.truncate(limit);
-        entries.last().map(|e| TimelineCursor { occurred_at: e.occurred_at, entry_id: e.entry_id.clone() }.encode())
-    });
-    let mut view = serde_json::to_value(contact.state())?;
-    let object = view.as_object_mut().expect("state is an object");
-    object.insert("tenant_id".into(), json!(tenant));
-    object.insert("contact_id".into(), json!(id));
-    if id != requested {
-        object.insert("requested_contact_id".into(), json!(requested));
-    }
-    object.insert("created_at".into(), json!(contact.created_at));
-    object.insert("sessions".into(), json!(store.contact_sessions(tenant, &id)?));
-    object.insert("timeline_entries".into(), json!(store.timeline_len(tenant, &id)?));
-    object.insert("timeline".into(), json!(entries));
-    object.insert("next_cursor".into(), json!(next_cursor.flatten()));
+    let mut view = view::contact_view(&store, tenant, &requested)?;
+    let page = view::timeline_page(&store, tenant, &requested, args.cursor.as_deref(), args.limit)?;
+    let object = view.as_object_mut().expect("a contact view is an object");
+    object.insert("timeline".into(), json!(page.entries));
+    object.insert("next_cursor".into(), json!(page.next_cursor));
     println!("{}", serde_json::to_string_pretty(&view)?);
     Ok(())
 }
@@ -288,9 +274,16 @@ fn worker(config: &Config) -> anyhow::Result<()> {
     let health = Arc::new(Health::new(Duration::from_secs(config.worker.drain_deadline_secs * 2 + 30)));
     let shutdown = Arc::new(AtomicBool::new(false));
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    runtime.spawn(api::serve(listener, api::probes(Arc::clone(&health), metrics.clone()), async move {
-        let _ = server_stopped.await;
-    }));
+    runtime.spawn(api::serve(
+        listener,
+        api::probes(Arc::clone(&health), {
+            let metrics = metrics.clone();
+            Arc::new(move || metrics.render())
+        }),
+        async move {
+            let _ = server_stopped.await;
+        },
+    ));
     runtime.spawn(wait_for_signal(Arc::clone(&shutdown)));
     let (path, options) = (config.store_path(), config.sqlite_options());
     let exit = crate::worker::run(config, || SqliteStore::open(&path, &options), metrics, health, &shutdown);
@@ -304,6 +297,113 @@ fn worker(config: &Config) -> anyhow::Result<()> {
         }
     }
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Index from Kafka's changes topic.
+    Indexer,
+    /// Serve what `ingest` indexes into the data directory.
+    Embedded,
+}
+
+/// How often `serve` looks for the commits another process made to the index.
+const EMBEDDED_RELOAD: Duration = Duration::from_secs(1);
+
+/// Serves the search API with probes and metrics; as `indexer`, also keeps the
+/// indexes current from Kafka until SIGTERM or SIGINT.
+fn search_server(config: &Config, mode: Mode) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let listen: std::net::SocketAddr =
+        config.indexer.listen.parse().with_context(|| format!("indexer.listen {:?} is not an address", config.indexer.listen))?;
+    if config.api.tokens.is_empty() {
+        tracing::warn!("no api.tokens configured: every search request will be refused");
+    }
+    let index = Arc::new(SearchIndex::open_or_create(&config.index_path()).context("opening the index")?);
+    let store: api::search::SharedStore = Arc::new(std::sync::Mutex::new(Box::new(open_store(config)?)));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(listen)).with_context(|| format!("binding {listen}"))?;
+    let metrics = IndexerMetrics::new();
+    let health = Arc::new(Health::new(Duration::from_secs(60)));
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let render: api::RenderMetrics = {
+        let metrics = metrics.clone();
+        Arc::new(move || metrics.render())
+    };
+    let search = api::search::SearchState::new(Arc::clone(&index), store, &config.api.tokens, metrics.clone());
+    let router = api::probes(Arc::clone(&health), render).merge(api::search::routes(search));
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    runtime.spawn(api::serve(listener, router, async move {
+        let _ = server_stopped.await;
+    }));
+    runtime.spawn(wait_for_signal(Arc::clone(&shutdown)));
+    let outcome = match mode {
+        Mode::Indexer => crate::indexer::run(config, &index, &metrics, &health, &shutdown).context("indexing"),
+        Mode::Embedded => {
+            health.set_broker_up(true);
+            while !shutdown.load(Ordering::Acquire) {
+                health.polled();
+                if let Err(error) = index.reload() {
+                    tracing::warn!(%error, "reloading the index failed");
+                }
+                std::thread::sleep(EMBEDDED_RELOAD);
+            }
+            Ok(())
+        }
+    };
+    let _ = stop_server.send(());
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    outcome
+}
+
+/// Rebuilds both indexes from the store, keeping the change-stream checkpoint:
+/// changes after it re-apply as idempotent upserts and deletes.
+fn reindex(config: &Config) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let store = open_store(config)?;
+    let index = SearchIndex::open_or_create(&config.index_path()).context("opening the index")?;
+    let checkpoint = index.checkpoint()?;
+    let mut writer = match index.writer(config.index.writer_memory_mb << 20) {
+        Err(crate::index::IndexError::WriterBusy) => bail!("another process writes the index; stop the indexer first"),
+        other => other?,
+    };
+    writer.clear()?;
+    let (mut contacts, mut entries) = (0u64, 0u64);
+    let mut failure = None;
+    store.export(&mut |contact| {
+        let (tenant, id) = (&contact.tenant_id, &contact.contact_id);
+        if let Err(error) = writer.contacts.upsert(tenant, id, &contact.state) {
+            failure = Some(error);
+            return Ok(());
+        }
+        contacts += 1;
+        let mut cursor = None;
+        loop {
+            let page = store.timeline(tenant, id, cursor.as_ref(), REINDEX_PAGE)?;
+            for entry in &page {
+                if let Err(error) = writer.timeline.upsert(tenant, id, entry) {
+                    failure = Some(error);
+                    return Ok(());
+                }
+            }
+            entries += page.len() as u64;
+            match page.last() {
+                Some(last) if page.len() == REINDEX_PAGE => {
+                    cursor = Some(crate::model::TimelineCursor { occurred_at: last.occurred_at, entry_id: last.entry_id.clone() })
+                }
+                _ => return Ok(()),
+            }
+        }
+    })?;
+    if let Some(error) = failure {
+        return Err(error).context("indexing");
+    }
+    writer.commit(&checkpoint)?;
+    println!("reindexed {contacts} contacts and {entries} timeline entries in {:.2} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Timeline entries read from the store per query while reindexing.
+const REINDEX_PAGE: usize = 1000;
 
 async fn wait_for_signal(shutdown: Arc<AtomicBool>) {
     use tokio::signal::unix::{SignalKind, signal};

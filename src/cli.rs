@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{FlagOverrides, KafkaFlags, WorkerFlags};
+use crate::config::{FlagOverrides, KafkaFlags, ListenFlags};
 
 #[derive(Debug, Parser)]
 #[command(name = "contactd", version, about = "A living contact directory built from conversation events")]
@@ -24,15 +24,13 @@ pub struct Cli {
 
 impl Cli {
     pub fn overrides(&self) -> FlagOverrides {
-        let listen = match &self.command {
-            Command::Worker(args) => args.listen.clone(),
-            _ => None,
+        let listen = |args: &ListenArgs| ListenFlags { listen: args.listen.clone() };
+        let (worker, indexer) = match &self.command {
+            Command::Worker(args) => (listen(args), ListenFlags::default()),
+            Command::Indexer(args) | Command::Serve(args) => (ListenFlags::default(), listen(args)),
+            _ => Default::default(),
         };
-        FlagOverrides {
-            data_dir: self.data_dir.clone(),
-            kafka: KafkaFlags { brokers: self.brokers.clone() },
-            worker: WorkerFlags { listen },
-        }
+        FlagOverrides { data_dir: self.data_dir.clone(), kafka: KafkaFlags { brokers: self.brokers.clone() }, worker, indexer }
     }
 }
 
@@ -48,7 +46,15 @@ pub enum Command {
     Contact(ContactArgs),
     /// Consume contact events from Kafka into the directory, publishing changes
     /// and dead letters, until SIGTERM or SIGINT.
-    Worker(WorkerArgs),
+    Worker(ListenArgs),
+    /// Keep the search indexes current from the changes topic and serve the
+    /// search API, until SIGTERM or SIGINT.
+    Indexer(ListenArgs),
+    /// Serve the search API over this data directory's store and indexes
+    /// (the embedded default; `ingest` keeps them current).
+    Serve(ListenArgs),
+    /// Rebuild both search indexes from the store. Stop the indexer first.
+    Reindex,
     /// Publish JSONL events to the events topic, keyed `tenant_id/session_id`.
     Produce(ProduceArgs),
     /// Write a synthetic JSONL corpus for benchmarks.
@@ -67,8 +73,8 @@ pub struct IngestArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct WorkerArgs {
-    /// Address for /metrics, /healthz and /readyz (default 127.0.0.1:9464).
+pub struct ListenArgs {
+    /// Address to serve HTTP on (default: worker.listen or indexer.listen).
     #[arg(long)]
     pub listen: Option<String>,
 }

@@ -20,7 +20,44 @@ pub struct Config {
     pub sqlite: SqliteConfig,
     pub kafka: KafkaConfig,
     pub worker: WorkerConfig,
+    pub indexer: IndexerConfig,
+    pub api: ApiConfig,
     pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexerConfig {
+    /// Consumer group the indexer mirrors its index's offsets to, only so lag
+    /// tools can see them; give each replica its own. Default `contactd-indexer`.
+    pub group_id: String,
+    /// Commit (make searchable) at least this often while changes arrive, in
+    /// milliseconds; bounds freshness. Default 500.
+    pub commit_interval_ms: u64,
+    /// ... or after this many index operations. Default 100000.
+    pub commit_every_ops: usize,
+    /// Address of the search API, `/metrics`, `/healthz` and `/readyz` of
+    /// `indexer` and `serve`. Default `127.0.0.1:9465`.
+    pub listen: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Bearer tokens per tenant, e.g. `acme = ["s3cret"]` under `[api.tokens]`.
+    /// A token opens its tenant's data only. Default none (every request is refused).
+    pub tokens: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for IndexerConfig {
+    fn default() -> Self {
+        Self {
+            group_id: "contactd-indexer".into(),
+            commit_interval_ms: 500,
+            commit_every_ops: 100_000,
+            listen: "127.0.0.1:9465".into(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -132,6 +169,8 @@ impl Default for Config {
             sqlite: SqliteConfig::default(),
             kafka: KafkaConfig::default(),
             worker: WorkerConfig::default(),
+            indexer: IndexerConfig::default(),
+            api: ApiConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -205,8 +244,10 @@ pub struct FlagOverrides {
     pub data_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "KafkaFlags::is_empty")]
     pub kafka: KafkaFlags,
-    #[serde(skip_serializing_if = "WorkerFlags::is_empty")]
-    pub worker: WorkerFlags,
+    #[serde(skip_serializing_if = "ListenFlags::is_empty")]
+    pub worker: ListenFlags,
+    #[serde(skip_serializing_if = "ListenFlags::is_empty")]
+    pub indexer: ListenFlags,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -222,12 +263,12 @@ impl KafkaFlags {
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct WorkerFlags {
+pub struct ListenFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
 }
 
-impl WorkerFlags {
+impl ListenFlags {
     fn is_empty(&self) -> bool {
         self.listen.is_none()
     }
@@ -264,6 +305,8 @@ impl Config {
             ("worker.max_in_flight", self.worker.max_in_flight as u64),
             ("worker.commit_interval_ms", self.worker.commit_interval_ms),
             ("worker.max_backoff_ms", self.worker.max_backoff_ms),
+            ("indexer.commit_interval_ms", self.indexer.commit_interval_ms),
+            ("indexer.commit_every_ops", self.indexer.commit_every_ops as u64),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));

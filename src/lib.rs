@@ -12,6 +12,7 @@ pub mod corpus;
 pub mod event;
 pub mod identity;
 pub mod index;
+pub mod indexer;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

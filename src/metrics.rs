@@ -1,4 +1,4 @@
-//! Prometheus metrics of the worker. Names and labels are part of the operations
+//! Prometheus metrics of the worker and the indexer. Names and labels are part of the operations
 //! contract: the Grafana dashboard and alert rules next to the Helm chart use them.
 
 use prometheus::{
@@ -108,6 +108,91 @@ impl WorkerMetrics {
 }
 
 impl Default for WorkerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Freshness and search latency are judged against a one-second target.
+const FRESHNESS_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// Prometheus metrics of the indexer and the search API.
+#[derive(Clone)]
+pub struct IndexerMetrics {
+    registry: Registry,
+    /// Changes consumed, by `type` and `outcome` (applied, malformed).
+    pub changes: IntCounterVec,
+    pub commit_seconds: Histogram,
+    /// From a change's producer timestamp to the commit that makes it searchable.
+    pub freshness_seconds: Histogram,
+    /// Searchable documents, by `index` (timeline, contacts).
+    pub documents: IntGaugeVec,
+    /// Offset commits mirroring the index's checkpoint to Kafka, by `result`.
+    pub offset_mirrors: IntCounterVec,
+    /// API requests by `route` and `status`.
+    pub requests: IntCounterVec,
+    pub request_seconds: HistogramVec,
+}
+
+impl std::fmt::Debug for IndexerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IndexerMetrics")
+    }
+}
+
+impl IndexerMetrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let metrics = Self {
+            changes: IntCounterVec::new(Opts::new("contactd_index_changes_total", "Changes consumed"), &["type", "outcome"])
+                .expect("valid metric"),
+            commit_seconds: Histogram::with_opts(
+                HistogramOpts::new("contactd_index_commit_seconds", "One index commit").buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            freshness_seconds: Histogram::with_opts(
+                HistogramOpts::new("contactd_index_freshness_seconds", "From a change being produced to being searchable")
+                    .buckets(FRESHNESS_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            documents: IntGaugeVec::new(Opts::new("contactd_index_documents", "Searchable documents"), &["index"])
+                .expect("valid metric"),
+            offset_mirrors: IntCounterVec::new(
+                Opts::new("contactd_index_offset_mirrors_total", "Offset commits mirroring the index checkpoint"),
+                &["result"],
+            )
+            .expect("valid metric"),
+            requests: IntCounterVec::new(Opts::new("contactd_api_requests_total", "API requests"), &["route", "status"])
+                .expect("valid metric"),
+            request_seconds: HistogramVec::new(
+                HistogramOpts::new("contactd_api_request_seconds", "API request latency").buckets(LATENCY_BUCKETS.to_vec()),
+                &["route"],
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        let collectors: [Box<dyn prometheus::core::Collector>; 7] = [
+            Box::new(metrics.changes.clone()),
+            Box::new(metrics.commit_seconds.clone()),
+            Box::new(metrics.freshness_seconds.clone()),
+            Box::new(metrics.documents.clone()),
+            Box::new(metrics.offset_mirrors.clone()),
+            Box::new(metrics.requests.clone()),
+            Box::new(metrics.request_seconds.clone()),
+        ];
+        for collector in collectors {
+            metrics.registry.register(collector).expect("metric names are unique");
+        }
+        metrics
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
+    }
+}
+
+impl Default for IndexerMetrics {
     fn default() -> Self {
         Self::new()
     }

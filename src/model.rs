@@ -374,6 +374,23 @@ pub enum ChangeKind {
     TimelineAppended,
 }
 
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ContactCreated => "contact.created",
+            Self::ContactUpdated => "contact.updated",
+            Self::IdentifierAdded => "identifier.added",
+            Self::IdentifierRemoved => "identifier.removed",
+            Self::IdentityConflict => "identity.conflict",
+            Self::SessionLinked => "session.linked",
+            Self::SessionUnlinked => "session.unlinked",
+            Self::ContactMerged => "contact.merged",
+            Self::ContactDeleted => "contact.deleted",
+            Self::TimelineAppended => "timeline.appended",
+        }
+    }
+}
+
 /// How a session came to be attached to a contact.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

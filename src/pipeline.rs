@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use crate::event::{self, Event};
-use crate::index::{IndexError, SearchIndex, TimelineWriter};
+use crate::index::{Checkpoint, IndexError, IndexWriters, SearchIndex};
 use crate::model::Timestamp;
 use crate::publish::{ChangeLog, ChangeSink, DeadLetter};
 use crate::resolve::{self, Resolution};
@@ -235,11 +235,8 @@ pub fn follow_changes<L: ChangeLog>(
             Err(other) => return Err(other.into()),
         }
     };
-    let mut applied_through = index.applied_through()?;
+    let mut applied_through = index.checkpoint()?.applied_through;
     let mut committed_through = applied_through;
-    // The first unit after a restart may have been partly indexed before the
-    // crash (a merge commits mid-unit), so its documents are written as upserts.
-    let mut first_unit = true;
     let mut last_commit = Instant::now();
     loop {
         let done = producer_done.load(Ordering::Acquire);
@@ -257,11 +254,13 @@ pub fn follow_changes<L: ChangeLog>(
             continue;
         }
         for unit in &units {
+            // A merge commits in the middle of a unit; replaying the whole unit
+            // after a crash is safe because index operations are upserts.
+            let before = Checkpoint { applied_through: unit.seq.saturating_sub(1), ..Checkpoint::default() };
             for change in &unit.changes {
-                writer.apply(change, unit.seq, first_unit)?;
+                writer.apply(change, &before)?;
                 report.changes += 1;
             }
-            first_unit = false;
             applied_through = unit.seq;
         }
         if writer.pending_ops() >= options.commit_every_ops || last_commit.elapsed() >= options.commit_interval {
@@ -279,12 +278,12 @@ pub fn follow_changes<L: ChangeLog>(
 
 /// Makes the index durable through unit `through`, then forgets the log behind it.
 fn checkpoint<L: ChangeLog>(
-    writer: &mut TimelineWriter,
+    writer: &mut IndexWriters,
     log: &mut L,
     through: u64,
     report: &mut FollowReport,
 ) -> Result<(), FollowError> {
-    writer.commit(through)?;
+    writer.commit(&Checkpoint { applied_through: through, ..Checkpoint::default() })?;
     log.trim_through(through)?;
     report.commits += 1;
     Ok(())

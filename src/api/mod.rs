@@ -1,5 +1,7 @@
 //! The HTTP surface: liveness, readiness and metrics for orchestrators and
-//! Prometheus.
+//! Prometheus, and the search API (`search`).
+
+pub mod search;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -12,7 +14,8 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::metrics::WorkerMetrics;
+/// Renders the process's metrics in the Prometheus text format.
+pub type RenderMetrics = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// What the worker reports about itself, read by the probes.
 #[derive(Debug, Default)]
@@ -80,10 +83,10 @@ impl Health {
 #[derive(Clone)]
 struct ProbeState {
     health: Arc<Health>,
-    metrics: WorkerMetrics,
+    metrics: RenderMetrics,
 }
 
-pub fn probes(health: Arc<Health>, metrics: WorkerMetrics) -> Router {
+pub fn probes(health: Arc<Health>, metrics: RenderMetrics) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -103,7 +106,7 @@ async fn readyz(State(state): State<ProbeState>) -> impl IntoResponse {
 }
 
 async fn render_metrics(State(state): State<ProbeState>) -> impl IntoResponse {
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], (state.metrics)())
 }
 
 /// Serves `router` until `shutdown` resolves. The caller binds, so a taken
@@ -114,7 +117,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(address) = listener.local_addr() {
-        tracing::info!(%address, "serving probes and metrics");
+        tracing::info!(%address, "serving http");
     }
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }

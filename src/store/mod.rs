@@ -3,6 +3,7 @@
 //! (tenant plus one key), so the same trait fits SQLite and a wide-column store.
 
 pub mod sqlite;
+pub mod view;
 
 use crate::identity::Identifier;
 use crate::model::{

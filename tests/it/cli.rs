@@ -199,3 +199,19 @@ fn two_processes_ingesting_into_one_data_dir_build_one_directory() {
     crate::harness::assert_one_owner_per_identifier(&shared);
     assert!(!shared.is_empty());
 }
+
+#[test]
+fn reindex_rebuilds_both_indexes_from_the_store() {
+    let dir = ingested();
+    let before = stdout_ok(contactd(dir.path(), &["search", "--tenant", "acme", "--limit", "50", "refund OR parcel"]));
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let report = stdout_ok(contactd(dir.path(), &["reindex"]));
+    assert!(report.contains("reindexed 3 contacts and 28 timeline entries"), "{report}");
+    let after = stdout_ok(contactd(dir.path(), &["search", "--tenant", "acme", "--limit", "50", "refund OR parcel"]));
+    assert_eq!(json_lines(&after), json_lines(&before));
+    assert!(!json_lines(&after).is_empty());
+    let again = stdout_ok(contactd(dir.path(), &["reindex"]));
+    assert!(again.contains("3 contacts and 28 timeline entries"), "a second rebuild replaces, never adds: {again}");
+    let index = contactd::index::SearchIndex::open_or_create(&dir.path().join("index")).unwrap();
+    assert_eq!((index.timeline.num_docs(), index.contacts.num_docs()), (28, 3));
+}

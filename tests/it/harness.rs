@@ -1,6 +1,11 @@
 //! A directory in a temporary folder, fed events through the real pipeline.
 
 use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use contactd::model::{Change, EntryKind, ExportedContact};
 use contactd::pipeline::{self, Report};
@@ -196,6 +201,106 @@ pub fn assert_one_owner_per_identifier(export: &[Value]) {
         for (kind, value) in owned.chain(channel_ids) {
             let key = (contact["tenant_id"].to_string(), kind, value.to_string());
             assert!(owners.insert(key, contact["contact_id"].clone()).is_none(), "{kind} {value} has two owners");
+        }
+    }
+}
+
+/// Long enough for a debug build on a busy two-core machine; only a hang reaches it.
+pub const PATIENCE: Duration = Duration::from_secs(180);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().unwrap().port()
+}
+
+/// Polls `check` until it holds, panicking with `what` if it never does.
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !check() {
+        assert!(Instant::now() < deadline, "gave up waiting: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A `contactd` process serving HTTP (`worker`, `indexer` or `serve`), killed
+/// when dropped.
+pub struct Service {
+    child: Child,
+    probes: String,
+    log: PathBuf,
+}
+
+impl Service {
+    pub fn start(data_dir: &Path, config: &Path, command: &str) -> Self {
+        let probes = format!("127.0.0.1:{}", free_port());
+        let log = data_dir.with_extension(format!("{}.log", probes.replace([':', '.'], "-")));
+        let child = Command::new(env!("CARGO_BIN_EXE_contactd"))
+            .arg("--config")
+            .arg(config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([command, "--listen", &probes])
+            .env("RUST_LOG", "info,contactd=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("a log file"))
+            .spawn()
+            .expect("contactd starts");
+        let service = Self { child, probes, log };
+        eventually("the process serves its probes", || service.get("/healthz").is_some());
+        service
+    }
+
+    /// Status and body of a GET.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        self.get_with(path, None)
+    }
+
+    /// Status and body of a GET with a bearer token.
+    pub fn get_with(&self, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect(&self.probes).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let authorization = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {}\r\n{authorization}Connection: close\r\n\r\n", self.probes).ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let status = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+        Some((status, body))
+    }
+
+    pub fn ready(&self) -> Option<bool> {
+        self.get("/readyz").map(|(status, _)| status == 200)
+    }
+
+    /// The sum of every sample of `metric` whose labels contain `labels`.
+    pub fn metric(&self, metric: &str, labels: &str) -> f64 {
+        let (_, body) = self.get("/metrics").expect("metrics are served");
+        body.lines()
+            .filter(|line| line.starts_with(metric) && line[metric.len()..].starts_with(['{', ' ']) && line.contains(labels))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would.
+    pub fn kill(mut self) {
+        self.child.kill().expect("the process is killed");
+        self.child.wait().expect("the process is reaped");
+    }
+
+    pub fn terminate(mut self) -> ExitStatus {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(status.success());
+        self.child.wait().expect("the process exits")
+    }
+}
+
+impl Drop for Service {
+    /// A failing test shows the process's log.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("--- log of the process on {} ---\n{log}", self.probes);
         }
     }
 }

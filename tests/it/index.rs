@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicBool;
 
 use contactd::config::Config;
-use contactd::index::SearchIndex;
+use contactd::index::{Checkpoint, Hit, SearchIndex, TimelineQuery};
 use contactd::pipeline::follow_changes;
 use contactd::publish::ChangeLog;
 use contactd::store::sqlite::{SqliteOptions, SqliteStore};
@@ -21,6 +21,11 @@ fn follow(directory: &Directory, index: &SearchIndex) {
     let report = follow_changes(&mut log, index, &Config::default().follow_options(), &AtomicBool::new(true)).unwrap();
     assert!(report.indexed);
     index.reload().unwrap();
+}
+
+fn refunds(index: &SearchIndex) -> Vec<Hit> {
+    let query = TimelineQuery { tenant: "acme".into(), text: "refund".into(), limit: 10, ..TimelineQuery::default() };
+    index.timeline.search(&query).unwrap()
 }
 
 fn conversation(directory: &mut Directory) {
@@ -50,13 +55,14 @@ fn a_full_run_indexes_every_entry_once() {
     conversation(&mut directory);
     let index = SearchIndex::open_or_create(&directory.path().join("index")).unwrap();
     follow(&directory, &index);
-    assert_eq!(index.num_docs(), entries_in_store(&directory));
-    let hits = index.search("acme", None, "refund", 10).unwrap();
+    assert_eq!(index.timeline.num_docs(), entries_in_store(&directory));
+    let hits = refunds(&index);
     let x = directory.contact_with_email("x@example.cz").contact_id;
     assert_eq!(hits.len(), 2);
     assert!(hits.iter().all(|h| h.contact_id == x), "merged entries moved with their contact");
     follow(&directory, &index);
-    assert_eq!(index.num_docs(), entries_in_store(&directory), "a second run adds nothing");
+    assert_eq!(index.timeline.num_docs(), entries_in_store(&directory), "a second run adds nothing");
+    assert_eq!(index.contacts.num_docs(), directory.export().len() as u64, "one directory document per live contact");
 }
 
 #[test]
@@ -70,13 +76,13 @@ fn a_run_that_dies_before_committing_is_replayed_exactly() {
         let mut writer = index.writer(50 << 20).unwrap();
         for unit in directory.store.read_after(0, usize::MAX).unwrap() {
             for change in &unit.changes {
-                writer.apply(change, unit.seq, false).unwrap();
+                writer.apply(change, &Checkpoint { applied_through: unit.seq - 1, ..Checkpoint::default() }).unwrap();
             }
         }
     }
     index.reload().unwrap();
-    assert!(index.num_docs() > 0, "the merge committed part of the work");
+    assert!(index.timeline.num_docs() > 0, "the merge committed part of the work");
     follow(&directory, &index);
-    assert_eq!(index.num_docs(), entries_in_store(&directory), "no missing and no duplicate documents");
-    assert_eq!(index.search("acme", None, "refund", 10).unwrap().len(), 2);
+    assert_eq!(index.timeline.num_docs(), entries_in_store(&directory), "no missing and no duplicate documents");
+    assert_eq!(refunds(&index).len(), 2);
 }

@@ -8,10 +8,9 @@
 //! producers therefore send one record per batch; the worker is unchanged.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -27,29 +26,15 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 
-use crate::harness::{Conversation, assert_one_owner_per_identifier, canonical, conversation_events};
+use crate::harness::{
+    Conversation, PATIENCE, Service, assert_one_owner_per_identifier, canonical, conversation_events, eventually, free_port,
+};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/events.jsonl");
 const EVENTS: &str = "contact-events";
 const CHANGES: &str = "directory-changes";
 const DEAD_LETTERS: &str = "contact-events-dlq";
 const GROUP: &str = "contactd-worker";
-/// Long enough for a debug build on a busy two-core machine; only a hang reaches it.
-const PATIENCE: Duration = Duration::from_secs(180);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().unwrap().port()
-}
-
-/// Polls `check` until it holds, panicking with `what` if it never does.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !check() {
-        assert!(Instant::now() < deadline, "gave up waiting: {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn tansu() -> PathBuf {
     if let Some(path) = std::env::var_os("TANSU") {
         return path.into();
@@ -310,76 +295,6 @@ struct Record {
 }
 
 /// A `contactd worker` process with its probe address.
-struct Worker {
-    child: Child,
-    probes: String,
-    log: PathBuf,
-}
-
-impl Worker {
-    fn start(data_dir: &Path, config: &Path) -> Self {
-        let probes = format!("127.0.0.1:{}", free_port());
-        let log = data_dir.with_extension(format!("{}.log", probes.replace([':', '.'], "-")));
-        let child = Command::new(env!("CARGO_BIN_EXE_contactd"))
-            .arg("--config")
-            .arg(config)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["worker", "--listen", &probes])
-            .env("RUST_LOG", "info,contactd=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("a log file"))
-            .spawn()
-            .expect("contactd worker starts");
-        let worker = Self { child, probes, log };
-        eventually("the worker serves its probes", || worker.get("/healthz").is_some());
-        worker
-    }
-
-    /// Status and body of a GET on the probe server.
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut stream = TcpStream::connect(&self.probes).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.probes).ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let status = response.split_whitespace().nth(1)?.parse().ok()?;
-        let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-        Some((status, body))
-    }
-
-    fn ready(&self) -> Option<bool> {
-        self.get("/readyz").map(|(status, _)| status == 200)
-    }
-
-    /// The sum of every sample of `metric` whose labels contain `labels`.
-    fn metric(&self, metric: &str, labels: &str) -> f64 {
-        let (_, body) = self.get("/metrics").expect("metrics are served");
-        body.lines()
-            .filter(|line| line.starts_with(metric) && line[metric.len()..].starts_with(['{', ' ']) && line.contains(labels))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    fn terminate(mut self) -> ExitStatus {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill runs");
-        assert!(status.success());
-        self.child.wait().expect("the worker exits")
-    }
-}
-
-impl Drop for Worker {
-    /// A failing test shows the worker's log.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!("--- log of the worker on {} ---\n{log}", self.probes);
-        }
-    }
-}
-
 /// Worker settings for tests: quick commits and failure detection.
 fn write_config(dir: &Path, name: &str, cluster: &Cluster, extra: &str) -> PathBuf {
     let path = dir.join(name);
@@ -435,7 +350,7 @@ fn the_worker_builds_the_same_directory_as_ingest_and_dead_letters_poison() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "contactd.toml", &cluster, "lanes = 1\n");
     let data = dir.path().join("data");
-    let worker = Worker::start(&data, &config);
+    let worker = Service::start(&data, &config, "worker");
 
     eventually("every offset is committed", || cluster.committed(EVENTS, 1) == [21]);
     eventually("the worker is ready", || worker.ready() == Some(true));
@@ -516,9 +431,9 @@ fn workers_sharing_a_data_dir_survive_rebalances_and_kill_9_without_loss_or_dupl
     };
 
     let first = produce(thirds[0], "first.jsonl");
-    let mut a = Worker::start(&data, &slow);
+    let mut a = Service::start(&data, &slow, "worker");
     eventually("the first worker makes progress", || total(&cluster) > 0);
-    let b = Worker::start(&data, &config);
+    let b = Service::start(&data, &config, "worker");
     eventually("the second worker gets partitions", || {
         b.metric("contactd_rebalances_total", "kind=\"assigned\"") > 0.0 && total(&cluster) >= first as i64
     });
@@ -533,10 +448,9 @@ fn workers_sharing_a_data_dir_survive_rebalances_and_kill_9_without_loss_or_dupl
             && a.metric("contactd_in_flight_events", "") >= 10.0
             && total(&cluster) > second as i64
     });
-    a.child.kill().unwrap();
-    a.child.wait().unwrap();
+    a.kill();
     assert!(total(&cluster) < third as i64, "the kill comes before the third part is done");
-    a = Worker::start(&data, &config);
+    a = Service::start(&data, &config, "worker");
     eventually("every offset is committed", || total(&cluster) == third as i64);
     assert!(b.metric("contactd_partition_pauses_total", "") > 0.0, "the second worker paused fetching");
     assert!(a.terminate().success());
@@ -556,7 +470,7 @@ fn a_busy_store_holds_the_partition_and_readiness_without_dead_letters() {
     let config =
         write_config(dir.path(), "contactd.toml", &cluster, "lanes = 1\nmax_backoff_ms = 500\n[sqlite]\nbusy_timeout_ms = 50\n");
     let data = dir.path().join("data");
-    let worker = Worker::start(&data, &config);
+    let worker = Service::start(&data, &config, "worker");
     eventually("the worker is ready", || worker.ready() == Some(true));
 
     let lock = rusqlite::Connection::open(data.join("directory.sqlite3")).unwrap();
@@ -587,7 +501,7 @@ fn the_worker_waits_for_a_broker_that_is_down_at_start_and_mid_run() {
     )
     .unwrap();
     let data = dir.path().join("data");
-    let worker = Worker::start(&data, &config);
+    let worker = Service::start(&data, &config, "worker");
     assert_eq!(worker.get("/healthz").map(|(status, _)| status), Some(200), "alive while the broker is down");
     assert_eq!(worker.ready(), Some(false), "not ready without a broker");
 

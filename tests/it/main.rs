@@ -2,6 +2,7 @@
 //! conformance suite, property tests, the command line, the JSON Schemas and
 //! the Kafka worker against a real broker.
 
+mod api;
 mod cli;
 mod conformance;
 mod harness;

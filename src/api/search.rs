@@ -1,0 +1,333 @@
+//! The search API, `/v1/tenants/{tenant}/...`: timeline and directory search
+//! from the indexes, contacts and timelines from the store. Every request needs
+//! a bearer token of the tenant in its path, and every query is scoped to that
+//! tenant below the parser, so no query text or id can reach another tenant.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::event::Channel;
+use crate::index::{ContactQuery, IndexError, SearchIndex, SortOrder, TimelineQuery};
+use crate::metrics::IndexerMetrics;
+use crate::model::Timestamp;
+use crate::store::view::{self, ViewError};
+use crate::store::{DirectoryView, StoreError};
+
+/// Results per page unless `limit` says otherwise, and the most it may say.
+const DEFAULT_LIMIT: usize = 20;
+const MAX_LIMIT: usize = 100;
+/// Deepest hit a cursor may reach: offset paging costs grow with depth.
+const MAX_OFFSET: usize = 10_000;
+
+/// A store shared by request handlers, which run its blocking reads one at a time.
+pub type SharedStore = Arc<Mutex<Box<dyn DirectoryView + Send>>>;
+
+#[derive(Clone)]
+pub struct SearchState {
+    index: Arc<SearchIndex>,
+    store: SharedStore,
+    /// Token hashes to the tenant they open; hashing keeps the lookup from
+    /// leaking a token through timing.
+    tokens: Arc<HashMap<blake3::Hash, String>>,
+    metrics: IndexerMetrics,
+}
+
+impl SearchState {
+    pub fn new(
+        index: Arc<SearchIndex>,
+        store: SharedStore,
+        tokens: &BTreeMap<String, Vec<String>>,
+        metrics: IndexerMetrics,
+    ) -> Self {
+        let tokens = tokens
+            .iter()
+            .flat_map(|(tenant, list)| list.iter().map(move |token| (blake3::hash(token.as_bytes()), tenant.clone())))
+            .collect();
+        Self { index, store, tokens: Arc::new(tokens), metrics }
+    }
+}
+
+pub fn routes(state: SearchState) -> Router {
+    Router::new()
+        .route("/v1/tenants/{tenant}/search", get(search_timeline))
+        .route("/v1/tenants/{tenant}/contacts/search", get(search_contacts))
+        .route("/v1/tenants/{tenant}/contacts/{contact_id}", get(contact))
+        .route("/v1/tenants/{tenant}/contacts/{contact_id}/timeline", get(timeline))
+        .with_state(state)
+}
+
+/// A refused request: status plus a JSON body `{"error": ..., "detail": ...}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: &'static str,
+    detail: String,
+}
+
+impl ApiError {
+    fn bad_request(detail: impl Into<String>) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, error: "bad_request", detail: detail.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(json!({ "error": self.error, "detail": self.detail }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<IndexError> for ApiError {
+    fn from(error: IndexError) -> Self {
+        match error {
+            IndexError::BadQuery(detail) => Self::bad_request(detail),
+            other => Self { status: StatusCode::INTERNAL_SERVER_ERROR, error: "index_failure", detail: other.to_string() },
+        }
+    }
+}
+
+impl From<ViewError> for ApiError {
+    fn from(error: ViewError) -> Self {
+        let (status, code) = match &error {
+            ViewError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            ViewError::Deleted(_) => (StatusCode::GONE, "deleted"),
+            ViewError::BadCursor(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ViewError::Store(StoreError::Transient(_)) => (StatusCode::SERVICE_UNAVAILABLE, "store_busy"),
+            ViewError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_failure"),
+        };
+        Self { status, error: code, detail: error.to_string() }
+    }
+}
+
+/// Admits the request when its bearer token belongs to `tenant`.
+fn authorize(state: &SearchState, headers: &HeaderMap, tenant: &str) -> Result<(), ApiError> {
+    let unauthorized = |detail: &str| ApiError { status: StatusCode::UNAUTHORIZED, error: "unauthorized", detail: detail.into() };
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| unauthorized("missing bearer token"))?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| unauthorized("the Authorization header must be `Bearer TOKEN`"))?;
+    match state.tokens.get(&blake3::hash(token.trim().as_bytes())) {
+        Some(granted) if granted == tenant => Ok(()),
+        Some(_) => {
+            Err(ApiError { status: StatusCode::FORBIDDEN, error: "forbidden", detail: "the token is not for this tenant".into() })
+        }
+        None => Err(unauthorized("unknown token")),
+    }
+}
+
+fn observe(state: &SearchState, route: &str, started: Instant, result: &Result<Response, ApiError>) {
+    let status = match result {
+        Ok(response) => response.status(),
+        Err(error) => error.status,
+    };
+    state.metrics.requests.with_label_values(&[route, status.as_str()]).inc();
+    state.metrics.request_seconds.with_label_values(&[route]).observe(started.elapsed().as_secs_f64());
+}
+
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit.unwrap_or(DEFAULT_LIMIT) {
+        0 => Err(ApiError::bad_request("limit must be at least 1")),
+        n if n > MAX_LIMIT => Err(ApiError::bad_request(format!("limit must be at most {MAX_LIMIT}"))),
+        n => Ok(n),
+    }
+}
+
+/// Search cursors are the offset of the next hit; opaque to clients.
+fn offset_of(cursor: Option<&str>) -> Result<usize, ApiError> {
+    let Some(cursor) = cursor else { return Ok(0) };
+    match cursor.parse::<usize>() {
+        Ok(offset) if offset <= MAX_OFFSET => Ok(offset),
+        _ => Err(ApiError::bad_request(format!("malformed or too deep cursor {cursor:?}"))),
+    }
+}
+
+fn next_cursor(offset: usize, limit: usize, returned: usize) -> Option<String> {
+    (returned == limit && offset + limit <= MAX_OFFSET).then(|| (offset + limit).to_string())
+}
+
+fn timestamp(name: &str, value: Option<&str>) -> Result<Option<Timestamp>, ApiError> {
+    value
+        .map(|v| {
+            Timestamp::parse_rfc3339(v).ok_or_else(|| ApiError::bad_request(format!("{name} must be an RFC 3339 timestamp")))
+        })
+        .transpose()
+}
+
+fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query.map(|Query(q)| q).map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimelineSearchParams {
+    q: Option<String>,
+    contact_id: Option<String>,
+    channel: Option<Channel>,
+    from: Option<String>,
+    to: Option<String>,
+    order: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+async fn search_timeline(
+    State(state): State<SearchState>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    params: Result<Query<TimelineSearchParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let result = async {
+        authorize(&state, &headers, &tenant)?;
+        let params = query(params)?;
+        let order = match params.order.as_deref() {
+            None | Some("best") => SortOrder::Best,
+            Some("newest") => SortOrder::Newest,
+            Some(other) => return Err(ApiError::bad_request(format!("order must be best or newest, not {other:?}"))),
+        };
+        let text = params.q.unwrap_or_default();
+        if text.trim().is_empty() && order == SortOrder::Best {
+            return Err(ApiError::bad_request("q is required unless order=newest"));
+        }
+        let (limit, offset) = (page_limit(params.limit)?, offset_of(params.cursor.as_deref())?);
+        let search = TimelineQuery {
+            tenant,
+            text,
+            contact_id: params.contact_id,
+            channel: params.channel,
+            from: timestamp("from", params.from.as_deref())?,
+            to: timestamp("to", params.to.as_deref())?,
+            order,
+            limit,
+            offset,
+        };
+        let index = Arc::clone(&state.index);
+        let hits = tokio::task::spawn_blocking(move || index.timeline.search(&search)).await.map_err(join_error)??;
+        let next = next_cursor(offset, limit, hits.len());
+        Ok(Json(json!({ "hits": hits, "next_cursor": next })).into_response())
+    }
+    .await;
+    observe(&state, "search", started, &result);
+    result
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContactSearchParams {
+    q: Option<String>,
+    /// Comma-separated identifier kinds the contact must have.
+    has: Option<String>,
+    /// `name:value` of a custom parameter.
+    param: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+const IDENTIFIER_KINDS: [&str; 7] = ["email", "phone", "facebook", "whatsapp", "apple", "vk", "browser"];
+
+async fn search_contacts(
+    State(state): State<SearchState>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    params: Result<Query<ContactSearchParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let result = async {
+        authorize(&state, &headers, &tenant)?;
+        let params = query(params)?;
+        let has: Vec<String> =
+            params.has.iter().flat_map(|h| h.split(',')).map(str::trim).filter(|h| !h.is_empty()).map(str::to_owned).collect();
+        if let Some(unknown) = has.iter().find(|h| !IDENTIFIER_KINDS.contains(&h.as_str())) {
+            return Err(ApiError::bad_request(format!("has: unknown identifier kind {unknown:?}")));
+        }
+        let params_filter = match params.param.as_deref() {
+            None => Vec::new(),
+            Some(p) => match p.split_once(':') {
+                Some((name, value)) if !name.is_empty() => vec![(name.to_owned(), value.to_owned())],
+                _ => return Err(ApiError::bad_request("param must be name:value")),
+            },
+        };
+        let (limit, offset) = (page_limit(params.limit)?, offset_of(params.cursor.as_deref())?);
+        let search = ContactQuery { tenant, text: params.q.unwrap_or_default(), has, params: params_filter, limit, offset };
+        let index = Arc::clone(&state.index);
+        let contacts = tokio::task::spawn_blocking(move || index.contacts.search(&search)).await.map_err(join_error)??;
+        let next = next_cursor(offset, limit, contacts.len());
+        Ok(Json(json!({ "contacts": contacts, "next_cursor": next })).into_response())
+    }
+    .await;
+    observe(&state, "contacts_search", started, &result);
+    result
+}
+
+async fn contact(
+    State(state): State<SearchState>,
+    Path((tenant, contact_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let result = async {
+        authorize(&state, &headers, &tenant)?;
+        let store = Arc::clone(&state.store);
+        let view = tokio::task::spawn_blocking(move || {
+            let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            view::contact_view(store.as_ref(), &tenant, &contact_id)
+        })
+        .await
+        .map_err(join_error)??;
+        Ok(Json(view).into_response())
+    }
+    .await;
+    observe(&state, "contact", started, &result);
+    result
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimelineParams {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+async fn timeline(
+    State(state): State<SearchState>,
+    Path((tenant, contact_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    params: Result<Query<TimelineParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let result = async {
+        authorize(&state, &headers, &tenant)?;
+        let params = query(params)?;
+        let limit = page_limit(params.limit)?;
+        let store = Arc::clone(&state.store);
+        let page = tokio::task::spawn_blocking(move || {
+            let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            view::timeline_page(store.as_ref(), &tenant, &contact_id, params.cursor.as_deref(), limit)
+        })
+        .await
+        .map_err(join_error)??;
+        Ok(Json(page).into_response())
+    }
+    .await;
+    observe(&state, "timeline", started, &result);
+    result
+}
+
+fn join_error(error: tokio::task::JoinError) -> ApiError {
+    ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, error: "internal", detail: error.to_string() }
+}

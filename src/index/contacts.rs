@@ -1,0 +1,249 @@
+//! The directory index: one document per live contact with its name and every
+//! identifier, for finding a customer by any fragment of what they told us.
+
+use std::path::Path;
+
+use serde::Serialize;
+use tantivy::collector::TopDocs;
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::schema::{Field, IndexRecordOption, STORED, STRING, Schema, TEXT, Value};
+use tantivy::{IndexReader, IndexWriter, TantivyDocument, Term};
+
+use super::{Checkpoint, IndexError, Store, commit, delete_key, scoped};
+use crate::model::{Change, ChangeKind, ContactState};
+
+#[derive(Clone, Copy)]
+struct Fields {
+    key: Field,
+    tenant: Field,
+    text: Field,
+    has: Field,
+    param: Field,
+    contact_id: Field,
+    state: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut builder = Schema::builder();
+    let fields = Fields {
+        key: builder.add_text_field("key", STRING),
+        tenant: builder.add_text_field("tenant", STRING),
+        text: builder.add_text_field("text", TEXT),
+        has: builder.add_text_field("has", STRING),
+        param: builder.add_text_field("param", STRING),
+        contact_id: builder.add_text_field("contact_id", STORED),
+        state: builder.add_text_field("state", STORED),
+    };
+    (builder.build(), fields)
+}
+
+/// The kinds of identifier a contact has, as the `has` filter names them.
+fn identifier_kinds(state: &ContactState) -> Vec<&'static str> {
+    let ids = &state.channel_ids;
+    [
+        ("email", !state.emails.is_empty()),
+        ("phone", !state.phones.is_empty()),
+        ("facebook", !ids.facebook.is_empty()),
+        ("whatsapp", !ids.whatsapp.is_empty()),
+        ("apple", !ids.apple.is_empty()),
+        ("vk", !ids.vk.is_empty()),
+        ("browser", !ids.browser.is_empty()),
+    ]
+    .into_iter()
+    .filter_map(|(kind, present)| present.then_some(kind))
+    .collect()
+}
+
+/// Everything a free-text directory search matches. Browser ids are left out:
+/// they are opaque and an operator never types one.
+fn searchable_text(state: &ContactState) -> String {
+    let ids = &state.channel_ids;
+    let mut parts: Vec<&str> = state.name.iter().map(String::as_str).collect();
+    parts.extend(state.emails.iter().map(String::as_str));
+    parts.extend(state.phones.iter().map(String::as_str));
+    for list in [&ids.facebook, &ids.whatsapp, &ids.apple, &ids.vk] {
+        parts.extend(list.iter().map(String::as_str));
+    }
+    parts.extend(state.params.values().map(String::as_str));
+    parts.join("\n")
+}
+
+/// A directory search, always within one tenant.
+#[derive(Clone, Debug, Default)]
+pub struct ContactQuery {
+    pub tenant: String,
+    /// Words of the name, e-mails, phones, channel ids or parameter values; all
+    /// must match. Empty lists every contact that passes the filters.
+    pub text: String,
+    /// Only contacts with an identifier of this kind (`email`, `phone`,
+    /// `facebook`, `whatsapp`, `apple`, `vk`, `browser`).
+    pub has: Vec<String>,
+    /// Only contacts whose custom parameter has exactly this value.
+    pub params: Vec<(String, String)>,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ContactHit {
+    pub contact_id: String,
+    #[serde(flatten)]
+    pub state: ContactState,
+    pub score: f32,
+}
+
+pub struct ContactIndex {
+    store: Store,
+    fields: Fields,
+}
+
+impl std::fmt::Debug for ContactIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContactIndex").finish_non_exhaustive()
+    }
+}
+
+fn term_query(field: Field, value: &str) -> Box<dyn Query> {
+    Box::new(TermQuery::new(Term::from_field_text(field, value), IndexRecordOption::Basic))
+}
+
+impl ContactIndex {
+    pub fn open_or_create(dir: &Path) -> Result<Self, IndexError> {
+        let (schema, fields) = schema();
+        Ok(Self { store: Store::open_or_create(dir, schema)?, fields })
+    }
+
+    pub fn checkpoint(&self) -> Result<Checkpoint, IndexError> {
+        self.store.checkpoint()
+    }
+
+    pub fn writer(&self, memory_budget_bytes: usize) -> Result<ContactWriter, IndexError> {
+        Ok(ContactWriter {
+            writer: self.store.writer(memory_budget_bytes)?,
+            reader: self.store.reader.clone(),
+            fields: self.fields,
+            pending_ops: 0,
+        })
+    }
+
+    pub fn reload(&self) -> Result<(), IndexError> {
+        Ok(self.store.reader.reload()?)
+    }
+
+    /// Matching contacts, best first, always within the query's tenant.
+    pub fn search(&self, query: &ContactQuery) -> Result<Vec<ContactHit>, IndexError> {
+        let fields = self.fields;
+        let user_query: Box<dyn Query> = if query.text.trim().is_empty() {
+            Box::new(AllQuery)
+        } else {
+            let mut parser = QueryParser::for_index(&self.store.index, vec![fields.text]);
+            parser.set_conjunction_by_default();
+            parser.parse_query(&query.text).map_err(|e| IndexError::BadQuery(e.to_string()))?
+        };
+        let mut clauses = vec![(Occur::Must, term_query(fields.tenant, &query.tenant)), (Occur::Must, user_query)];
+        for kind in &query.has {
+            clauses.push((Occur::Must, term_query(fields.has, kind)));
+        }
+        for (name, value) in &query.params {
+            clauses.push((Occur::Must, term_query(fields.param, &param_term(name, value))));
+        }
+        let searcher = self.store.reader.searcher();
+        let top = TopDocs::with_limit(query.limit.max(1)).and_offset(query.offset).order_by_score();
+        searcher
+            .search(&BooleanQuery::new(clauses), &top)?
+            .into_iter()
+            .map(|(score, address)| {
+                let doc: TantivyDocument = searcher.doc(address)?;
+                let text = |field| doc.get_first(field).and_then(|v| v.as_str().map(str::to_owned));
+                let contact_id = text(fields.contact_id).ok_or_else(|| IndexError::BadChange("contact without id".into()))?;
+                let state = text(fields.state).ok_or_else(|| IndexError::BadChange("contact without state".into()))?;
+                let state = serde_json::from_str(&state).map_err(|e| IndexError::BadChange(e.to_string()))?;
+                Ok(ContactHit { contact_id, state, score })
+            })
+            .collect()
+    }
+
+    /// Number of indexed contacts (all tenants), for reports.
+    pub fn num_docs(&self) -> u64 {
+        self.store.reader.searcher().num_docs()
+    }
+}
+
+fn param_term(name: &str, value: &str) -> String {
+    format!("{name}={value}")
+}
+
+/// The directory index's one writer.
+pub struct ContactWriter {
+    writer: IndexWriter,
+    reader: IndexReader,
+    fields: Fields,
+    pending_ops: usize,
+}
+
+impl std::fmt::Debug for ContactWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContactWriter").field("pending_ops", &self.pending_ops).finish()
+    }
+}
+
+impl ContactWriter {
+    pub fn pending_ops(&self) -> usize {
+        self.pending_ops
+    }
+
+    /// Replaces the contact's document with its current state.
+    pub fn upsert(&mut self, tenant: &str, contact_id: &str, state: &ContactState) -> Result<(), IndexError> {
+        let f = self.fields;
+        delete_key(&self.writer, f.key, tenant, contact_id);
+        let mut doc = TantivyDocument::default();
+        doc.add_text(f.key, scoped(tenant, contact_id));
+        doc.add_text(f.tenant, tenant);
+        doc.add_text(f.text, searchable_text(state));
+        for kind in identifier_kinds(state) {
+            doc.add_text(f.has, kind);
+        }
+        for (name, value) in &state.params {
+            doc.add_text(f.param, param_term(name, value));
+        }
+        doc.add_text(f.contact_id, contact_id);
+        doc.add_text(f.state, serde_json::to_string(state).expect("contact states serialize"));
+        self.writer.add_document(doc)?;
+        self.pending_ops += 1;
+        Ok(())
+    }
+
+    /// Contact changes carry the contact's state after the change (CONTRACT 5),
+    /// so the document is simply replaced; a merged contact's document goes.
+    pub fn apply(&mut self, change: &Change) -> Result<(), IndexError> {
+        let tenant = &change.tenant_id;
+        match change.kind {
+            ChangeKind::ContactDeleted => {
+                delete_key(&self.writer, self.fields.key, tenant, &change.contact_id);
+                self.pending_ops += 1;
+                return Ok(());
+            }
+            ChangeKind::ContactMerged => {
+                let merged = change.data.merged_contact_id.as_deref().unwrap_or_default();
+                delete_key(&self.writer, self.fields.key, tenant, merged);
+                self.pending_ops += 1;
+            }
+            _ => {}
+        }
+        if let Some(state) = &change.data.contact {
+            self.upsert(tenant, &change.contact_id, state)?;
+        }
+        Ok(())
+    }
+
+    pub fn commit(&mut self, checkpoint: &Checkpoint) -> Result<(), IndexError> {
+        commit(&mut self.writer, &self.reader, checkpoint)?;
+        self.pending_ops = 0;
+        Ok(())
+    }
+
+    pub fn clear(&mut self) -> Result<(), IndexError> {
+        self.writer.delete_all_documents()?;
+        Ok(())
+    }
+}
