@@ -127,6 +127,7 @@ pub fn run(
     let Some(partitions) = partition_count(&consumer, &topic, health, shutdown) else { return Ok(()) };
     let mut positions = Positions { topic: topic.clone(), partitions, next: index.checkpoint()?.offsets };
     positions.assign(&consumer)?;
+    report_documents(index, metrics);
     let commit_interval = Duration::from_millis(config.indexer.commit_interval_ms);
     let mut last_commit = Instant::now();
     let mut last_refresh = Instant::now();
@@ -141,8 +142,7 @@ pub fn run(
         for produced_ms in uncommitted.drain(..) {
             metrics.freshness_seconds.observe((now_ms - produced_ms).max(0) as f64 / 1000.0);
         }
-        metrics.documents.with_label_values(&["timeline"]).set(saturating_i64(index.timeline.num_docs()));
-        metrics.documents.with_label_values(&["contacts"]).set(saturating_i64(index.contacts.num_docs()));
+        report_documents(index, metrics);
         positions.mirror(&consumer, metrics);
         Ok::<(), IndexerError>(())
     };
@@ -202,6 +202,11 @@ pub fn run(
     }
     info!("indexer stopped after its final commit");
     Ok(())
+}
+
+fn report_documents(index: &SearchIndex, metrics: &IndexerMetrics) {
+    metrics.documents.with_label_values(&["timeline"]).set(saturating_i64(index.timeline.num_docs()));
+    metrics.documents.with_label_values(&["contacts"]).set(saturating_i64(index.contacts.num_docs()));
 }
 
 fn saturating_i64(value: u64) -> i64 {

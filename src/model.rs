@@ -483,4 +483,24 @@ mod tests {
         assert_eq!(derived_id("c", &["acme", "e1"]), derived_id("c", &["acme", "e1"]));
         assert_ne!(derived_id("c", &["ac", "me1"]), derived_id("c", &["acme", "1"]));
     }
+
+    #[test]
+    fn change_kind_names_are_the_contract_names() {
+        use ChangeKind::*;
+        let kinds = [
+            ContactCreated,
+            ContactUpdated,
+            IdentifierAdded,
+            IdentifierRemoved,
+            IdentityConflict,
+            SessionLinked,
+            SessionUnlinked,
+            ContactMerged,
+            ContactDeleted,
+            TimelineAppended,
+        ];
+        for kind in kinds {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+    }
 }

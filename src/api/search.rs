@@ -274,14 +274,21 @@ async fn search_contacts(
     result
 }
 
+/// The contact view takes no parameters; a misspelt one is refused, not ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
+
 async fn contact(
     State(state): State<SearchState>,
     Path((tenant, contact_id)): Path<(String, String)>,
     headers: HeaderMap,
+    params: Result<Query<NoParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let result = async {
         authorize(&state, &headers, &tenant)?;
+        query(params)?;
         let store = Arc::clone(&state.store);
         let view = tokio::task::spawn_blocking(move || {
             let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -531,3 +531,56 @@ fn the_worker_waits_for_a_broker_that_is_down_at_start_and_mid_run() {
     let store = SqliteStore::open(&data.join("directory.sqlite3"), &SqliteOptions::default()).unwrap();
     assert_eq!(canonical(&store), canonical(&alone.store));
 }
+
+#[test]
+fn the_indexer_resumes_from_its_index_after_kill_9_with_no_missing_or_duplicate_documents() {
+    let cluster = Cluster::start(&[(EVENTS, 2), (CHANGES, 3), (DEAD_LETTERS, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    // One change per record batch: the indexer resumes at arbitrary offsets,
+    // which tansu cannot serve from inside a batch.
+    let config = dir.path().join("contactd.toml");
+    let text = format!(
+        "[kafka]\nbrokers = \"{}\"\n[kafka.properties]\n\"batch.num.messages\" = \"1\"\n\
+         [worker]\ncommit_interval_ms = 200\nstatistics_interval_ms = 500\n\
+         [indexer]\ncommit_interval_ms = 100\n[api.tokens]\nacme = [\"acme-token\"]\n",
+        cluster.address()
+    );
+    std::fs::write(&config, text).unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("events.jsonl");
+    write_jsonl(&file, &corpus(600, 0));
+    let events = cluster.produce(&file) as i64;
+    let worker = Service::start(&data, &config, "worker");
+    eventually("the worker commits every event", || cluster.committed(EVENTS, 2).iter().sum::<i64>() == events);
+    let changes = worker.metric("contactd_changes_published_total", "");
+    assert!(worker.terminate().success());
+    let directory = export(&data);
+    let entries: f64 = directory.iter().map(|c| c["timeline_entries"].as_f64().unwrap()).sum();
+    let contacts = directory.len() as f64;
+
+    let documents = |indexer: &Service, index: &str| indexer.metric("contactd_index_documents", &format!("index=\"{index}\""));
+    let mut indexer = Service::start(&data, &config, "indexer");
+    eventually("the first indexer commits", || documents(&indexer, "timeline") > 0.0);
+    for pause_ms in [0, 150, 400] {
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        indexer.kill();
+        indexer = Service::start(&data, &config, "indexer");
+    }
+    eventually("the indexer catches up", || {
+        documents(&indexer, "timeline") == entries && documents(&indexer, "contacts") == contacts
+    });
+    let replayed = indexer.metric("contactd_index_changes_total", "");
+    assert!(replayed < changes, "the last indexer resumed from its index ({replayed} of {changes} changes)");
+    let (status, body) = indexer.get_with("/v1/tenants/acme/search?order=newest&limit=1", Some("acme-token")).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(indexer.terminate().success());
+
+    let index = contactd::index::SearchIndex::open_or_create(&data.join("index")).unwrap();
+    assert_eq!(index.timeline.num_docs() as f64, entries, "no missing and no duplicate entries");
+    assert_eq!(index.contacts.num_docs() as f64, contacts);
+    for contact in &directory {
+        let indexed =
+            index.timeline.contact_docs(contact["tenant_id"].as_str().unwrap(), contact["contact_id"].as_str().unwrap());
+        assert_eq!(indexed.unwrap() as f64, contact["timeline_entries"].as_f64().unwrap(), "{contact}");
+    }
+}
