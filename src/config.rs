@@ -176,6 +176,19 @@ impl Default for Config {
     }
 }
 
+impl KafkaConfig {
+    /// A librdkafka client of these brokers with `settings`, then `properties`,
+    /// which override them: every client the project creates is built here.
+    pub fn client_config(&self, settings: &[(&str, &str)]) -> rdkafka::ClientConfig {
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in settings.iter().copied().chain(self.properties.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         Self {

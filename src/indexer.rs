@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::api::Health;
@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::index::{Checkpoint, IndexError, SearchIndex};
 use crate::metrics::IndexerMetrics;
 use crate::model::Change;
+use crate::source::kafka::consumer_config;
 
 /// How often the topic's partition count is checked, so partitions added while
 /// running are indexed too.
@@ -30,20 +31,6 @@ pub enum IndexerError {
     Index(#[from] IndexError),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-}
-
-fn consumer(config: &Config) -> Result<BaseConsumer, IndexerError> {
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.kafka.brokers)
-        .set("group.id", &config.indexer.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest");
-    for (key, value) in &config.kafka.properties {
-        client.set(key, value);
-    }
-    Ok(client.create()?)
 }
 
 /// The indexing loop's position: per partition, the offset of the next change
@@ -123,7 +110,7 @@ pub fn run(
 ) -> Result<(), IndexerError> {
     let mut writer = index.writer(config.index.writer_memory_mb << 20)?;
     let topic = config.kafka.changes_topic.clone();
-    let consumer = consumer(config)?;
+    let consumer: BaseConsumer = consumer_config(&config.kafka, &config.indexer.group_id, &[]).create()?;
     let Some(partitions) = partition_count(&consumer, &topic, health, shutdown) else { return Ok(()) };
     let mut positions = Positions { topic: topic.clone(), partitions, next: index.checkpoint()?.offsets };
     positions.assign(&consumer)?;
@@ -153,9 +140,8 @@ pub fn run(
                 Ok(message) => {
                     health.set_broker_up(true);
                     let key = Checkpoint::partition_key(message.topic(), message.partition());
-                    let before = positions.checkpoint();
                     match serde_json::from_slice::<Change>(message.payload().unwrap_or_default()) {
-                        Ok(change) => match writer.apply(&change, &before) {
+                        Ok(change) => match writer.apply(&change, &|| positions.checkpoint()) {
                             Ok(()) => metrics.changes.with_label_values(&[change.kind.as_str(), "applied"]).inc(),
                             Err(IndexError::BadChange(reason)) => {
                                 warn!(%key, offset = message.offset(), reason, "skipping a malformed change");

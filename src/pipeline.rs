@@ -256,7 +256,7 @@ pub fn follow_changes<L: ChangeLog>(
         for unit in &units {
             // A merge commits in the middle of a unit; replaying the whole unit
             // after a crash is safe because index operations are upserts.
-            let before = Checkpoint { applied_through: unit.seq.saturating_sub(1), ..Checkpoint::default() };
+            let before = || Checkpoint { applied_through: unit.seq.saturating_sub(1), ..Checkpoint::default() };
             for change in &unit.changes {
                 writer.apply(change, &before)?;
                 report.changes += 1;

@@ -4,12 +4,12 @@
 use std::path::Path;
 
 use serde::Serialize;
+use tantivy::TantivyDocument;
 use tantivy::collector::TopDocs;
-use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, TermQuery};
-use tantivy::schema::{Field, IndexRecordOption, STORED, STRING, Schema, TEXT, Value};
-use tantivy::{IndexReader, IndexWriter, TantivyDocument, Term};
+use tantivy::query::{BooleanQuery, Occur};
+use tantivy::schema::{Field, STORED, STRING, Schema, TEXT, Value};
 
-use super::{Checkpoint, IndexError, Store, commit, delete_key, scoped};
+use super::{Checkpoint, IndexError, Store, Writing, scoped, term_query};
 use crate::model::{Change, ChangeKind, ContactState};
 
 #[derive(Clone, Copy)]
@@ -37,21 +37,22 @@ fn schema() -> (Schema, Fields) {
     (builder.build(), fields)
 }
 
+/// The identifier kinds the `has` filter knows.
+pub const IDENTIFIER_KINDS: [&str; 7] = ["email", "phone", "facebook", "whatsapp", "apple", "vk", "browser"];
+
 /// The kinds of identifier a contact has, as the `has` filter names them.
 fn identifier_kinds(state: &ContactState) -> Vec<&'static str> {
     let ids = &state.channel_ids;
-    [
-        ("email", !state.emails.is_empty()),
-        ("phone", !state.phones.is_empty()),
-        ("facebook", !ids.facebook.is_empty()),
-        ("whatsapp", !ids.whatsapp.is_empty()),
-        ("apple", !ids.apple.is_empty()),
-        ("vk", !ids.vk.is_empty()),
-        ("browser", !ids.browser.is_empty()),
-    ]
-    .into_iter()
-    .filter_map(|(kind, present)| present.then_some(kind))
-    .collect()
+    let present = [
+        !state.emails.is_empty(),
+        !state.phones.is_empty(),
+        !ids.facebook.is_empty(),
+        !ids.whatsapp.is_empty(),
+        !ids.apple.is_empty(),
+        !ids.vk.is_empty(),
+        !ids.browser.is_empty(),
+    ];
+    IDENTIFIER_KINDS.into_iter().zip(present).filter_map(|(kind, present)| present.then_some(kind)).collect()
 }
 
 /// Everything a free-text directory search matches. Browser ids are left out:
@@ -103,10 +104,6 @@ impl std::fmt::Debug for ContactIndex {
     }
 }
 
-fn term_query(field: Field, value: &str) -> Box<dyn Query> {
-    Box::new(TermQuery::new(Term::from_field_text(field, value), IndexRecordOption::Basic))
-}
-
 impl ContactIndex {
     pub fn open_or_create(dir: &Path) -> Result<Self, IndexError> {
         let (schema, fields) = schema();
@@ -118,28 +115,17 @@ impl ContactIndex {
     }
 
     pub fn writer(&self, memory_budget_bytes: usize) -> Result<ContactWriter, IndexError> {
-        Ok(ContactWriter {
-            writer: self.store.writer(memory_budget_bytes)?,
-            reader: self.store.reader.clone(),
-            fields: self.fields,
-            pending_ops: 0,
-        })
+        Ok(ContactWriter { writing: self.store.writer(memory_budget_bytes)?, fields: self.fields })
     }
 
     pub fn reload(&self) -> Result<(), IndexError> {
-        Ok(self.store.reader.reload()?)
+        self.store.reload()
     }
 
     /// Matching contacts, best first, always within the query's tenant.
     pub fn search(&self, query: &ContactQuery) -> Result<Vec<ContactHit>, IndexError> {
         let fields = self.fields;
-        let user_query: Box<dyn Query> = if query.text.trim().is_empty() {
-            Box::new(AllQuery)
-        } else {
-            let mut parser = QueryParser::for_index(&self.store.index, vec![fields.text]);
-            parser.set_conjunction_by_default();
-            parser.parse_query(&query.text).map_err(|e| IndexError::BadQuery(e.to_string()))?
-        };
+        let user_query = self.store.user_query(fields.text, &query.text)?;
         let mut clauses = vec![(Occur::Must, term_query(fields.tenant, &query.tenant)), (Occur::Must, user_query)];
         for kind in &query.has {
             clauses.push((Occur::Must, term_query(fields.has, kind)));
@@ -165,7 +151,7 @@ impl ContactIndex {
 
     /// Number of indexed contacts (all tenants), for reports.
     pub fn num_docs(&self) -> u64 {
-        self.store.reader.searcher().num_docs()
+        self.store.num_docs()
     }
 }
 
@@ -175,29 +161,27 @@ fn param_term(name: &str, value: &str) -> String {
 
 /// The directory index's one writer.
 pub struct ContactWriter {
-    writer: IndexWriter,
-    reader: IndexReader,
+    writing: Writing,
     fields: Fields,
-    pending_ops: usize,
 }
 
 impl std::fmt::Debug for ContactWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ContactWriter").field("pending_ops", &self.pending_ops).finish()
+        f.debug_struct("ContactWriter").field("pending_ops", &self.writing.pending_ops).finish()
     }
 }
 
 impl ContactWriter {
     pub fn pending_ops(&self) -> usize {
-        self.pending_ops
+        self.writing.pending_ops
     }
 
     /// Replaces the contact's document with its current state.
     pub fn upsert(&mut self, tenant: &str, contact_id: &str, state: &ContactState) -> Result<(), IndexError> {
         let f = self.fields;
-        delete_key(&self.writer, f.key, tenant, contact_id);
+        let key = scoped(tenant, contact_id);
         let mut doc = TantivyDocument::default();
-        doc.add_text(f.key, scoped(tenant, contact_id));
+        doc.add_text(f.key, &key);
         doc.add_text(f.tenant, tenant);
         doc.add_text(f.text, searchable_text(state));
         for kind in identifier_kinds(state) {
@@ -208,9 +192,7 @@ impl ContactWriter {
         }
         doc.add_text(f.contact_id, contact_id);
         doc.add_text(f.state, serde_json::to_string(state).expect("contact states serialize"));
-        self.writer.add_document(doc)?;
-        self.pending_ops += 1;
-        Ok(())
+        self.writing.replace(f.key, &key, doc)
     }
 
     /// Contact changes carry the contact's state after the change (CONTRACT 5),
@@ -219,14 +201,11 @@ impl ContactWriter {
         let tenant = &change.tenant_id;
         match change.kind {
             ChangeKind::ContactDeleted => {
-                delete_key(&self.writer, self.fields.key, tenant, &change.contact_id);
-                self.pending_ops += 1;
+                self.writing.delete(self.fields.key, tenant, &change.contact_id);
                 return Ok(());
             }
             ChangeKind::ContactMerged => {
-                let merged = change.data.merged_contact_id.as_deref().unwrap_or_default();
-                delete_key(&self.writer, self.fields.key, tenant, merged);
-                self.pending_ops += 1;
+                self.writing.delete(self.fields.key, tenant, change.data.merged_contact_id.as_deref().unwrap_or_default())
             }
             _ => {}
         }
@@ -237,13 +216,10 @@ impl ContactWriter {
     }
 
     pub fn commit(&mut self, checkpoint: &Checkpoint) -> Result<(), IndexError> {
-        commit(&mut self.writer, &self.reader, checkpoint)?;
-        self.pending_ops = 0;
-        Ok(())
+        self.writing.commit(checkpoint)
     }
 
     pub fn clear(&mut self) -> Result<(), IndexError> {
-        self.writer.delete_all_documents()?;
-        Ok(())
+        self.writing.clear()
     }
 }

@@ -11,8 +11,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tantivy::indexer::LogMergePolicy;
-use tantivy::schema::Schema;
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term};
+use tantivy::query::{AllQuery, Query, QueryParser, TermQuery};
+use tantivy::schema::{Field, IndexRecordOption, Schema};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 use crate::model::Change;
 
@@ -98,7 +99,7 @@ impl Store {
         Ok(metas.payload.and_then(|p| serde_json::from_str(&p).ok()).unwrap_or_default())
     }
 
-    fn writer(&self, memory_budget_bytes: usize) -> Result<IndexWriter, IndexError> {
+    fn writer(&self, memory_budget_bytes: usize) -> Result<Writing, IndexError> {
         let writer = match self.index.writer_with_num_threads(1, memory_budget_bytes) {
             Err(tantivy::TantivyError::LockFailure(..)) => return Err(IndexError::WriterBusy),
             other => other?,
@@ -106,23 +107,72 @@ impl Store {
         let mut policy = LogMergePolicy::default();
         policy.set_del_docs_ratio_before_merge(DELETED_RATIO_BEFORE_MERGE);
         writer.set_merge_policy(Box::new(policy));
-        Ok(writer)
+        Ok(Writing { writer, reader: self.reader.clone(), pending_ops: 0 })
+    }
+
+    fn reload(&self) -> Result<(), IndexError> {
+        Ok(self.reader.reload()?)
+    }
+
+    fn num_docs(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    /// The user's words over `field` (all must match), or every document when
+    /// there are none; the caller scopes it to a tenant.
+    fn user_query(&self, field: Field, text: &str) -> Result<Box<dyn Query>, IndexError> {
+        if text.trim().is_empty() {
+            return Ok(Box::new(AllQuery));
+        }
+        let mut parser = QueryParser::for_index(&self.index, vec![field]);
+        parser.set_conjunction_by_default();
+        parser.parse_query(text).map_err(|e| IndexError::BadQuery(e.to_string()))
     }
 }
 
-/// Makes a writer's operations durable together with `checkpoint`, then shows
-/// them to searches.
-fn commit(writer: &mut IndexWriter, reader: &IndexReader, checkpoint: &Checkpoint) -> Result<(), IndexError> {
-    let payload = serde_json::to_string(checkpoint).expect("checkpoints serialize");
-    let mut prepared = writer.prepare_commit()?;
-    prepared.set_payload(&payload);
-    prepared.commit()?;
-    reader.reload()?;
-    Ok(())
+fn term_query(field: Field, value: &str) -> Box<dyn Query> {
+    Box::new(TermQuery::new(Term::from_field_text(field, value), IndexRecordOption::Basic))
 }
 
-fn delete_key(writer: &IndexWriter, field: tantivy::schema::Field, tenant: &str, id: &str) {
-    writer.delete_term(Term::from_field_text(field, &scoped(tenant, id)));
+/// An index's one writer, counting the operations since its last commit.
+struct Writing {
+    writer: IndexWriter,
+    /// Reloaded after each commit, so searches see it at once.
+    reader: IndexReader,
+    pending_ops: usize,
+}
+
+impl Writing {
+    /// Adds `doc` in place of any document whose `key_field` holds `key`.
+    fn replace(&mut self, key_field: Field, key: &str, doc: TantivyDocument) -> Result<(), IndexError> {
+        self.writer.delete_term(Term::from_field_text(key_field, key));
+        self.writer.add_document(doc)?;
+        self.pending_ops += 1;
+        Ok(())
+    }
+
+    /// Deletes every document whose `field` holds `tenant`'s `id`.
+    fn delete(&mut self, field: Field, tenant: &str, id: &str) {
+        self.writer.delete_term(Term::from_field_text(field, &scoped(tenant, id)));
+        self.pending_ops += 1;
+    }
+
+    /// Makes the operations durable together with `checkpoint`, then shows them
+    /// to searches.
+    fn commit(&mut self, checkpoint: &Checkpoint) -> Result<(), IndexError> {
+        let payload = serde_json::to_string(checkpoint).expect("checkpoints serialize");
+        let mut prepared = self.writer.prepare_commit()?;
+        prepared.set_payload(&payload);
+        prepared.commit()?;
+        self.reader.reload()?;
+        self.pending_ops = 0;
+        Ok(())
+    }
+
+    fn clear(&mut self) -> Result<(), IndexError> {
+        self.writer.delete_all_documents()?;
+        Ok(())
+    }
 }
 
 /// Both indexes of a data directory: `DIR/timeline` and `DIR/contacts`.
@@ -174,9 +224,10 @@ impl IndexWriters {
         self.timeline.pending_ops() + self.contacts.pending_ops()
     }
 
-    /// Applies one change. `before` is the position just before it: a merge
-    /// commits the timeline there to read the documents it moves.
-    pub fn apply(&mut self, change: &Change, before: &Checkpoint) -> Result<(), IndexError> {
+    /// Applies one change. `before` gives the position just before it, which
+    /// only a merge needs: it commits the timeline there to read the documents
+    /// it moves.
+    pub fn apply(&mut self, change: &Change, before: &dyn Fn() -> Checkpoint) -> Result<(), IndexError> {
         self.timeline.apply(change, before)?;
         self.contacts.apply(change)
     }

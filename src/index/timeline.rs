@@ -6,12 +6,12 @@ use std::path::Path;
 
 use serde::Serialize;
 use tantivy::collector::{Count, TopDocs};
-use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::query::{BooleanQuery, Occur, RangeQuery, TermQuery};
 use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TEXT, Value};
 use tantivy::snippet::SnippetGenerator;
-use tantivy::{DocAddress, IndexReader, IndexWriter, Order, Searcher, TantivyDocument, Term};
+use tantivy::{DocAddress, Order, TantivyDocument, Term};
 
-use super::{Checkpoint, IndexError, Store, commit, delete_key, scoped};
+use super::{Checkpoint, IndexError, Store, Writing, scoped, term_query};
 use crate::event::Channel;
 use crate::model::{Change, ChangeKind, EntryKind, TimelineEntry, Timestamp};
 
@@ -110,10 +110,6 @@ impl std::fmt::Debug for TimelineIndex {
     }
 }
 
-fn term_query(field: Field, value: &str) -> Box<dyn Query> {
-    Box::new(TermQuery::new(Term::from_field_text(field, value), IndexRecordOption::Basic))
-}
-
 impl TimelineIndex {
     pub fn open_or_create(dir: &Path) -> Result<Self, IndexError> {
         let (schema, fields) = schema();
@@ -125,28 +121,17 @@ impl TimelineIndex {
     }
 
     pub fn writer(&self, memory_budget_bytes: usize) -> Result<TimelineWriter, IndexError> {
-        Ok(TimelineWriter {
-            writer: self.store.writer(memory_budget_bytes)?,
-            reader: self.store.reader.clone(),
-            fields: self.fields,
-            pending_ops: 0,
-        })
+        Ok(TimelineWriter { writing: self.store.writer(memory_budget_bytes)?, fields: self.fields })
     }
 
     pub fn reload(&self) -> Result<(), IndexError> {
-        Ok(self.store.reader.reload()?)
+        self.store.reload()
     }
 
     /// Matching entries, always within the query's tenant whatever its text says.
     pub fn search(&self, query: &TimelineQuery) -> Result<Vec<Hit>, IndexError> {
         let fields = self.fields;
-        let user_query: Box<dyn Query> = if query.text.trim().is_empty() {
-            Box::new(AllQuery)
-        } else {
-            let mut parser = QueryParser::for_index(&self.store.index, vec![fields.text]);
-            parser.set_conjunction_by_default();
-            parser.parse_query(&query.text).map_err(|e| IndexError::BadQuery(e.to_string()))?
-        };
+        let user_query = self.store.user_query(fields.text, &query.text)?;
         let mut clauses = vec![(Occur::Must, term_query(fields.tenant, &query.tenant)), (Occur::Must, user_query.box_clone())];
         if let Some(contact_id) = &query.contact_id {
             clauses.push((Occur::Must, term_query(fields.contact, &scoped(&query.tenant, contact_id))));
@@ -199,7 +184,7 @@ impl TimelineIndex {
 
     /// Number of searchable entries (all tenants), for reports.
     pub fn num_docs(&self) -> u64 {
-        self.store.reader.searcher().num_docs()
+        self.store.num_docs()
     }
 
     /// Entries indexed under one contact, for checks and reports.
@@ -223,21 +208,19 @@ fn stored_entry(doc: &TantivyDocument, fields: Fields) -> Result<(String, Timeli
 
 /// The timeline index's one writer.
 pub struct TimelineWriter {
-    writer: IndexWriter,
-    reader: IndexReader,
+    writing: Writing,
     fields: Fields,
-    pending_ops: usize,
 }
 
 impl std::fmt::Debug for TimelineWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TimelineWriter").field("pending_ops", &self.pending_ops).finish()
+        f.debug_struct("TimelineWriter").field("pending_ops", &self.writing.pending_ops).finish()
     }
 }
 
 impl TimelineWriter {
     pub fn pending_ops(&self) -> usize {
-        self.pending_ops
+        self.writing.pending_ops
     }
 
     /// Adds or replaces an entry: a redelivered change, or a replay after a
@@ -245,7 +228,6 @@ impl TimelineWriter {
     pub fn upsert(&mut self, tenant: &str, contact_id: &str, entry: &TimelineEntry) -> Result<(), IndexError> {
         let f = self.fields;
         let key = scoped(tenant, &entry.entry_id);
-        self.writer.delete_term(Term::from_field_text(f.key, &key));
         let mut doc = TantivyDocument::default();
         doc.add_text(f.key, &key);
         doc.add_text(f.tenant, tenant);
@@ -258,13 +240,11 @@ impl TimelineWriter {
         doc.add_text(f.text, searchable_text(entry));
         doc.add_text(f.entry, serde_json::to_string(entry).expect("entries serialize"));
         doc.add_text(f.contact_id, contact_id);
-        self.writer.add_document(doc)?;
-        self.pending_ops += 1;
-        Ok(())
+        self.writing.replace(f.key, &key, doc)
     }
 
     /// Applies one change event; changes that do not touch history are ignored.
-    pub fn apply(&mut self, change: &Change, before: &Checkpoint) -> Result<(), IndexError> {
+    pub fn apply(&mut self, change: &Change, before: &dyn Fn() -> Checkpoint) -> Result<(), IndexError> {
         let tenant = &change.tenant_id;
         let data = &change.data;
         match change.kind {
@@ -273,18 +253,13 @@ impl TimelineWriter {
                     data.entry.as_ref().ok_or_else(|| IndexError::BadChange(format!("{} has no entry", change.change_id)))?;
                 self.upsert(tenant, &change.contact_id, entry)?;
             }
-            ChangeKind::ContactDeleted => {
-                delete_key(&self.writer, self.fields.contact, tenant, &change.contact_id);
-                self.pending_ops += 1;
-            }
+            ChangeKind::ContactDeleted => self.writing.delete(self.fields.contact, tenant, &change.contact_id),
             ChangeKind::SessionUnlinked => {
-                let session = data.session_id.as_deref().unwrap_or_default();
-                delete_key(&self.writer, self.fields.session, tenant, session);
-                self.pending_ops += 1;
+                self.writing.delete(self.fields.session, tenant, data.session_id.as_deref().unwrap_or_default())
             }
             ChangeKind::ContactMerged => {
                 let merged = data.merged_contact_id.as_deref().unwrap_or_default();
-                self.move_contact(tenant, merged, &change.contact_id, before)?;
+                self.move_contact(tenant, merged, &change.contact_id, &before())?;
             }
             _ => {}
         }
@@ -295,7 +270,7 @@ impl TimelineWriter {
     /// the stored documents, so everything before the merge is committed first.
     fn move_contact(&mut self, tenant: &str, from: &str, into: &str, before: &Checkpoint) -> Result<(), IndexError> {
         self.commit(before)?;
-        let searcher: Searcher = self.reader.searcher();
+        let searcher = self.writing.reader.searcher();
         let from_term = Term::from_field_text(self.fields.contact, &scoped(tenant, from));
         let query = TermQuery::new(from_term.clone(), IndexRecordOption::Basic);
         let count = searcher.search(&query, &Count)?;
@@ -307,7 +282,7 @@ impl TimelineWriter {
         for (_, address) in addresses {
             entries.push(stored_entry(&searcher.doc(address)?, self.fields)?.1);
         }
-        self.writer.delete_term(from_term);
+        self.writing.writer.delete_term(from_term);
         for entry in &entries {
             self.upsert(tenant, into, entry)?;
         }
@@ -315,13 +290,10 @@ impl TimelineWriter {
     }
 
     pub fn commit(&mut self, checkpoint: &Checkpoint) -> Result<(), IndexError> {
-        commit(&mut self.writer, &self.reader, checkpoint)?;
-        self.pending_ops = 0;
-        Ok(())
+        self.writing.commit(checkpoint)
     }
 
     pub fn clear(&mut self) -> Result<(), IndexError> {
-        self.writer.delete_all_documents()?;
-        Ok(())
+        self.writing.clear()
     }
 }

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -24,17 +23,10 @@ pub enum PublishError {
 /// A producer configured for at-least-once delivery without reordering or
 /// duplicates from its own retries.
 pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", kafka.delivery_timeout_ms.to_string());
-    for (key, value) in &kafka.properties {
-        config.set(key, value);
-    }
-    config.create()
+    let timeout = kafka.delivery_timeout_ms.to_string();
+    kafka
+        .client_config(&[("enable.idempotence", "true"), ("acks", "all"), ("linger.ms", "5"), ("message.timeout.ms", &timeout)])
+        .create()
 }
 
 /// Queues every record, waiting for room when the producer's queue is full,

@@ -8,22 +8,25 @@ use rdkafka::statistics::Statistics;
 use super::{Origin, RawRecord};
 use crate::config::{KafkaConfig, WorkerConfig};
 
-/// Offsets are committed by the worker only, after an event's effects are
-/// durable; a new group starts from the earliest offset so nothing is skipped.
-pub fn consumer_config(kafka: &KafkaConfig, worker: &WorkerConfig) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", &kafka.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("statistics.interval.ms", worker.statistics_interval_ms.to_string());
-    for (key, value) in &kafka.properties {
-        config.set(key, value);
-    }
-    config
+/// A consumer in `group_id` whose offsets move only when its owner commits
+/// them, after the effects are durable; a new group starts from the earliest
+/// offset so nothing is skipped. `settings` add to that.
+pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, settings: &[(&str, &str)]) -> ClientConfig {
+    let mut all = vec![
+        ("group.id", group_id),
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("auto.offset.reset", "earliest"),
+    ];
+    all.extend_from_slice(settings);
+    kafka.client_config(&all)
+}
+
+/// The worker's consumer: cooperative rebalancing, and statistics for lag.
+pub fn worker_consumer_config(kafka: &KafkaConfig, worker: &WorkerConfig) -> ClientConfig {
+    let interval = worker.statistics_interval_ms.to_string();
+    let settings = [("partition.assignment.strategy", "cooperative-sticky"), ("statistics.interval.ms", interval.as_str())];
+    consumer_config(kafka, &kafka.group_id, &settings)
 }
 
 pub fn record_of(message: &BorrowedMessage<'_>) -> RawRecord {

@@ -278,8 +278,8 @@ where
         handles.push(std::thread::Builder::new().name(format!("contactd-lane-{number}")).spawn(move || lane.run())?);
     }
 
-    let consumer: BaseConsumer<WorkerContext> =
-        kafka::consumer_config(&config.kafka, worker).create_with_context(WorkerContext { shared: Arc::clone(&shared) })?;
+    let consumer: BaseConsumer<WorkerContext> = kafka::worker_consumer_config(&config.kafka, worker)
+        .create_with_context(WorkerContext { shared: Arc::clone(&shared) })?;
     let topics: Vec<&str> = config.kafka.events_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     info!(topics = ?topics, group = %config.kafka.group_id, lanes = worker.lanes, "worker started");

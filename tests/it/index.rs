@@ -76,7 +76,7 @@ fn a_run_that_dies_before_committing_is_replayed_exactly() {
         let mut writer = index.writer(50 << 20).unwrap();
         for unit in directory.store.read_after(0, usize::MAX).unwrap() {
             for change in &unit.changes {
-                writer.apply(change, &Checkpoint { applied_through: unit.seq - 1, ..Checkpoint::default() }).unwrap();
+                writer.apply(change, &|| Checkpoint { applied_through: unit.seq - 1, ..Checkpoint::default() }).unwrap();
             }
         }
     }
