@@ -34,6 +34,16 @@ impl std::fmt::Debug for WorkerMetrics {
     }
 }
 
+fn register_all<const N: usize>(registry: &Registry, collectors: [Box<dyn prometheus::core::Collector>; N]) {
+    for collector in collectors {
+        registry.register(collector).expect("metric names are unique");
+    }
+}
+
+fn render(registry: &Registry) -> String {
+    TextEncoder::new().encode_to_string(&registry.gather()).unwrap_or_default()
+}
+
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 const AGE_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 21_600.0, 86_400.0];
 
@@ -95,15 +105,13 @@ impl WorkerMetrics {
             Box::new(metrics.rebalances.clone()),
             Box::new(metrics.commits.clone()),
         ];
-        for collector in collectors {
-            metrics.registry.register(collector).expect("metric names are unique");
-        }
+        register_all(&metrics.registry, collectors);
         metrics
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
+        render(&self.registry)
     }
 }
 
@@ -180,15 +188,13 @@ impl IndexerMetrics {
             Box::new(metrics.requests.clone()),
             Box::new(metrics.request_seconds.clone()),
         ];
-        for collector in collectors {
-            metrics.registry.register(collector).expect("metric names are unique");
-        }
+        register_all(&metrics.registry, collectors);
         metrics
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
+        render(&self.registry)
     }
 }
 

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::event::Channel;
+use crate::index::contacts::IDENTIFIER_KINDS;
 use crate::index::{ContactQuery, IndexError, SearchIndex, SortOrder, TimelineQuery};
 use crate::metrics::IndexerMetrics;
 use crate::model::Timestamp;
@@ -130,13 +131,40 @@ fn authorize(state: &SearchState, headers: &HeaderMap, tenant: &str) -> Result<(
     }
 }
 
-fn observe(state: &SearchState, route: &str, started: Instant, result: &Result<Response, ApiError>) {
-    let status = match result {
+/// Runs a handler's body, counting the request by status and its latency under `route`.
+async fn counted(
+    state: &SearchState,
+    route: &str,
+    handle: impl Future<Output = Result<Response, ApiError>>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let result = handle.await;
+    let status = match &result {
         Ok(response) => response.status(),
         Err(error) => error.status,
     };
     state.metrics.requests.with_label_values(&[route, status.as_str()]).inc();
     state.metrics.request_seconds.with_label_values(&[route]).observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// Runs a search on a blocking thread: tantivy blocks.
+async fn in_index<T: Send + 'static>(
+    state: &SearchState,
+    search: impl FnOnce(&SearchIndex) -> Result<T, IndexError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let index = Arc::clone(&state.index);
+    Ok(tokio::task::spawn_blocking(move || search(&index)).await.map_err(join_error)??)
+}
+
+/// Runs a store read on a blocking thread, one read at a time.
+async fn in_store<T: Send + 'static>(
+    state: &SearchState,
+    read: impl FnOnce(&dyn DirectoryView) -> Result<T, ViewError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = Arc::clone(&state.store);
+    let read = move || read(store.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref());
+    Ok(tokio::task::spawn_blocking(read).await.map_err(join_error)??)
 }
 
 fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
@@ -191,8 +219,7 @@ async fn search_timeline(
     headers: HeaderMap,
     params: Result<Query<TimelineSearchParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let result = async {
+    counted(&state, "search", async {
         authorize(&state, &headers, &tenant)?;
         let params = query(params)?;
         let order = match params.order.as_deref() {
@@ -216,14 +243,11 @@ async fn search_timeline(
             limit,
             offset,
         };
-        let index = Arc::clone(&state.index);
-        let hits = tokio::task::spawn_blocking(move || index.timeline.search(&search)).await.map_err(join_error)??;
+        let hits = in_index(&state, move |index| index.timeline.search(&search)).await?;
         let next = next_cursor(offset, limit, hits.len());
         Ok(Json(json!({ "hits": hits, "next_cursor": next })).into_response())
-    }
-    .await;
-    observe(&state, "search", started, &result);
-    result
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,16 +262,13 @@ struct ContactSearchParams {
     cursor: Option<String>,
 }
 
-const IDENTIFIER_KINDS: [&str; 7] = ["email", "phone", "facebook", "whatsapp", "apple", "vk", "browser"];
-
 async fn search_contacts(
     State(state): State<SearchState>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
     params: Result<Query<ContactSearchParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let result = async {
+    counted(&state, "contacts_search", async {
         authorize(&state, &headers, &tenant)?;
         let params = query(params)?;
         let has: Vec<String> =
@@ -264,14 +285,11 @@ async fn search_contacts(
         };
         let (limit, offset) = (page_limit(params.limit)?, offset_of(params.cursor.as_deref())?);
         let search = ContactQuery { tenant, text: params.q.unwrap_or_default(), has, params: params_filter, limit, offset };
-        let index = Arc::clone(&state.index);
-        let contacts = tokio::task::spawn_blocking(move || index.contacts.search(&search)).await.map_err(join_error)??;
+        let contacts = in_index(&state, move |index| index.contacts.search(&search)).await?;
         let next = next_cursor(offset, limit, contacts.len());
         Ok(Json(json!({ "contacts": contacts, "next_cursor": next })).into_response())
-    }
-    .await;
-    observe(&state, "contacts_search", started, &result);
-    result
+    })
+    .await
 }
 
 /// The contact view takes no parameters; a misspelt one is refused, not ignored.
@@ -285,22 +303,13 @@ async fn contact(
     headers: HeaderMap,
     params: Result<Query<NoParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let result = async {
+    counted(&state, "contact", async {
         authorize(&state, &headers, &tenant)?;
         query(params)?;
-        let store = Arc::clone(&state.store);
-        let view = tokio::task::spawn_blocking(move || {
-            let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            view::contact_view(store.as_ref(), &tenant, &contact_id)
-        })
-        .await
-        .map_err(join_error)??;
+        let view = in_store(&state, move |store| view::contact_view(store, &tenant, &contact_id)).await?;
         Ok(Json(view).into_response())
-    }
-    .await;
-    observe(&state, "contact", started, &result);
-    result
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -316,23 +325,16 @@ async fn timeline(
     headers: HeaderMap,
     params: Result<Query<TimelineParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let result = async {
+    counted(&state, "timeline", async {
         authorize(&state, &headers, &tenant)?;
         let params = query(params)?;
         let limit = page_limit(params.limit)?;
-        let store = Arc::clone(&state.store);
-        let page = tokio::task::spawn_blocking(move || {
-            let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            view::timeline_page(store.as_ref(), &tenant, &contact_id, params.cursor.as_deref(), limit)
-        })
-        .await
-        .map_err(join_error)??;
+        let page =
+            in_store(&state, move |store| view::timeline_page(store, &tenant, &contact_id, params.cursor.as_deref(), limit))
+                .await?;
         Ok(Json(page).into_response())
-    }
-    .await;
-    observe(&state, "timeline", started, &result);
-    result
+    })
+    .await
 }
 
 fn join_error(error: tokio::task::JoinError) -> ApiError {
