@@ -2,27 +2,17 @@
 //! opens, what it never opens whatever the query, and the errors clients see.
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 
-use crate::harness::Service;
-
-const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/events.jsonl");
+use crate::harness::{EXAMPLES, Service, contactd, export};
 
 /// The examples ingested (tenants acme and globex; Jana's e-mail is known to
 /// both), served with one token per tenant.
 fn served() -> (tempfile::TempDir, Service) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let ingest = Command::new(env!("CARGO_BIN_EXE_contactd"))
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["ingest", "--quiet", EXAMPLES])
-        .env_remove("CONTACTD_CONFIG")
-        .output()
-        .unwrap();
-    assert!(ingest.status.success());
+    assert!(contactd(&data, &["ingest", "--quiet", EXAMPLES]).status.success());
     let config = dir.path().join("contactd.toml");
     std::fs::write(&config, "[api.tokens]\nacme = [\"acme-token\"]\nglobex = [\"globex-token\", \"globex-rotated\"]\n").unwrap();
     let service = Service::start(&data, &config, "serve");
@@ -39,14 +29,7 @@ fn contact_ids(hits: &Value, list: &str) -> Vec<String> {
 }
 
 fn contacts_of(data: &Path, tenant: &str) -> Vec<String> {
-    let output = Command::new(env!("CARGO_BIN_EXE_contactd")).arg("--data-dir").arg(data).arg("export").output().unwrap();
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|c| c["tenant_id"] == tenant)
-        .map(|c| c["contact_id"].as_str().unwrap().to_owned())
-        .collect()
+    export(data).iter().filter(|c| c["tenant_id"] == tenant).map(|c| c["contact_id"].as_str().unwrap().to_owned()).collect()
 }
 
 #[test]

@@ -1,20 +1,11 @@
 //! The `contactd` binary as a newcomer uses it: ingest the examples, export,
 //! search, look a contact up.
 
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-fn contactd(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_contactd"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("CONTACTD_CONFIG")
-        .output()
-        .expect("contactd runs")
-}
+use crate::harness::{EXAMPLES, contactd};
 
 fn stdout_ok(output: Output) -> String {
     assert!(output.status.success(), "failed: {}", String::from_utf8_lossy(&output.stderr));
@@ -24,8 +15,6 @@ fn stdout_ok(output: Output) -> String {
 fn json_lines(text: &str) -> Vec<Value> {
     text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect()
 }
-
-const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/events.jsonl");
 
 fn ingested() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

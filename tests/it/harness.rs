@@ -304,3 +304,23 @@ impl Drop for Service {
         }
     }
 }
+
+/// The snapshot `contactd export` prints for `data_dir`.
+pub fn export(data_dir: &Path) -> Vec<Value> {
+    let output = contactd(data_dir, &["export"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+}
+
+/// Runs the `contactd` binary on `data_dir` with no configuration file.
+pub fn contactd(data_dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_contactd"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("CONTACTD_CONFIG")
+        .output()
+        .expect("contactd runs")
+}
+
+pub const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/events.jsonl");

@@ -27,10 +27,10 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 
 use crate::harness::{
-    Conversation, PATIENCE, Service, assert_one_owner_per_identifier, canonical, conversation_events, eventually, free_port,
+    Conversation, EXAMPLES, PATIENCE, Service, assert_one_owner_per_identifier, canonical, contactd, conversation_events,
+    eventually, export, free_port,
 };
 
-const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/events.jsonl");
 const EVENTS: &str = "contact-events";
 const CHANGES: &str = "directory-changes";
 const DEAD_LETTERS: &str = "contact-events-dlq";
@@ -307,30 +307,11 @@ fn write_config(dir: &Path, name: &str, cluster: &Cluster, extra: &str) -> PathB
     path
 }
 
-fn export(data_dir: &Path) -> Vec<Value> {
-    let output = Command::new(env!("CARGO_BIN_EXE_contactd"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("export")
-        .env_remove("CONTACTD_CONFIG")
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect()
-}
-
 /// The examples through `contactd ingest`: the directory and the changes the
 /// worker must reproduce.
 fn ingested_examples() -> (tempfile::TempDir, Vec<Change>) {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_contactd"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["ingest", "--quiet", EXAMPLES])
-        .env_remove("CONTACTD_CONFIG")
-        .output()
-        .unwrap();
-    assert!(output.status.success());
+    assert!(contactd(dir.path(), &["ingest", "--quiet", EXAMPLES]).status.success());
     let store = SqliteStore::open(&dir.path().join("directory.sqlite3"), &SqliteOptions::default()).unwrap();
     let changes = store.read_after(0, usize::MAX).unwrap().into_iter().flat_map(|unit| unit.changes).collect();
     (dir, changes)
