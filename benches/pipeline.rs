@@ -6,13 +6,13 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use contactd::corpus::{GenOptions, Generator};
 use contactd::event;
 use contactd::identity;
 use contactd::model::TenantConfig;
 use contactd::pipeline;
-use contactd::source::{Origin, RawRecord};
 use contactd::store::sqlite::{SqliteOptions, SqliteStore};
+
+mod common;
 
 /// The same allocator as the `contactd` binary, so stages compare with ingest.
 #[global_allocator]
@@ -23,10 +23,8 @@ fn rate(events: usize, started: Instant) -> f64 {
 }
 
 fn main() {
-    let events: u64 = std::env::var("CONTACTD_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
-    let mut corpus = Vec::new();
-    Generator::new(GenOptions { events, ..GenOptions::default() }).write(&mut corpus).expect("corpus");
-    let lines: Vec<&[u8]> = corpus.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    let corpus = common::corpus(common::corpus_size(200_000));
+    let lines = common::lines(&corpus);
     let n = lines.len();
 
     let started = Instant::now();
@@ -45,14 +43,7 @@ fn main() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let mut store = SqliteStore::open(&dir.path().join("bench.sqlite3"), &SqliteOptions::default()).expect("store");
-    let records: Vec<RawRecord> = lines
-        .iter()
-        .enumerate()
-        .map(|(i, l)| RawRecord {
-            payload: l.to_vec(),
-            origin: Origin { source: "bench".into(), partition: None, position: i as u64 },
-        })
-        .collect();
+    let records = common::records(&lines);
     let started = Instant::now();
     for batch in records.chunks(5_000) {
         pipeline::process_batch(&mut store, batch).expect("batch");

@@ -8,76 +8,31 @@
 //! runs with its configuration (defaults, or `CONTACTD__WORKER__*` variables) on
 //! a fresh SQLite store, except that it never pauses fetching.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use contactd::api::Health;
 use contactd::config::{Config, FlagOverrides};
-use contactd::corpus::{GenOptions, Generator};
 use contactd::metrics::WorkerMetrics;
 use contactd::store::sqlite::SqliteStore;
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+
+mod common;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PARTITIONS: i32 = 4;
 
-/// A broker started for the run, stopped when dropped.
-struct Tansu(Child);
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_tansu() -> (Tansu, String) {
-    let port = TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let installed = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo/bin/tansu"));
-    let program = installed.filter(|path| path.exists()).unwrap_or_else(|| "tansu".into());
-    let child = Command::new(program)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tansu starts (cargo install tansu --locked --version 0.6.0 --features dynostore)");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "tansu did not start listening");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (Tansu(child), format!("127.0.0.1:{port}"))
-}
-
-fn client(brokers: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", brokers);
-    config
-}
-
 fn prepare(brokers: &str, lines: &[&[u8]]) {
-    let admin: AdminClient<DefaultClientContext> = client(brokers).create().expect("admin client");
-    let topics = [
-        NewTopic::new("contact-events", PARTITIONS, TopicReplication::Fixed(1)),
-        NewTopic::new("directory-changes", PARTITIONS, TopicReplication::Fixed(1)),
-        NewTopic::new("contact-events-dlq", 1, TopicReplication::Fixed(1)),
-    ];
-    for result in futures::executor::block_on(admin.create_topics(&topics, &AdminOptions::new())).expect("topics") {
-        result.expect("topic created");
-    }
-    let producer: FutureProducer = client(brokers).set("linger.ms", "20").create().expect("producer");
+    common::create_topics(
+        brokers,
+        &[("contact-events", PARTITIONS), ("directory-changes", PARTITIONS), ("contact-events-dlq", 1)],
+    );
+    let producer: FutureProducer = common::client(brokers).set("linger.ms", "20").create().expect("producer");
     // Keyed as the connectors key them: tenant/session, or tenant/contact.
     let keys: Vec<Option<String>> = lines
         .iter()
@@ -99,7 +54,7 @@ fn prepare(brokers: &str, lines: &[&[u8]]) {
 
 /// Events per second of a consumer that only decodes, first event to last.
 fn baseline(brokers: &str, total: usize) -> f64 {
-    let consumer: BaseConsumer = client(brokers)
+    let consumer: BaseConsumer = common::client(brokers)
         .set("group.id", "bench-baseline")
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -160,17 +115,9 @@ fn worker(brokers: &str, total: usize, mut config: Config) -> f64 {
 }
 
 fn main() {
-    let events: u64 = std::env::var("CONTACTD_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
-    let mut corpus = Vec::new();
-    Generator::new(GenOptions { events, ..GenOptions::default() }).write(&mut corpus).expect("corpus");
-    let lines: Vec<&[u8]> = corpus.split(|b| *b == b'\n').filter(|line| !line.is_empty()).collect();
-    let (_tansu, brokers) = match std::env::var("KAFKA_BROKERS") {
-        Ok(brokers) => (None, brokers),
-        Err(_) => {
-            let (tansu, brokers) = start_tansu();
-            (Some(tansu), brokers)
-        }
-    };
+    let corpus = common::corpus(common::corpus_size(100_000));
+    let lines = common::lines(&corpus);
+    let (_tansu, brokers) = common::brokers();
     prepare(&brokers, &lines);
     let n = lines.len();
     let bare = baseline(&brokers, n);
