@@ -22,6 +22,9 @@ use crate::source::kafka::consumer_config;
 /// How often the topic's partition count is checked, so partitions added while
 /// running are indexed too.
 const METADATA_REFRESH: Duration = Duration::from_secs(30);
+/// Freshness is the indexer's promise: a broker that has no new data answers a
+/// fetch only after this wait (librdkafka's default is 500 ms).
+pub const CONSUMER_SETTINGS: &[(&str, &str)] = &[("fetch.wait.max.ms", "100")];
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -110,7 +113,7 @@ pub fn run(
 ) -> Result<(), IndexerError> {
     let mut writer = index.writer(config.index.writer_memory_mb << 20)?;
     let topic = config.kafka.changes_topic.clone();
-    let consumer: BaseConsumer = consumer_config(&config.kafka, &config.indexer.group_id, &[]).create()?;
+    let consumer: BaseConsumer = consumer_config(&config.kafka, &config.indexer.group_id, CONSUMER_SETTINGS).create()?;
     let Some(partitions) = partition_count(&consumer, &topic, health, shutdown) else { return Ok(()) };
     let mut positions = Positions { topic: topic.clone(), partitions, next: index.checkpoint()?.offsets };
     positions.assign(&consumer)?;
