@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicBool;
 
 use contactd::config::Config;
-use contactd::index::{Checkpoint, Hit, SearchIndex, TimelineQuery};
+use contactd::index::{Checkpoint, ContactQuery, Hit, SearchIndex, TimelineQuery};
 use contactd::pipeline::follow_changes;
 use contactd::publish::ChangeLog;
 use contactd::store::sqlite::{SqliteOptions, SqliteStore};
@@ -85,4 +85,23 @@ fn a_run_that_dies_before_committing_is_replayed_exactly() {
     follow(&directory, &index);
     assert_eq!(index.timeline.num_docs(), entries_in_store(&directory), "no missing and no duplicate documents");
     assert_eq!(refunds(&index).len(), 2);
+}
+
+#[test]
+fn an_erased_contact_leaves_neither_index() {
+    let mut directory = Directory::new();
+    conversation(&mut directory);
+    let index = SearchIndex::open_or_create(&directory.path().join("index")).unwrap();
+    follow(&directory, &index);
+    let x = directory.contact_with_email("x@example.cz").contact_id;
+    assert!(index.timeline.contact_docs("acme", &x).unwrap() > 0);
+    let contacts_before = index.contacts.num_docs();
+    let query = ContactQuery { tenant: "acme".into(), text: "x@example.cz".into(), limit: 10, ..ContactQuery::default() };
+    assert_eq!(index.contacts.search(&query).unwrap().len(), 1, "the directory finds x by e-mail");
+    directory.feed(&[with(crate::harness::event("del", "contact.deleted", 30, None), "contact_id", json!(x))]);
+    follow(&directory, &index);
+    assert_eq!(index.timeline.contact_docs("acme", &x).unwrap(), 0, "the timeline documents are gone");
+    assert_eq!(index.contacts.num_docs(), contacts_before - 1, "the directory document is gone");
+    assert!(index.contacts.search(&query).unwrap().is_empty());
+    assert!(refunds(&index).is_empty());
 }
