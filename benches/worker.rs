@@ -89,7 +89,10 @@ fn worker(brokers: &str, total: usize, mut config: Config) -> f64 {
     let running = {
         let (config, metrics, shutdown) = (config.clone(), metrics.clone(), Arc::clone(&shutdown));
         std::thread::spawn(move || {
-            let (path, options) = (config.store_path(), config.sqlite_options());
+            let Ok(contactd::config::StoreLocation::Sqlite(path)) = config.store_location() else {
+                panic!("the worker bench runs on the embedded store")
+            };
+            let options = config.sqlite_options();
             let health = Arc::new(Health::new(Duration::from_secs(600)));
             contactd::worker::run(&config, || SqliteStore::open(&path, &options), metrics, health, &shutdown)
         })

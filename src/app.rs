@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::api::{self, Health};
 use crate::cli::{Command, ContactArgs, ExportArgs, GenArgs, IngestArgs, ProduceArgs, SearchArgs};
-use crate::config::Config;
+use crate::config::{Config, StoreLocation};
 use crate::identity::Identifier;
 use crate::index::{SearchIndex, TimelineQuery};
 use crate::metrics::{IndexerMetrics, WorkerMetrics};
@@ -23,8 +23,9 @@ use crate::publish::DeadLetterSink;
 use crate::publish::jsonl::JsonlDeadLetters;
 use crate::source::EventSource;
 use crate::source::file::JsonlSource;
+use crate::store::scylla::{ScyllaBackend, ScyllaOptions, ScyllaStore};
 use crate::store::sqlite::SqliteStore;
-use crate::store::{DirectoryView, Store, view};
+use crate::store::{Store, view};
 
 pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
     match command {
@@ -40,6 +41,7 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
         Command::Indexer(_) => search_server(config, Mode::Indexer),
         Command::Serve(_) => search_server(config, Mode::Embedded),
         Command::Reindex => reindex(config),
+        Command::Migrate => migrate(config),
         Command::Produce(args) => produce(&args, config),
         Command::Gen(args) => generate(&args),
         Command::Config => {
@@ -106,10 +108,47 @@ fn peak_memory_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-fn open_store(config: &Config) -> anyhow::Result<SqliteStore> {
+/// The embedded store, for the commands that only run on it.
+fn open_sqlite(config: &Config) -> anyhow::Result<(SqliteStore, PathBuf)> {
+    let path = match config.store_location()? {
+        StoreLocation::Sqlite(path) => path,
+        StoreLocation::Scylla(_) => bail!(
+            "ingest feeds the embedded index from the SQLite store's outbox; with Scylla, publish the file \
+             with `contactd produce` and run `contactd worker` and `contactd indexer`"
+        ),
+    };
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
-    SqliteStore::open(&config.store_path(), &config.sqlite_options())
-        .with_context(|| format!("opening the store {}", config.store_path().display()))
+    let store =
+        SqliteStore::open(&path, &config.sqlite_options()).with_context(|| format!("opening the store {}", path.display()))?;
+    Ok((store, path))
+}
+
+/// The store `store` names, for commands that work on either.
+fn open_store(config: &Config) -> anyhow::Result<Box<dyn Store + Send>> {
+    Ok(match config.store_location()? {
+        StoreLocation::Sqlite(_) => Box::new(open_sqlite(config)?.0),
+        StoreLocation::Scylla(options) => Box::new(ScyllaStore::new(connect_scylla(&options)?)),
+    })
+}
+
+fn connect_scylla(options: &ScyllaOptions) -> anyhow::Result<Arc<ScyllaBackend>> {
+    ScyllaBackend::connect(options)
+        .with_context(|| format!("connecting to Scylla {} keyspace {}", options.nodes.join(","), options.keyspace))
+}
+
+fn migrate(config: &Config) -> anyhow::Result<()> {
+    match config.store_location()? {
+        StoreLocation::Sqlite(_) => {
+            let (_, path) = open_sqlite(config)?;
+            println!("{} is at the current schema (SQLite migrates itself when opened)", path.display());
+        }
+        StoreLocation::Scylla(options) => {
+            let version = crate::store::scylla::migrate(&options)
+                .with_context(|| format!("migrating Scylla {} keyspace {}", options.nodes.join(","), options.keyspace))?;
+            println!("keyspace {} is at schema version {version}", options.keyspace);
+        }
+    }
+    Ok(())
 }
 
 fn progress_bar(total_bytes: Option<u64>, quiet: bool) -> indicatif::ProgressBar {
@@ -138,7 +177,7 @@ pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummar
         (Box::new(BufReader::with_capacity(1 << 20, file)), size, args.file.display().to_string())
     };
     let mut source = JsonlSource::new(reader, name);
-    let mut store = open_store(config)?;
+    let (mut store, store_path) = open_sqlite(config)?;
     let index = SearchIndex::open_or_create(&config.index_path()).context("opening the index")?;
     let mut dead_letters = JsonlDeadLetters::open(&config.dead_letter_path()).context("opening the dead-letter file")?;
     let producer_done = AtomicBool::new(false);
@@ -148,7 +187,7 @@ pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummar
         let follower = std::thread::Builder::new()
             .name("contactd-index".into())
             .spawn_scoped(scope, || -> anyhow::Result<FollowReport> {
-                let mut log = SqliteStore::open(&config.store_path(), &config.sqlite_options())?;
+                let mut log = SqliteStore::open(&store_path, &config.sqlite_options())?;
                 Ok(pipeline::follow_changes(&mut log, &index, &config.follow_options(), &producer_done)?)
             })
             .expect("spawning the indexing thread");
@@ -244,8 +283,8 @@ pub fn contact(args: &ContactArgs, config: &Config) -> anyhow::Result<()> {
         }
         (None, None) => bail!("give a contact id or --identifier"),
     };
-    let mut view = view::contact_view(&store, tenant, &requested)?;
-    let page = view::timeline_page(&store, tenant, &requested, args.cursor.as_deref(), args.limit)?;
+    let mut view = view::contact_view(&*store, tenant, &requested)?;
+    let page = view::timeline_page(&*store, tenant, &requested, args.cursor.as_deref(), args.limit)?;
     let object = view.as_object_mut().expect("a contact view is an object");
     object.insert("timeline".into(), json!(page.entries));
     object.insert("next_cursor".into(), json!(page.next_cursor));
@@ -285,8 +324,16 @@ fn worker(config: &Config) -> anyhow::Result<()> {
         },
     ));
     runtime.spawn(wait_for_signal(Arc::clone(&shutdown)));
-    let (path, options) = (config.store_path(), config.sqlite_options());
-    let exit = crate::worker::run(config, || SqliteStore::open(&path, &options), metrics, health, &shutdown);
+    let exit = match config.store_location()? {
+        StoreLocation::Sqlite(path) => {
+            let options = config.sqlite_options();
+            crate::worker::run(config, || SqliteStore::open(&path, &options), metrics, health, &shutdown)
+        }
+        StoreLocation::Scylla(options) => {
+            let backend = connect_scylla(&options)?;
+            crate::worker::run(config, || Ok(ScyllaStore::new(Arc::clone(&backend))), metrics, health, &shutdown)
+        }
+    };
     let _ = stop_server.send(());
     runtime.shutdown_timeout(Duration::from_secs(2));
     match exit? {
@@ -319,7 +366,7 @@ fn search_server(config: &Config, mode: Mode) -> anyhow::Result<()> {
         tracing::warn!("no api.tokens configured: every search request will be refused");
     }
     let index = Arc::new(SearchIndex::open_or_create(&config.index_path()).context("opening the index")?);
-    let store: api::search::SharedStore = Arc::new(std::sync::Mutex::new(Box::new(open_store(config)?)));
+    let store: api::search::SharedStore = Arc::new(std::sync::Mutex::new(open_store(config)?));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind(listen)).with_context(|| format!("binding {listen}"))?;
     let metrics = IndexerMetrics::new();

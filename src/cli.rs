@@ -15,6 +15,10 @@ pub struct Cli {
     /// Directory with the store, index and dead letters (default ./contactd-data).
     #[arg(long, global = true)]
     pub data_dir: Option<PathBuf>,
+    /// Where the directory is stored: sqlite:PATH or scylla://host1,host2/keyspace
+    /// (default: sqlite: in the data directory).
+    #[arg(long, global = true)]
+    pub store: Option<String>,
     /// Kafka bootstrap servers (default localhost:9092).
     #[arg(long, global = true)]
     pub brokers: Option<String>,
@@ -30,7 +34,13 @@ impl Cli {
             Command::Indexer(args) | Command::Serve(args) => (ListenFlags::default(), listen(args)),
             _ => Default::default(),
         };
-        FlagOverrides { data_dir: self.data_dir.clone(), kafka: KafkaFlags { brokers: self.brokers.clone() }, worker, indexer }
+        FlagOverrides {
+            data_dir: self.data_dir.clone(),
+            store: self.store.clone(),
+            kafka: KafkaFlags { brokers: self.brokers.clone() },
+            worker,
+            indexer,
+        }
     }
 }
 
@@ -59,6 +69,9 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Write a synthetic JSONL corpus for benchmarks.
     Gen(GenArgs),
+    /// Create or upgrade the Scylla keyspace and tables named by `store`;
+    /// idempotent. The SQLite store migrates itself when opened.
+    Migrate,
     /// Print the effective configuration after all layers.
     Config,
 }

@@ -15,9 +15,14 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Directory holding the SQLite store, the index and dead letters. Default `./contactd-data`.
     pub data_dir: PathBuf,
+    /// Where the directory is stored: `sqlite:PATH` (a file; `sqlite:` alone is
+    /// `DATA_DIR/directory.sqlite3`) or `scylla://host1,host2:9042/keyspace`
+    /// with the `[scylla]` options. Default `sqlite:`.
+    pub store: String,
     pub ingest: IngestConfig,
     pub index: IndexConfig,
     pub sqlite: SqliteConfig,
+    pub scylla: ScyllaConfig,
     pub kafka: KafkaConfig,
     pub worker: WorkerConfig,
     pub indexer: IndexerConfig,
@@ -144,6 +149,62 @@ pub struct SqliteConfig {
     pub page_cache_mb: usize,
 }
 
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScyllaConfig {
+    /// Username for password authentication. Default none.
+    pub username: Option<String>,
+    /// Its password; prefer `CONTACTD__SCYLLA__PASSWORD` to a file. Default none.
+    pub password: Option<String>,
+    /// Connect with TLS. Default false.
+    pub tls: bool,
+    /// PEM file of the certificate authorities to trust with TLS; the system's
+    /// when unset. Default none.
+    pub tls_ca_file: Option<String>,
+    /// Client certificate and private key (PEM) for mutual TLS. Default none.
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
+    /// Prefer this datacenter's replicas and use LOCAL_QUORUM / LOCAL_SERIAL;
+    /// unset means QUORUM / SERIAL across the cluster. Default none.
+    pub local_dc: Option<String>,
+    /// Replication of the keyspace `contactd migrate` creates, as CQL. Default
+    /// `{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}`.
+    pub replication: String,
+    /// Client-side timeout of one request, in milliseconds. Default 5000.
+    pub request_timeout_ms: u64,
+    /// Statements one write unit keeps in flight, per lane. Default 64.
+    pub max_concurrency: usize,
+    /// Wait for all nodes to agree on the schema after `migrate` changes it.
+    /// Turn off only for single-node test servers that do not report schema
+    /// versions. Default true.
+    pub await_schema_agreement: bool,
+}
+
+impl Default for ScyllaConfig {
+    fn default() -> Self {
+        Self {
+            username: None,
+            password: None,
+            tls: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            local_dc: None,
+            replication: "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}".into(),
+            request_timeout_ms: 5000,
+            max_concurrency: 64,
+            await_schema_agreement: true,
+        }
+    }
+}
+
+/// Where the directory lives, parsed from `store`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreLocation {
+    Sqlite(PathBuf),
+    Scylla(Box<crate::store::scylla::ScyllaOptions>),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -164,9 +225,11 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("contactd-data"),
+            store: "sqlite:".into(),
             ingest: IngestConfig::default(),
             index: IndexConfig::default(),
             sqlite: SqliteConfig::default(),
+            scylla: ScyllaConfig::default(),
             kafka: KafkaConfig::default(),
             worker: WorkerConfig::default(),
             indexer: IndexerConfig::default(),
@@ -255,6 +318,8 @@ pub enum ConfigError {
 pub struct FlagOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
     #[serde(skip_serializing_if = "KafkaFlags::is_empty")]
     pub kafka: KafkaFlags,
     #[serde(skip_serializing_if = "ListenFlags::is_empty")]
@@ -331,11 +396,56 @@ impl Config {
         if self.kafka.events_topics.is_empty() {
             return Err(ConfigError::Invalid("kafka.events_topics must name at least one topic".into()));
         }
-        Ok(())
+        if self.scylla.max_concurrency == 0 || self.scylla.request_timeout_ms == 0 {
+            return Err(ConfigError::Invalid("scylla.max_concurrency and scylla.request_timeout_ms must be at least 1".into()));
+        }
+        self.store_location().map(drop)
     }
 
-    pub fn store_path(&self) -> PathBuf {
-        self.data_dir.join("directory.sqlite3")
+    pub fn store_location(&self) -> Result<StoreLocation, ConfigError> {
+        if let Some(path) = self.store.strip_prefix("sqlite:") {
+            return Ok(StoreLocation::Sqlite(match path {
+                "" => self.data_dir.join("directory.sqlite3"),
+                path => PathBuf::from(path),
+            }));
+        }
+        let invalid = || {
+            ConfigError::Invalid(format!(
+                "store {:?} is neither sqlite:PATH nor scylla://host1,host2[:port]/keyspace",
+                self.store
+            ))
+        };
+        let rest = self.store.strip_prefix("scylla://").ok_or_else(invalid)?;
+        let (hosts, keyspace) = rest.split_once('/').ok_or_else(invalid)?;
+        let nodes: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|host| match host.contains(':') {
+                true => host.to_owned(),
+                false => format!("{host}:9042"),
+            })
+            .collect();
+        if nodes.is_empty() || keyspace.is_empty() {
+            return Err(invalid());
+        }
+        let scylla = &self.scylla;
+        let tls = scylla.tls.then(|| crate::store::scylla::TlsFiles {
+            ca_file: scylla.tls_ca_file.clone(),
+            cert_file: scylla.tls_cert_file.clone(),
+            key_file: scylla.tls_key_file.clone(),
+        });
+        Ok(StoreLocation::Scylla(Box::new(crate::store::scylla::ScyllaOptions {
+            nodes,
+            keyspace: keyspace.to_owned(),
+            username: scylla.username.clone(),
+            password: scylla.password.clone(),
+            tls,
+            local_dc: scylla.local_dc.clone(),
+            replication: scylla.replication.clone(),
+            request_timeout: Duration::from_millis(scylla.request_timeout_ms),
+            max_concurrency: scylla.max_concurrency,
+            await_schema_agreement: scylla.await_schema_agreement,
+        })))
     }
 
     pub fn index_path(&self) -> PathBuf {
@@ -384,6 +494,24 @@ mod tests {
         assert_eq!((from_file.data_dir.to_str(), from_file.ingest.batch_size), (Some("from-file"), 7));
         let flags = FlagOverrides { data_dir: Some("from-flag".into()), ..FlagOverrides::default() };
         assert_eq!(Config::load(Some(&file), &flags).unwrap().data_dir, PathBuf::from("from-flag"));
+    }
+
+    #[test]
+    fn the_store_is_sqlite_in_the_data_dir_or_a_scylla_url() {
+        let mut config = Config::default();
+        assert_eq!(config.store_location().unwrap(), StoreLocation::Sqlite(PathBuf::from("contactd-data/directory.sqlite3")));
+        config.store = "sqlite:/var/lib/d.sqlite3".into();
+        assert_eq!(config.store_location().unwrap(), StoreLocation::Sqlite(PathBuf::from("/var/lib/d.sqlite3")));
+        config.store = "scylla://a,b:19042/contactd".into();
+        let StoreLocation::Scylla(options) = config.store_location().unwrap() else { panic!("not scylla") };
+        assert_eq!(
+            (options.nodes, options.keyspace.as_str(), options.tls),
+            (vec!["a:9042".into(), "b:19042".into()], "contactd", None)
+        );
+        for bad in ["postgres://x/y", "scylla://a,b", "scylla:///ks", "scylla://a/"] {
+            config.store = bad.into();
+            assert!(config.store_location().is_err(), "{bad}");
+        }
     }
 
     #[test]

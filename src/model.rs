@@ -18,11 +18,11 @@ pub const CHANGE_SCHEMA_V1: &str = "directory-change/v1";
 pub struct Timestamp(i64);
 
 impl Timestamp {
-    pub fn from_micros(micros: i64) -> Self {
+    pub const fn from_micros(micros: i64) -> Self {
         Self(micros)
     }
 
-    pub fn micros(self) -> i64 {
+    pub const fn micros(self) -> i64 {
         self.0
     }
 

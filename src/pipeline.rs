@@ -134,7 +134,7 @@ fn apply_events<S: Store + ChangeSink>(
                 "duplicate"
             }
             Resolution::Skipped(skip, plan) => {
-                store.apply(&event.tenant_id, &plan.mutations)?;
+                store.apply(&event.tenant_id, event.occurred_at, &plan.mutations)?;
                 *outcome.report.skipped.entry(skip.code()).or_default() += 1;
                 debug!(reason = skip.code(), "event skipped");
                 "skipped"
@@ -144,7 +144,7 @@ fn apply_events<S: Store + ChangeSink>(
                 "rejected"
             }
             Resolution::Applied(plan) => {
-                store.apply(&event.tenant_id, &plan.mutations)?;
+                store.apply(&event.tenant_id, event.occurred_at, &plan.mutations)?;
                 store.publish(&plan.changes)?;
                 outcome.report.applied += 1;
                 outcome.report.contacts_created += u64::from(plan.contacts_created);

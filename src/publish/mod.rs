@@ -22,18 +22,24 @@ pub struct ChangeUnit {
     pub changes: Vec<Change>,
 }
 
-/// A durable, ordered log of changes, one entry per write unit, that a consumer
-/// reads by position. Consumers record positions of whole units only.
-pub trait ChangeLog {
-    /// Up to `max_units` units after position `after`, oldest first.
-    fn read_after(&self, after: u64, max_units: usize) -> StoreResult<Vec<ChangeUnit>>;
-    /// Forgets units every consumer has made durable.
-    fn trim_through(&mut self, seq: u64) -> StoreResult<()>;
+/// Changes kept with the effects they describe until a publisher has delivered
+/// them: what the worker needs from every store.
+pub trait Outbox {
     /// One unit, unless it was forgotten.
     fn unit(&self, seq: u64) -> StoreResult<Option<ChangeUnit>>;
     /// Forgets one unit once its changes are delivered elsewhere (the worker's
     /// broker), leaving the others for their own publishers.
     fn forget_unit(&mut self, seq: u64) -> StoreResult<()>;
+}
+
+/// An outbox that is also a durable, ordered log a consumer reads by position:
+/// how the embedded runs feed their in-process indexer. Consumers record
+/// positions of whole units only.
+pub trait ChangeLog: Outbox {
+    /// Up to `max_units` units after position `after`, oldest first.
+    fn read_after(&self, after: u64, max_units: usize) -> StoreResult<Vec<ChangeUnit>>;
+    /// Forgets units every consumer has made durable.
+    fn trim_through(&mut self, seq: u64) -> StoreResult<()>;
 }
 
 /// Where an input that cannot be processed goes, unchanged, with why and from where.

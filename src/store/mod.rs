@@ -2,6 +2,7 @@
 //! `Mutation`s; a `Store` applies them. Every read and write names its partition
 //! (tenant plus one key), so the same trait fits SQLite and a wide-column store.
 
+pub mod scylla;
 pub mod sqlite;
 pub mod view;
 
@@ -78,10 +79,25 @@ pub enum Mutation {
 /// mutations being idempotent.
 pub trait Store: DirectoryView {
     fn begin(&mut self) -> StoreResult<()>;
-    fn apply(&mut self, tenant: &str, mutations: &[Mutation]) -> StoreResult<()>;
+    /// Applies one event's mutations. `at` is when that event happened: a store
+    /// that orders concurrent writes by timestamp writes with it, so an erasure's
+    /// tombstones shadow whatever an older event writes after them.
+    fn apply(&mut self, tenant: &str, at: Timestamp, mutations: &[Mutation]) -> StoreResult<()>;
     fn commit(&mut self) -> StoreResult<()>;
     fn rollback(&mut self) -> StoreResult<()>;
     /// Every live contact, ordered by tenant then contact id. A batch job, not a
     /// hot path: backends may scan.
     fn export(&self, visit: &mut dyn FnMut(ExportedContact) -> StoreResult<()>) -> StoreResult<()>;
+}
+
+/// Claims are keyed by a hash of the identifier, so an erased customer's e-mail or
+/// phone does not stay readable in the tombstone that outlives them.
+pub(crate) fn identifier_hash(identifier: &Identifier) -> [u8; 16] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(identifier.kind.as_str().as_bytes());
+    hasher.update(b":");
+    hasher.update(identifier.value.as_bytes());
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+    key
 }

@@ -13,10 +13,12 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{DirectoryView, Mutation, Store, StoreError, StoreResult};
+use super::{DirectoryView, Mutation, Store, StoreError, StoreResult, identifier_hash};
 use crate::identity::Identifier;
-use crate::model::{Change, Claim, ContactRecord, ExportedContact, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry};
-use crate::publish::{ChangeLog, ChangeSink, ChangeUnit};
+use crate::model::{
+    Change, Claim, ContactRecord, ExportedContact, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry, Timestamp,
+};
+use crate::publish::{ChangeLog, ChangeSink, ChangeUnit, Outbox};
 
 const SCHEMA_VERSION: i64 = 2;
 const STATEMENT_CACHE_CAPACITY: usize = 64;
@@ -149,18 +151,6 @@ fn to_json<T: Serialize>(value: &T) -> String {
 
 fn from_json<T: DeserializeOwned>(text: &str) -> StoreResult<T> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-/// Claims are keyed by a hash of the identifier, so an erased customer's e-mail or
-/// phone does not stay readable in the tombstone that outlives them.
-fn identifier_hash(identifier: &Identifier) -> [u8; 16] {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(identifier.kind.as_str().as_bytes());
-    hasher.update(b":");
-    hasher.update(identifier.value.as_bytes());
-    let mut key = [0u8; 16];
-    key.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
-    key
 }
 
 /// WAL is persistent, so only the process that creates the file switches it.
@@ -503,7 +493,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn apply(&mut self, tenant: &str, mutations: &[Mutation]) -> StoreResult<()> {
+    fn apply(&mut self, tenant: &str, _at: Timestamp, mutations: &[Mutation]) -> StoreResult<()> {
         if self.open_unit.get().is_none() {
             return Err(StoreError::Fatal("a write outside a unit; call begin first".into()));
         }
@@ -569,25 +559,7 @@ impl ChangeSink for SqliteStore {
     }
 }
 
-impl ChangeLog for SqliteStore {
-    fn read_after(&self, after: u64, max_units: usize) -> StoreResult<Vec<ChangeUnit>> {
-        let mut statement = self
-            .conn
-            .prepare_cached("SELECT seq, changes FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2")
-            .map_err(sql_error)?;
-        let limit = i64::try_from(max_units).unwrap_or(i64::MAX);
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let rows = statement
-            .query_map(params![after, limit], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))
-            .map_err(sql_error)?;
-        rows.map(|row| {
-            let (seq, text) = row.map_err(sql_error)?;
-            let changes = text.lines().map(from_json).collect::<StoreResult<_>>()?;
-            Ok(ChangeUnit { seq: seq.unsigned_abs(), changes })
-        })
-        .collect()
-    }
-
+impl Outbox for SqliteStore {
     fn unit(&self, seq: u64) -> StoreResult<Option<ChangeUnit>> {
         let text: Option<String> = self
             .conn
@@ -606,6 +578,26 @@ impl ChangeLog for SqliteStore {
             .execute(params![seq.cast_signed()])
             .map_err(sql_error)?;
         Ok(())
+    }
+}
+
+impl ChangeLog for SqliteStore {
+    fn read_after(&self, after: u64, max_units: usize) -> StoreResult<Vec<ChangeUnit>> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT seq, changes FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+            .map_err(sql_error)?;
+        let limit = i64::try_from(max_units).unwrap_or(i64::MAX);
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let rows = statement
+            .query_map(params![after, limit], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))
+            .map_err(sql_error)?;
+        rows.map(|row| {
+            let (seq, text) = row.map_err(sql_error)?;
+            let changes = text.lines().map(from_json).collect::<StoreResult<_>>()?;
+            Ok(ChangeUnit { seq: seq.unsigned_abs(), changes })
+        })
+        .collect()
     }
 
     fn trim_through(&mut self, seq: u64) -> StoreResult<()> {

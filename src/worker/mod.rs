@@ -28,7 +28,7 @@ use crate::api::Health;
 use crate::config::Config;
 use crate::metrics::WorkerMetrics;
 use crate::publish::kafka::{KafkaPublisher, PublishError};
-use crate::publish::{ChangeLog, ChangeSink};
+use crate::publish::{ChangeSink, Outbox};
 use crate::source::kafka;
 use crate::store::{Store, StoreError};
 
@@ -247,7 +247,7 @@ pub fn run<S, F>(
     shutdown: &AtomicBool,
 ) -> Result<Exit, WorkerError>
 where
-    S: Store + ChangeSink + ChangeLog + Send + 'static,
+    S: Store + ChangeSink + Outbox + Send + 'static,
     F: Fn() -> Result<S, StoreError>,
 {
     let worker = &config.worker;

@@ -11,8 +11,8 @@ use contactd::model::{Change, EntryKind, ExportedContact};
 use contactd::pipeline::{self, Report};
 use contactd::publish::ChangeLog;
 use contactd::source::{Origin, RawRecord};
+use contactd::store::Store;
 use contactd::store::sqlite::{SqliteOptions, SqliteStore};
-use contactd::store::{DirectoryView, Store};
 use serde_json::{Value, json};
 
 pub struct Directory {
@@ -161,7 +161,7 @@ pub fn conversation_events(conversations: &[Conversation]) -> Vec<Value> {
 /// phones, sessions, name and message texts (sorted, so a duplicate shows).
 pub type Canonical = BTreeSet<(Vec<String>, Vec<String>, Vec<String>, Option<String>, Vec<String>)>;
 
-pub fn canonical(store: &SqliteStore) -> Canonical {
+pub fn canonical<S: Store + ?Sized>(store: &S) -> Canonical {
     let mut contacts = Vec::new();
     store
         .export(&mut |c| {

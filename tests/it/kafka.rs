@@ -294,7 +294,6 @@ struct Record {
     headers: BTreeMap<String, String>,
 }
 
-/// A `contactd worker` process with its probe address.
 /// Worker settings for tests: quick commits and failure detection.
 fn write_config(dir: &Path, name: &str, cluster: &Cluster, extra: &str) -> PathBuf {
     let path = dir.join(name);
@@ -371,6 +370,46 @@ fn the_worker_builds_the_same_directory_as_ingest_and_dead_letters_poison() {
         assert_eq!(letter.payload, original, "dead letter of offset {offset} is the input unchanged");
     }
     assert_eq!(letters.iter().find(|l| l.headers["source_offset"] == "19").unwrap().key.as_deref(), Some(&b"acme/s1"[..]));
+}
+
+/// The production shape: `contactd migrate`, then a worker on the Scylla store,
+/// then `contactd export` from it. kassandra ignores lightweight transactions,
+/// so one worker lane; racing workers are tested against a real Scylla.
+#[test]
+fn a_worker_on_the_scylla_store_builds_the_same_directory_as_ingest() {
+    let cluster = Cluster::start(&[(EVENTS, 1), (CHANGES, 2), (DEAD_LETTERS, 1)]);
+    let produced = cluster.produce(Path::new(EXAMPLES));
+    let dir = tempfile::tempdir().unwrap();
+    let keyspace = format!("contactd_worker_{:08x}", rand::random::<u32>());
+    let store = format!(
+        "store = \"scylla://{}/{keyspace}\"\n[scylla]\nreplication = \"{{'class': 'SimpleStrategy', 'replication_factor': 1}}\"\n\
+         await_schema_agreement = false\n",
+        crate::scylla::kassandra()
+    );
+    let config = write_config(dir.path(), "contactd.toml", &cluster, "lanes = 1\n");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{store}{text}")).unwrap();
+    let data = dir.path().join("data");
+    let migrated = Command::new(env!("CARGO_BIN_EXE_contactd")).arg("--config").arg(&config).arg("migrate").output().unwrap();
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+    assert!(String::from_utf8_lossy(&migrated.stdout).contains("schema version 1"));
+
+    let worker = Service::start(&data, &config, "worker");
+    eventually("every offset is committed", || cluster.committed(EVENTS, 1) == [produced as i64]);
+    assert!(worker.terminate().success());
+
+    let exported = Command::new(env!("CARGO_BIN_EXE_contactd")).arg("--config").arg(&config).arg("export").output().unwrap();
+    assert!(exported.status.success(), "{}", String::from_utf8_lossy(&exported.stderr));
+    let from_scylla: Vec<Value> =
+        String::from_utf8(exported.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (ingested, expected_changes) = ingested_examples();
+    assert_eq!(from_scylla, export(ingested.path()), "the worker on Scylla and ingest on SQLite agree");
+    let published: Vec<Change> = cluster
+        .read(CHANGES, 2, expected_changes.len())
+        .into_iter()
+        .map(|record| serde_json::from_slice(&record.payload).expect("a change event"))
+        .collect();
+    assert_eq!(sorted_by_id(published), sorted_by_id(expected_changes), "the outbox published every change once");
 }
 
 fn corpus(conversations: usize, first: usize) -> Vec<Value> {

@@ -11,3 +11,4 @@ mod kafka;
 mod properties;
 mod rules;
 mod schemas;
+mod scylla;

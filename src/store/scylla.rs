@@ -1,0 +1,1169 @@
+//! The store at scale: ScyllaDB through the `scylla` driver, shared by any
+//! number of workers. There are no multi-row transactions, so a write unit is
+//! kept in memory (reads see it) and written at commit in an order that makes
+//! concurrent workers safe:
+//!
+//! 1. the outbox row of the unit, `IF NOT EXISTS`;
+//! 2. every record the unit changed (contacts, sessions, tenants, then
+//!    identifier claims) by compare-and-set on the version it read, with
+//!    lightweight transactions. A lost race undoes the records already written
+//!    and fails the unit as transient: the pipeline resolves the batch again and
+//!    adopts what the winner wrote, so no identifier gets two owners;
+//! 3. timeline, pending and session links, idempotent and keyed
+//!    deterministically, timeline and pending with the causing event's time as
+//!    their write timestamp (set per statement, the protocol's form of `USING
+//!    TIMESTAMP`) so that an erasure's tombstones shadow older events' writes;
+//! 4. the processed-event rows, last, so a redelivery after a crash resolves
+//!    the event again rather than trusting a half-written unit.
+//!
+//! The driver is async; the `Store` seam is synchronous and runs on the
+//! worker's lane threads, so the store blocks on its own small runtime.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
+use scylla::value::{CqlValue, Row};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::warn;
+
+use super::{DirectoryView, Mutation, Store, StoreError, StoreResult, identifier_hash};
+use crate::identity::Identifier;
+use crate::model::{
+    Change, Claim, ContactRecord, ExportedContact, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry, Timestamp,
+};
+use crate::publish::{ChangeSink, ChangeUnit, Outbox};
+
+/// The schema this build reads and writes; `contactd migrate` brings a keyspace to it.
+pub const SCHEMA_VERSION: i32 = 1;
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../schemas/scylla/001_directory.cql"))];
+const SCHEMA_COMPONENT: &str = "directory";
+
+/// Where the directory lives and how to reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScyllaOptions {
+    /// Contact points, `host` or `host:port` (9042 when omitted).
+    pub nodes: Vec<String>,
+    pub keyspace: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub tls: Option<TlsFiles>,
+    /// Prefer replicas of this datacenter; LOCAL_* consistency applies to it.
+    pub local_dc: Option<String>,
+    /// The keyspace's replication map, as CQL, used by `migrate` when it creates the keyspace.
+    pub replication: String,
+    pub request_timeout: Duration,
+    /// Statements one unit keeps in flight while writing its rows.
+    pub max_concurrency: usize,
+    /// Wait for every node to agree on the schema after `migrate` changes it.
+    /// Only single-node test servers that do not report schema versions need
+    /// this off.
+    pub await_schema_agreement: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM file of the certificate authorities to trust; the system's when absent.
+    pub ca_file: Option<String>,
+    /// Client certificate and key (PEM), for clusters that require mutual TLS.
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+}
+
+fn transient(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Transient(error.to_string())
+}
+
+/// Unreachable nodes, timeouts and overload are worth a retry; a rejected
+/// statement, missing permission or schema is not.
+fn execution_error(error: ExecutionError) -> StoreError {
+    let fatal = match &error {
+        ExecutionError::BadQuery(_) => true,
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(db, _)) => matches!(
+            db,
+            DbError::SyntaxError
+                | DbError::Invalid
+                | DbError::Unauthorized
+                | DbError::AuthenticationError
+                | DbError::ConfigError
+                | DbError::AlreadyExists { .. }
+        ),
+        _ => false,
+    };
+    if fatal { StoreError::Fatal(error.to_string()) } else { StoreError::Transient(error.to_string()) }
+}
+
+fn corrupt(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(error.to_string())
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("records serialize to JSON")
+}
+
+fn from_json<T: DeserializeOwned>(text: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(corrupt)
+}
+
+/// Keyspace names are spliced into CQL, so only plain identifiers are accepted.
+fn valid_keyspace(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 48
+}
+
+async fn connect(options: &ScyllaOptions) -> StoreResult<Session> {
+    if !valid_keyspace(&options.keyspace) {
+        return Err(StoreError::Fatal(format!(
+            "keyspace {:?} must be a letter then up to 47 letters, digits or underscores",
+            options.keyspace
+        )));
+    }
+    let mut policy = DefaultPolicy::builder().token_aware(true);
+    if let Some(dc) = &options.local_dc {
+        policy = policy.prefer_datacenter(dc.clone()).permit_dc_failover(false);
+    }
+    let (consistency, serial) = match options.local_dc {
+        Some(_) => (Consistency::LocalQuorum, SerialConsistency::LocalSerial),
+        None => (Consistency::Quorum, SerialConsistency::Serial),
+    };
+    let profile = ExecutionProfile::builder()
+        .consistency(consistency)
+        .serial_consistency(Some(serial))
+        .request_timeout(Some(options.request_timeout))
+        .load_balancing_policy(policy.build())
+        .build();
+    let mut builder = SessionBuilder::new()
+        .known_nodes(&options.nodes)
+        .default_execution_profile_handle(profile.into_handle())
+        .connection_timeout(options.request_timeout)
+        .auto_await_schema_agreement(options.await_schema_agreement);
+    if let (Some(user), Some(password)) = (&options.username, &options.password) {
+        builder = builder.user(user, password);
+    }
+    if let Some(tls) = &options.tls {
+        builder = builder.tls_context(Some(tls_connector(tls)?));
+    }
+    builder.build().await.map_err(transient)
+}
+
+fn tls_connector(files: &TlsFiles) -> StoreResult<openssl::ssl::SslConnectorBuilder> {
+    use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
+    let tls_error = |what: &str, error: openssl::error::ErrorStack| StoreError::Fatal(format!("TLS {what}: {error}"));
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| tls_error("setup", e))?;
+    builder.set_verify(SslVerifyMode::PEER);
+    if let Some(ca) = &files.ca_file {
+        builder.set_ca_file(ca).map_err(|e| tls_error(&format!("CA file {ca}"), e))?;
+    }
+    if let Some(cert) = &files.cert_file {
+        builder.set_certificate_chain_file(cert).map_err(|e| tls_error(&format!("certificate {cert}"), e))?;
+    }
+    if let Some(key) = &files.key_file {
+        builder.set_private_key_file(key, SslFiletype::PEM).map_err(|e| tls_error(&format!("key {key}"), e))?;
+    }
+    Ok(builder)
+}
+
+/// Creates the keyspace and tables, or brings them up to this build's schema,
+/// and records the version. Safe to run any number of times, concurrently too.
+pub fn migrate(options: &ScyllaOptions) -> StoreResult<i32> {
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let session = connect(options).await?;
+        let current = schema_version(&session, &options.keyspace).await.unwrap_or(0);
+        for (version, script) in MIGRATIONS.iter().filter(|(version, _)| *version > current) {
+            let script = script.replace("{keyspace}", &options.keyspace).replace("{replication}", &options.replication);
+            for statement in statements(&script) {
+                session.query_unpaged(statement, ()).await.map_err(execution_error)?;
+            }
+            if options.await_schema_agreement {
+                session.await_schema_agreement().await.map_err(transient)?;
+            }
+            session
+                .query_unpaged(
+                    format!("INSERT INTO {}.schema_version (component, version, applied_at) VALUES (?, ?, ?)", options.keyspace),
+                    (SCHEMA_COMPONENT, *version, Timestamp::now().micros()),
+                )
+                .await
+                .map_err(execution_error)?;
+        }
+        Ok(current.max(SCHEMA_VERSION))
+    })
+}
+
+/// The statements of a CQL script: `;`-terminated, `--` comments dropped.
+fn statements(script: &str) -> Vec<String> {
+    let without_comments: String =
+        script.lines().map(|line| line.split("--").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+    without_comments.split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+async fn schema_version(session: &Session, keyspace: &str) -> StoreResult<i32> {
+    let result = session
+        .query_unpaged(format!("SELECT version FROM {keyspace}.schema_version WHERE component = ?"), (SCHEMA_COMPONENT,))
+        .await
+        .map_err(execution_error)?;
+    let rows = result.into_rows_result().map_err(corrupt)?;
+    Ok(rows.maybe_first_row::<(Option<i32>,)>().map_err(corrupt)?.and_then(|(v,)| v).unwrap_or(0))
+}
+
+fn runtime() -> StoreResult<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("contactd-scylla")
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Fatal(format!("starting the Scylla driver's runtime: {e}")))
+}
+
+/// The four record tables written by compare-and-set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Table {
+    Contacts,
+    Sessions,
+    Tenants,
+    Claims,
+}
+
+/// A statement prepared once per process, at start-up or, if the server
+/// refused it then, at first use: a server that cannot parse a statement (a
+/// test server) only fails the operations that need it.
+struct Statement {
+    cql: String,
+    idempotent: bool,
+    prepared: tokio::sync::OnceCell<PreparedStatement>,
+}
+
+impl Statement {
+    fn new(cql: String, idempotent: bool) -> Self {
+        Self { cql, idempotent, prepared: tokio::sync::OnceCell::new() }
+    }
+
+    async fn prepared(&self, session: &Session) -> StoreResult<&PreparedStatement> {
+        self.prepared
+            .get_or_try_init(|| async {
+                let mut statement = session.prepare(self.cql.as_str()).await.map_err(|error| match error {
+                    scylla::errors::PrepareError::ConnectionPoolError(e) => transient(e),
+                    other => StoreError::Fatal(format!("preparing {}: {other}", self.cql)),
+                })?;
+                statement.set_is_idempotent(self.idempotent);
+                Ok(statement)
+            })
+            .await
+    }
+}
+
+/// Every statement binds its full partition key, so the driver routes it to a
+/// replica (and shard) that owns it.
+struct Statements {
+    read: HashMap<Table, Statement>,
+    insert: HashMap<Table, Statement>,
+    update: HashMap<Table, Statement>,
+    event_unit: Statement,
+    mark_seen: Statement,
+    contact_sessions: Statement,
+    link: Statement,
+    unlink: Statement,
+    timeline_first: Statement,
+    timeline_after: Statement,
+    timeline_keys: Statement,
+    put_entry: Statement,
+    delete_entry: Statement,
+    delete_timeline: Statement,
+    pending: Statement,
+    put_pending: Statement,
+    clear_pending: Statement,
+    outbox_insert: Statement,
+    outbox_read: Statement,
+    outbox_delete: Statement,
+    contacts_scan: Statement,
+}
+
+/// (table, key columns as bound, record column names)
+fn record_table(table: Table) -> (&'static str, &'static str) {
+    match table {
+        Table::Contacts => ("contacts", "tenant = ? AND contact_id = ?"),
+        Table::Sessions => ("sessions", "tenant = ? AND session_id = ?"),
+        Table::Tenants => ("tenants", "tenant = ?"),
+        Table::Claims => ("claims", "tenant = ? AND identifier_hash = ?"),
+    }
+}
+
+fn insert_columns(table: Table) -> (&'static str, &'static str) {
+    match table {
+        Table::Contacts => ("tenant, contact_id, record, version", "?, ?, ?, ?"),
+        Table::Sessions => ("tenant, session_id, record, version", "?, ?, ?, ?"),
+        Table::Tenants => ("tenant, record, version", "?, ?, ?"),
+        Table::Claims => ("tenant, identifier_hash, record, version", "?, ?, ?, ?"),
+    }
+}
+
+impl Statements {
+    fn new(keyspace: &str) -> Self {
+        let prepare = Statement::new;
+        let tables = [Table::Contacts, Table::Sessions, Table::Tenants, Table::Claims];
+        let (mut read, mut insert, mut update) = (HashMap::new(), HashMap::new(), HashMap::new());
+        for table in tables {
+            let (name, key) = record_table(table);
+            let (columns, markers) = insert_columns(table);
+            read.insert(table, prepare(format!("SELECT record, version FROM {keyspace}.{name} WHERE {key}"), true));
+            // Conditional writes are not idempotent to the driver: a retried LWT
+            // that already applied would report a conflict.
+            insert.insert(
+                table,
+                prepare(format!("INSERT INTO {keyspace}.{name} ({columns}) VALUES ({markers}) IF NOT EXISTS"), false),
+            );
+            update.insert(
+                table,
+                prepare(format!("UPDATE {keyspace}.{name} SET record = ?, version = ? WHERE {key} IF version = ?"), false),
+            );
+        }
+        let ks = keyspace;
+        Self {
+            read,
+            insert,
+            update,
+            event_unit: prepare(format!("SELECT unit FROM {ks}.events WHERE tenant = ? AND event_id = ?"), true),
+            mark_seen: prepare(format!("INSERT INTO {ks}.events (tenant, event_id, unit) VALUES (?, ?, ?)"), true),
+            contact_sessions: prepare(
+                format!("SELECT session_id FROM {ks}.contact_sessions WHERE tenant = ? AND contact_id = ?"),
+                true,
+            ),
+            link: prepare(format!("INSERT INTO {ks}.contact_sessions (tenant, contact_id, session_id) VALUES (?, ?, ?)"), true),
+            unlink: prepare(
+                format!("DELETE FROM {ks}.contact_sessions WHERE tenant = ? AND contact_id = ? AND session_id = ?"),
+                true,
+            ),
+            timeline_first: prepare(format!("SELECT entry FROM {ks}.timeline WHERE tenant = ? AND contact_id = ?"), true),
+            timeline_after: prepare(
+                format!(
+                    "SELECT entry FROM {ks}.timeline WHERE tenant = ? AND contact_id = ? \
+                     AND (occurred_at, entry_id) < (?, ?)"
+                ),
+                true,
+            ),
+            // Counted by paging through the clustering keys: what COUNT(*) does
+            // server-side, in a form every CQL server parses.
+            timeline_keys: prepare(format!("SELECT entry_id FROM {ks}.timeline WHERE tenant = ? AND contact_id = ?"), true),
+            put_entry: prepare(
+                format!(
+                    "INSERT INTO {ks}.timeline (tenant, contact_id, occurred_at, entry_id, entry) \
+                     VALUES (?, ?, ?, ?, ?)"
+                ),
+                true,
+            ),
+            delete_entry: prepare(
+                format!(
+                    "DELETE FROM {ks}.timeline \
+                     WHERE tenant = ? AND contact_id = ? AND occurred_at = ? AND entry_id = ?"
+                ),
+                true,
+            ),
+            delete_timeline: prepare(format!("DELETE FROM {ks}.timeline WHERE tenant = ? AND contact_id = ?"), true),
+            pending: prepare(format!("SELECT entry FROM {ks}.pending WHERE tenant = ? AND session_id = ?"), true),
+            put_pending: prepare(
+                format!("INSERT INTO {ks}.pending (tenant, session_id, entry_id, entry) VALUES (?, ?, ?, ?)"),
+                true,
+            ),
+            clear_pending: prepare(format!("DELETE FROM {ks}.pending WHERE tenant = ? AND session_id = ?"), true),
+            outbox_insert: prepare(format!("INSERT INTO {ks}.outbox (seq, changes) VALUES (?, ?) IF NOT EXISTS"), false),
+            outbox_read: prepare(format!("SELECT changes FROM {ks}.outbox WHERE seq = ?"), true),
+            outbox_delete: prepare(format!("DELETE FROM {ks}.outbox WHERE seq = ?"), true),
+            contacts_scan: prepare(format!("SELECT tenant, contact_id, record FROM {ks}.contacts"), true),
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Statement> {
+        let tables = self.read.values().chain(self.insert.values()).chain(self.update.values());
+        tables.chain([
+            &self.event_unit,
+            &self.mark_seen,
+            &self.contact_sessions,
+            &self.link,
+            &self.unlink,
+            &self.timeline_first,
+            &self.timeline_after,
+            &self.timeline_keys,
+            &self.put_entry,
+            &self.delete_entry,
+            &self.delete_timeline,
+            &self.pending,
+            &self.put_pending,
+            &self.clear_pending,
+            &self.outbox_insert,
+            &self.outbox_read,
+            &self.outbox_delete,
+            &self.contacts_scan,
+        ])
+    }
+}
+
+/// One connection pool and set of prepared statements per process, shared by
+/// every `ScyllaStore` (one per worker lane).
+pub struct ScyllaBackend {
+    runtime: tokio::runtime::Runtime,
+    session: Session,
+    statements: Statements,
+    max_concurrency: usize,
+    last_seq: AtomicU64,
+    conditions_ignored: AtomicBool,
+}
+
+impl std::fmt::Debug for ScyllaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScyllaBackend").finish_non_exhaustive()
+    }
+}
+
+impl ScyllaBackend {
+    /// Connects and checks that the keyspace has this build's schema.
+    pub fn connect(options: &ScyllaOptions) -> StoreResult<Arc<Self>> {
+        let runtime = runtime()?;
+        let (session, statements) = runtime.block_on(async {
+            let session = connect(options).await?;
+            let version = schema_version(&session, &options.keyspace).await.map_err(|error| {
+                StoreError::Fatal(format!(
+                    "keyspace {} has no contactd schema ({error}); run `contactd migrate` first",
+                    options.keyspace
+                ))
+            })?;
+            if version != SCHEMA_VERSION {
+                return Err(StoreError::Fatal(format!(
+                    "keyspace {} has schema version {version}, this build needs {SCHEMA_VERSION}; run `contactd migrate`",
+                    options.keyspace
+                )));
+            }
+            let statements = Statements::new(&options.keyspace);
+            for statement in statements.all() {
+                if let Err(error) = statement.prepared(&session).await {
+                    warn!(%error, "statement not prepared at start-up; retried at first use");
+                }
+            }
+            Ok::<_, StoreError>((session, statements))
+        })?;
+        Ok(Arc::new(Self {
+            runtime,
+            session,
+            statements,
+            max_concurrency: options.max_concurrency.max(1),
+            last_seq: AtomicU64::new(0),
+            conditions_ignored: AtomicBool::new(false),
+        }))
+    }
+
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    async fn execute(&self, statement: &Statement, values: impl SerializeRow) -> StoreResult<QueryResult> {
+        let prepared = statement.prepared(&self.session).await?;
+        self.session.execute_unpaged(prepared, values).await.map_err(execution_error)
+    }
+
+    /// A write whose timestamp is `at`, not the time it reaches the server.
+    async fn execute_at(&self, statement: &Statement, values: impl SerializeRow, at: Timestamp) -> StoreResult<()> {
+        let mut prepared = statement.prepared(&self.session).await?.clone();
+        prepared.set_timestamp(Some(at.micros()));
+        self.session.execute_unpaged(&prepared, values).await.map_err(execution_error)?;
+        Ok(())
+    }
+
+    /// The first `limit` rows, read in pages of at most that size: a bound
+    /// limit in the CQL would work as well on Scylla, but paging stops the
+    /// server from reading further on every CQL server.
+    async fn first<T>(&self, statement: &Statement, values: impl SerializeRow, limit: usize) -> StoreResult<Vec<T>>
+    where
+        T: for<'frame, 'metadata> scylla::deserialize::row::DeserializeRow<'frame, 'metadata>,
+    {
+        const MAX_PAGE: usize = 1_000;
+        let page = i32::try_from(limit.clamp(1, MAX_PAGE)).unwrap_or(1);
+        let rows = self.pages::<T>(statement, values, Some(page)).await?;
+        rows.take(limit).try_collect().await
+    }
+
+    /// A paged read, for partitions or tables of unbounded size.
+    async fn pages<T>(
+        &self,
+        statement: &Statement,
+        values: impl SerializeRow,
+        page_size: Option<i32>,
+    ) -> StoreResult<impl futures::Stream<Item = StoreResult<T>>>
+    where
+        T: for<'frame, 'metadata> scylla::deserialize::row::DeserializeRow<'frame, 'metadata>,
+    {
+        let mut prepared = statement.prepared(&self.session).await?.clone();
+        if let Some(size) = page_size {
+            prepared.set_page_size(size);
+        }
+        let pager = self.session.execute_iter(prepared, values).await.map_err(transient)?;
+        Ok(pager.rows_stream::<T>().map_err(corrupt)?.map(|row| row.map_err(transient)))
+    }
+
+    async fn rows<T>(&self, statement: &Statement, values: impl SerializeRow) -> StoreResult<Vec<T>>
+    where
+        T: for<'frame, 'metadata> scylla::deserialize::row::DeserializeRow<'frame, 'metadata>,
+    {
+        let result = self.execute(statement, values).await?.into_rows_result().map_err(corrupt)?;
+        result.rows::<T>().map_err(corrupt)?.collect::<Result<_, _>>().map_err(corrupt)
+    }
+
+    /// A conditional write's verdict. A server without lightweight transactions
+    /// answers without an `[applied]` column; it applied the write unconditionally.
+    ///
+    /// Such a server (kassandra, in the tests) also leaves the condition's bind
+    /// marker out of the prepared statement; the condition's value is then
+    /// dropped and the lost guarantee reported once.
+    async fn applied(&self, statement: &Statement, mut values: Vec<CqlValue>) -> StoreResult<bool> {
+        let markers = statement.prepared(&self.session).await?.get_variable_col_specs().len();
+        if values.len() > markers {
+            self.conditions_ignored();
+            values.truncate(markers);
+        }
+        let result = self.execute(statement, values).await?;
+        let Ok(rows) = result.into_rows_result() else {
+            self.conditions_ignored();
+            return Ok(true);
+        };
+        let applied = rows.column_specs().get_by_index(0).is_some_and(|spec| spec.name() == "[applied]");
+        if !applied {
+            self.conditions_ignored();
+            return Ok(true);
+        }
+        let first = rows.maybe_first_row::<Row>().map_err(corrupt)?;
+        Ok(matches!(first.and_then(|row| row.columns.into_iter().next()), Some(Some(CqlValue::Boolean(true)))))
+    }
+
+    fn conditions_ignored(&self) {
+        if !self.conditions_ignored.swap(true, Ordering::Relaxed) {
+            warn!(
+                "this CQL server ignores lightweight transactions (IF ...): concurrent workers may give an \
+                 identifier two owners; run a single worker lane against it, or use ScyllaDB"
+            );
+        }
+    }
+
+    /// Unit positions: time-ordered, unique across workers by their random low
+    /// bits (checked with `IF NOT EXISTS`), increasing within a process.
+    fn next_seq(&self) -> u64 {
+        let micros = Timestamp::now().micros().unsigned_abs();
+        let candidate = (micros << 11 | rand::random::<u64>() & 0x7ff) & (i64::MAX as u64);
+        let mut last = self.last_seq.load(Ordering::Relaxed);
+        loop {
+            let next = candidate.max(last + 1);
+            match self.last_seq.compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return next,
+                Err(seen) => last = seen,
+            }
+        }
+    }
+}
+
+/// A statement, its values and, for rows ordered by event time, the write timestamp.
+type Write<'a> = (&'a Statement, Vec<CqlValue>, Option<Timestamp>);
+
+/// A record row as read from the database: `version` is `None` when the row was absent.
+#[derive(Clone, Debug, Default)]
+struct Read {
+    version: Option<i64>,
+    stored: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct RecordKey {
+    table: Table,
+    tenant: String,
+    key: Vec<u8>,
+}
+
+/// Timeline writes of the unit for one contact, in effect order.
+#[derive(Debug, Default)]
+struct TimelineOverlay {
+    cleared_at: Option<Timestamp>,
+    deleted: BTreeMap<(i64, String), Timestamp>,
+    put: BTreeMap<(i64, String), (TimelineEntry, Timestamp)>,
+}
+
+#[derive(Debug, Default)]
+struct PendingOverlay {
+    cleared_at: Option<Timestamp>,
+    put: BTreeMap<String, (TimelineEntry, Timestamp)>,
+}
+
+/// A write unit: everything read and written since `begin`.
+#[derive(Debug, Default)]
+struct Unit {
+    seq: u64,
+    stamped: bool,
+    /// Records written in this unit, as JSON, by key.
+    records: BTreeMap<RecordKey, String>,
+    seen: Vec<(String, String)>,
+    timelines: BTreeMap<(String, String), TimelineOverlay>,
+    pending: BTreeMap<(String, String), PendingOverlay>,
+    links: BTreeMap<(String, String), BTreeMap<String, bool>>,
+    changes: Vec<Change>,
+}
+
+/// A later write in the same unit must win over an earlier one even when its
+/// event is older: it was resolved against the earlier one's effects.
+fn after(at: Timestamp, earlier: Option<Timestamp>) -> Timestamp {
+    match earlier {
+        Some(earlier) if earlier >= at => Timestamp::from_micros(earlier.micros() + 1),
+        _ => at,
+    }
+}
+
+pub struct ScyllaStore {
+    backend: Arc<ScyllaBackend>,
+    unit: Option<Unit>,
+    /// Records read in the open unit, whose versions its commit checks. Reads
+    /// outside a unit (the API, export) are not kept.
+    reads: RefCell<BTreeMap<RecordKey, Read>>,
+}
+
+impl std::fmt::Debug for ScyllaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScyllaStore").field("open_unit", &self.unit.as_ref().map(|u| u.seq)).finish()
+    }
+}
+
+fn record_key(table: Table, tenant: &str, key: &[u8]) -> RecordKey {
+    RecordKey { table, tenant: tenant.to_owned(), key: key.to_vec() }
+}
+
+fn text_key(key: &RecordKey) -> StoreResult<&str> {
+    std::str::from_utf8(&key.key).map_err(corrupt)
+}
+
+/// `SET record = ?, version = ? WHERE <key> IF version = ?`
+fn update_values(key: &RecordKey, json: Option<&str>, version: i64, expected: i64) -> StoreResult<Vec<CqlValue>> {
+    // An empty record reads as absent (see `read`).
+    let record = CqlValue::Text(json.unwrap_or_default().to_owned());
+    let mut values = vec![record, CqlValue::BigInt(version)];
+    values.extend(bind_key(key, vec![CqlValue::BigInt(expected)])?);
+    Ok(values)
+}
+
+/// Binds a record key's partition key columns, followed by `rest`.
+fn bind_key(key: &RecordKey, rest: Vec<CqlValue>) -> StoreResult<Vec<CqlValue>> {
+    let mut values = vec![CqlValue::Text(key.tenant.clone())];
+    match key.table {
+        Table::Tenants => {}
+        Table::Claims => values.push(CqlValue::Blob(key.key.clone())),
+        Table::Contacts | Table::Sessions => values.push(CqlValue::Text(text_key(key)?.to_owned())),
+    }
+    values.extend(rest);
+    Ok(values)
+}
+
+impl ScyllaStore {
+    pub fn new(backend: Arc<ScyllaBackend>) -> Self {
+        Self { backend, unit: None, reads: RefCell::new(BTreeMap::new()) }
+    }
+
+    fn record<T: DeserializeOwned>(&self, key: RecordKey) -> StoreResult<Option<T>> {
+        if let Some(json) = self.unit.as_ref().and_then(|unit| unit.records.get(&key)) {
+            return from_json(json).map(Some);
+        }
+        if let Some(read) = self.reads.borrow().get(&key) {
+            return read.stored.as_deref().map(from_json).transpose();
+        }
+        let read = self.backend.block_on(self.read(&key))?;
+        let value = read.stored.as_deref().map(from_json).transpose();
+        if self.unit.is_some() {
+            self.reads.borrow_mut().insert(key, read);
+        }
+        value
+    }
+
+    async fn read(&self, key: &RecordKey) -> StoreResult<Read> {
+        let backend = &self.backend;
+        let rows: Vec<(Option<String>, Option<i64>)> =
+            backend.rows(&backend.statements.read[&key.table], bind_key(key, Vec::new())?).await?;
+        Ok(match rows.into_iter().next() {
+            Some((stored, version)) => {
+                Read { version: Some(version.unwrap_or(0)), stored: stored.filter(|record| !record.is_empty()) }
+            }
+            None => Read::default(),
+        })
+    }
+
+    fn unit_mut(&mut self) -> StoreResult<&mut Unit> {
+        self.unit.as_mut().ok_or_else(|| StoreError::Fatal("a write outside a unit; call begin first".into()))
+    }
+
+    fn write_record(&mut self, key: RecordKey, json: String) -> StoreResult<()> {
+        self.unit_mut()?.records.insert(key, json);
+        Ok(())
+    }
+
+    fn apply_one(&mut self, tenant: &str, at: Timestamp, mutation: &Mutation) -> StoreResult<()> {
+        let t = tenant.to_owned();
+        match mutation {
+            Mutation::MarkSeen { event_id } => {
+                let unit = self.unit_mut()?;
+                unit.stamped = true;
+                unit.seen.push((t, event_id.clone()));
+            }
+            Mutation::PutTenantConfig(config) => self.write_record(record_key(Table::Tenants, tenant, b""), to_json(config))?,
+            Mutation::PutSession { session_id, record } => {
+                self.write_record(record_key(Table::Sessions, tenant, session_id.as_bytes()), to_json(record))?;
+            }
+            Mutation::PutContact { contact_id, record } => {
+                self.write_record(record_key(Table::Contacts, tenant, contact_id.as_bytes()), to_json(record))?;
+            }
+            Mutation::SetClaim { identifier, claim } => {
+                self.write_record(record_key(Table::Claims, tenant, &identifier_hash(identifier)), to_json(claim))?;
+            }
+            Mutation::LinkSession { contact_id, session_id } => {
+                self.unit_mut()?.links.entry((t, contact_id.clone())).or_default().insert(session_id.clone(), true);
+            }
+            Mutation::UnlinkSession { contact_id, session_id } => {
+                self.unit_mut()?.links.entry((t, contact_id.clone())).or_default().insert(session_id.clone(), false);
+            }
+            Mutation::PutEntry { contact_id, entry } => {
+                let overlay = self.unit_mut()?.timelines.entry((t, contact_id.clone())).or_default();
+                let key = (entry.occurred_at.micros(), entry.entry_id.clone());
+                let at = after(at, overlay.deleted.remove(&key).or(overlay.cleared_at));
+                overlay.put.insert(key, (entry.clone(), at));
+            }
+            Mutation::DeleteEntry { contact_id, occurred_at, entry_id } => {
+                let overlay = self.unit_mut()?.timelines.entry((t, contact_id.clone())).or_default();
+                let key = (occurred_at.micros(), entry_id.clone());
+                let at = after(at, overlay.put.remove(&key).map(|(_, put_at)| put_at));
+                overlay.deleted.insert(key, at);
+            }
+            Mutation::DeleteTimeline { contact_id } => {
+                let overlay = self.unit_mut()?.timelines.entry((t, contact_id.clone())).or_default();
+                let latest = overlay.put.values().map(|(_, put_at)| *put_at).chain(overlay.deleted.values().copied()).max();
+                *overlay = TimelineOverlay { cleared_at: Some(after(at, latest)), ..TimelineOverlay::default() };
+            }
+            Mutation::PutPending { session_id, entry } => {
+                let overlay = self.unit_mut()?.pending.entry((t, session_id.clone())).or_default();
+                let at = after(at, overlay.cleared_at);
+                overlay.put.insert(entry.entry_id.clone(), (entry.clone(), at));
+            }
+            Mutation::ClearPending { session_id } => {
+                let overlay = self.unit_mut()?.pending.entry((t, session_id.clone())).or_default();
+                let latest = overlay.put.values().map(|(_, put_at)| *put_at).max();
+                *overlay = PendingOverlay { cleared_at: Some(after(at, latest)), put: BTreeMap::new() };
+            }
+        }
+        Ok(())
+    }
+
+    fn stored_timeline(
+        &self,
+        tenant: &str,
+        contact_id: &str,
+        before: Option<&TimelineCursor>,
+        limit: usize,
+    ) -> StoreResult<Vec<TimelineEntry>> {
+        let backend = &self.backend;
+        let s = &backend.statements;
+        let rows: Vec<(Option<String>,)> = backend.block_on(async {
+            match before {
+                None => backend.first(&s.timeline_first, (tenant, contact_id), limit).await,
+                Some(cursor) => {
+                    let values = (tenant, contact_id, cursor.occurred_at.micros(), cursor.entry_id.as_str());
+                    backend.first(&s.timeline_after, values, limit).await
+                }
+            }
+        })?;
+        rows.into_iter().filter_map(|(entry,)| entry).map(|text| from_json(&text)).collect()
+    }
+
+    /// Writes the unit; see the module documentation for the order and why.
+    fn write_unit(&self, unit: &Unit) -> StoreResult<()> {
+        let backend = &self.backend;
+        let statements = &backend.statements;
+        backend.block_on(async {
+            let outboxed = unit.stamped || !unit.changes.is_empty();
+            if outboxed {
+                let lines: String = unit.changes.iter().map(|change| to_json(change) + "\n").collect();
+                let row = vec![CqlValue::BigInt(unit.seq.cast_signed()), CqlValue::Text(lines)];
+                if !backend.applied(&statements.outbox_insert, row).await? {
+                    return Err(StoreError::Transient(format!("unit position {} taken by another worker", unit.seq)));
+                }
+            }
+            if let Err(error) = self.write_records(unit).await {
+                if outboxed {
+                    let _ = backend.execute(&statements.outbox_delete, (unit.seq.cast_signed(),)).await;
+                }
+                return Err(error);
+            }
+            self.write_rows(unit).await
+        })
+    }
+
+    /// Compare-and-set of every record the unit changed; on a lost race, the
+    /// records already written are put back before the unit fails.
+    async fn write_records(&self, unit: &Unit) -> StoreResult<()> {
+        let statements = &self.backend.statements;
+        let mut done: Vec<(&RecordKey, Read, i64)> = Vec::new();
+        for (key, json) in &unit.records {
+            let known = self.reads.borrow().get(key).cloned();
+            let read = match known {
+                Some(read) => read,
+                None => self.read(key).await?,
+            };
+            if read.stored.as_ref() == Some(json) {
+                continue;
+            }
+            let next = read.version.map_or(1, |v| v + 1);
+            let applied = match read.version {
+                None => {
+                    let values = bind_key(key, vec![CqlValue::Text(json.clone()), CqlValue::BigInt(next)])?;
+                    self.backend.applied(&statements.insert[&key.table], values).await?
+                }
+                Some(version) => {
+                    let values = update_values(key, Some(json), next, version)?;
+                    self.backend.applied(&statements.update[&key.table], values).await?
+                }
+            };
+            if !applied {
+                self.undo(&done).await;
+                return Err(StoreError::Transient(format!(
+                    "another worker changed a {:?} record of tenant {} first; resolving again",
+                    key.table, key.tenant
+                )));
+            }
+            done.push((key, read, next));
+        }
+        Ok(())
+    }
+
+    /// Best effort: a crash here leaves records that resolution tolerates (a
+    /// claim naming a contact that does not exist counts as unowned). A record
+    /// that did not exist is put back as an empty record under a newer version,
+    /// so that a worker which read it in between cannot write over it.
+    async fn undo(&self, done: &[(&RecordKey, Read, i64)]) {
+        let statements = &self.backend.statements;
+        for (key, read, written_version) in done.iter().rev() {
+            let result = match update_values(key, read.stored.as_deref(), written_version + 1, *written_version) {
+                Ok(values) => self.backend.applied(&statements.update[&key.table], values).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = result {
+                warn!(%error, table = ?key.table, tenant = %key.tenant, "could not undo a record of a failed unit");
+            }
+        }
+    }
+
+    /// Timeline, pending, links, then the processed-event rows: all idempotent.
+    async fn write_rows(&self, unit: &Unit) -> StoreResult<()> {
+        let s = &self.backend.statements;
+        let mut writes: Vec<Write<'_>> = Vec::new();
+        let text = |value: &str| CqlValue::Text(value.to_owned());
+        for ((tenant, contact), overlay) in &unit.timelines {
+            if let Some(at) = overlay.cleared_at {
+                writes.push((&s.delete_timeline, vec![text(tenant), text(contact)], Some(at)));
+            }
+            for ((micros, entry_id), at) in &overlay.deleted {
+                let key = vec![text(tenant), text(contact), CqlValue::BigInt(*micros), text(entry_id)];
+                writes.push((&s.delete_entry, key, Some(*at)));
+            }
+            for ((micros, entry_id), (entry, at)) in &overlay.put {
+                let row =
+                    vec![text(tenant), text(contact), CqlValue::BigInt(*micros), text(entry_id), CqlValue::Text(to_json(entry))];
+                writes.push((&s.put_entry, row, Some(*at)));
+            }
+        }
+        for ((tenant, session), overlay) in &unit.pending {
+            if let Some(at) = overlay.cleared_at {
+                writes.push((&s.clear_pending, vec![text(tenant), text(session)], Some(at)));
+            }
+            for (entry_id, (entry, at)) in &overlay.put {
+                let row = vec![text(tenant), text(session), text(entry_id), CqlValue::Text(to_json(entry))];
+                writes.push((&s.put_pending, row, Some(*at)));
+            }
+        }
+        for ((tenant, contact), sessions) in &unit.links {
+            for (session, linked) in sessions {
+                let statement = if *linked { &s.link } else { &s.unlink };
+                writes.push((statement, vec![text(tenant), text(contact), text(session)], None));
+            }
+        }
+        self.run_all(&writes).await?;
+        let seq = CqlValue::BigInt(unit.seq.cast_signed());
+        let seen: Vec<Write<'_>> =
+            unit.seen.iter().map(|(tenant, event)| (&s.mark_seen, vec![text(tenant), text(event), seq.clone()], None)).collect();
+        self.run_all(&seen).await
+    }
+
+    /// Runs idempotent writes with bounded concurrency, retrying each a few times
+    /// so that one timeout does not send a whole batch back through resolution.
+    async fn run_all(&self, writes: &[Write<'_>]) -> StoreResult<()> {
+        const ATTEMPTS: u32 = 3;
+        let backend = &self.backend;
+        futures::stream::iter(writes)
+            .map(|(statement, values, at)| async move {
+                let mut attempt = 1;
+                loop {
+                    let result = match at {
+                        Some(at) => backend.execute_at(statement, values, *at).await,
+                        None => backend.execute(statement, values).await.map(drop),
+                    };
+                    match result {
+                        Ok(()) => return Ok(()),
+                        Err(error) if error.is_transient() && attempt < ATTEMPTS => {
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+            })
+            .buffer_unordered(backend.max_concurrency)
+            .try_collect::<()>()
+            .await
+    }
+}
+
+impl DirectoryView for ScyllaStore {
+    fn tenant_config(&self, tenant: &str) -> StoreResult<Option<TenantConfig>> {
+        self.record(record_key(Table::Tenants, tenant, b""))
+    }
+
+    fn event_unit(&self, tenant: &str, event_id: &str) -> StoreResult<Option<u64>> {
+        if let Some(unit) = &self.unit
+            && unit.seen.iter().any(|(t, e)| t == tenant && e == event_id)
+        {
+            return Ok(Some(unit.seq));
+        }
+        let backend = &self.backend;
+        let rows: Vec<(Option<i64>,)> = backend.block_on(backend.rows(&backend.statements.event_unit, (tenant, event_id)))?;
+        Ok(rows.into_iter().next().and_then(|(unit,)| unit).map(i64::unsigned_abs))
+    }
+
+    fn session(&self, tenant: &str, session_id: &str) -> StoreResult<Option<SessionRecord>> {
+        self.record(record_key(Table::Sessions, tenant, session_id.as_bytes()))
+    }
+
+    fn claim(&self, tenant: &str, identifier: &Identifier) -> StoreResult<Option<Claim>> {
+        self.record(record_key(Table::Claims, tenant, &identifier_hash(identifier)))
+    }
+
+    fn contact(&self, tenant: &str, contact_id: &str) -> StoreResult<Option<ContactRecord>> {
+        self.record(record_key(Table::Contacts, tenant, contact_id.as_bytes()))
+    }
+
+    fn contact_sessions(&self, tenant: &str, contact_id: &str) -> StoreResult<Vec<String>> {
+        let backend = &self.backend;
+        let rows: Vec<(Option<String>,)> =
+            backend.block_on(backend.rows(&backend.statements.contact_sessions, (tenant, contact_id)))?;
+        let mut sessions: BTreeSet<String> = rows.into_iter().filter_map(|(s,)| s).collect();
+        if let Some(links) = self.unit.as_ref().and_then(|u| u.links.get(&(tenant.to_owned(), contact_id.to_owned()))) {
+            for (session, linked) in links {
+                if *linked {
+                    sessions.insert(session.clone());
+                } else {
+                    sessions.remove(session);
+                }
+            }
+        }
+        Ok(sessions.into_iter().collect())
+    }
+
+    fn timeline(
+        &self,
+        tenant: &str,
+        contact_id: &str,
+        before: Option<&TimelineCursor>,
+        limit: usize,
+    ) -> StoreResult<Vec<TimelineEntry>> {
+        let overlay = self.unit.as_ref().and_then(|u| u.timelines.get(&(tenant.to_owned(), contact_id.to_owned())));
+        let Some(overlay) = overlay else { return self.stored_timeline(tenant, contact_id, before, limit) };
+        let mut merged: BTreeMap<(i64, String), TimelineEntry> = BTreeMap::new();
+        if overlay.cleared_at.is_none() {
+            for entry in self.stored_timeline(tenant, contact_id, before, limit.saturating_add(overlay.deleted.len()))? {
+                let key = (entry.occurred_at.micros(), entry.entry_id.clone());
+                if !overlay.deleted.contains_key(&key) {
+                    merged.insert(key, entry);
+                }
+            }
+        }
+        let below = |key: &(i64, String)| {
+            before.is_none_or(|cursor| (key.0, key.1.as_str()) < (cursor.occurred_at.micros(), cursor.entry_id.as_str()))
+        };
+        for (key, (entry, _)) in &overlay.put {
+            if below(key) {
+                merged.insert(key.clone(), entry.clone());
+            }
+        }
+        Ok(merged.into_values().rev().take(limit).collect())
+    }
+
+    fn timeline_len(&self, tenant: &str, contact_id: &str) -> StoreResult<u64> {
+        if self.unit.as_ref().is_some_and(|u| u.timelines.contains_key(&(tenant.to_owned(), contact_id.to_owned()))) {
+            return Ok(self.timeline(tenant, contact_id, None, usize::MAX)?.len() as u64);
+        }
+        let backend = &self.backend;
+        backend.block_on(async {
+            let mut rows = std::pin::pin!(
+                backend.pages::<(Option<String>,)>(&backend.statements.timeline_keys, (tenant, contact_id), None).await?
+            );
+            let mut count = 0;
+            while let Some(row) = rows.next().await {
+                row?;
+                count += 1;
+            }
+            Ok(count)
+        })
+    }
+
+    fn pending(&self, tenant: &str, session_id: &str) -> StoreResult<Vec<TimelineEntry>> {
+        let overlay = self.unit.as_ref().and_then(|u| u.pending.get(&(tenant.to_owned(), session_id.to_owned())));
+        let mut entries: BTreeMap<String, TimelineEntry> = BTreeMap::new();
+        if overlay.is_none_or(|o| o.cleared_at.is_none()) {
+            let backend = &self.backend;
+            let rows: Vec<(Option<String>,)> =
+                backend.block_on(backend.rows(&backend.statements.pending, (tenant, session_id)))?;
+            for text in rows.into_iter().filter_map(|(entry,)| entry) {
+                let entry: TimelineEntry = from_json(&text)?;
+                entries.insert(entry.entry_id.clone(), entry);
+            }
+        }
+        for (entry_id, (entry, _)) in overlay.map(|o| &o.put).into_iter().flatten() {
+            entries.insert(entry_id.clone(), entry.clone());
+        }
+        Ok(entries.into_values().collect())
+    }
+}
+
+impl Store for ScyllaStore {
+    fn begin(&mut self) -> StoreResult<()> {
+        self.reads.borrow_mut().clear();
+        self.unit = Some(Unit { seq: self.backend.next_seq(), ..Unit::default() });
+        Ok(())
+    }
+
+    fn apply(&mut self, tenant: &str, at: Timestamp, mutations: &[Mutation]) -> StoreResult<()> {
+        for mutation in mutations {
+            self.apply_one(tenant, at, mutation)?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> StoreResult<()> {
+        let unit = self.unit.as_ref().ok_or_else(|| StoreError::Fatal("commit without begin".into()))?;
+        self.write_unit(unit)?;
+        self.unit = None;
+        self.reads.borrow_mut().clear();
+        Ok(())
+    }
+
+    fn rollback(&mut self) -> StoreResult<()> {
+        self.unit = None;
+        self.reads.borrow_mut().clear();
+        Ok(())
+    }
+
+    /// Scans the contacts table (token order), then sorts the live ones: memory
+    /// grows with the number of contacts, not their histories.
+    fn export(&self, visit: &mut dyn FnMut(ExportedContact) -> StoreResult<()>) -> StoreResult<()> {
+        let backend = &self.backend;
+        let mut live = backend.block_on(async {
+            let mut rows = std::pin::pin!(
+                backend.pages::<(String, String, Option<String>)>(&backend.statements.contacts_scan, (), None).await?
+            );
+            let mut live = Vec::new();
+            while let Some(row) = rows.next().await {
+                let (tenant, contact_id, record) = row?;
+                let Some(record) = record else { continue };
+                if let ContactRecord::Active(contact) = from_json(&record)? {
+                    live.push((tenant, contact_id, contact.state()));
+                }
+            }
+            Ok::<_, StoreError>(live)
+        })?;
+        live.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        for (tenant, contact_id, state) in live {
+            visit(ExportedContact {
+                sessions: self.contact_sessions(&tenant, &contact_id)?,
+                timeline_entries: self.timeline_len(&tenant, &contact_id)?,
+                state,
+                tenant_id: tenant,
+                contact_id,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl ChangeSink for ScyllaStore {
+    fn publish(&mut self, changes: &[Change]) -> StoreResult<()> {
+        self.unit_mut()?.changes.extend_from_slice(changes);
+        Ok(())
+    }
+
+    fn open_unit(&self) -> Option<u64> {
+        self.unit.as_ref().map(|unit| unit.seq)
+    }
+}
+
+impl Outbox for ScyllaStore {
+    fn unit(&self, seq: u64) -> StoreResult<Option<ChangeUnit>> {
+        let backend = &self.backend;
+        let rows: Vec<(Option<String>,)> =
+            backend.block_on(backend.rows(&backend.statements.outbox_read, (seq.cast_signed(),)))?;
+        rows.into_iter()
+            .next()
+            .map(|(text,)| {
+                let changes = text.unwrap_or_default().lines().map(from_json).collect::<StoreResult<_>>()?;
+                Ok(ChangeUnit { seq, changes })
+            })
+            .transpose()
+    }
+
+    fn forget_unit(&mut self, seq: u64) -> StoreResult<()> {
+        let backend = &self.backend;
+        backend.block_on(backend.execute(&backend.statements.outbox_delete, (seq.cast_signed(),)))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_script_splits_into_its_statements() {
+        let script = MIGRATIONS[0].1.replace("{keyspace}", "ks").replace("{replication}", "{'class': 'SimpleStrategy'}");
+        let statements = statements(&script);
+        assert_eq!(statements.len(), 11, "keyspace, schema version and nine tables");
+        assert!(statements.iter().all(|s| s.starts_with("CREATE ")), "{statements:?}");
+        assert!(statements.iter().all(|s| !s.contains("--")));
+    }
+
+    #[test]
+    fn keyspace_names_are_plain_identifiers() {
+        assert!(valid_keyspace("contactd_prod1"));
+        for bad in ["", "1ks", "ks; DROP", "ks.x", &"k".repeat(49)] {
+            assert!(!valid_keyspace(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_later_write_in_a_unit_gets_a_later_timestamp() {
+        let t = Timestamp::from_micros;
+        assert_eq!(after(t(5), None), t(5));
+        assert_eq!(after(t(5), Some(t(3))), t(5));
+        assert_eq!(after(t(5), Some(t(5))), t(6));
+        assert_eq!(after(t(5), Some(t(9))), t(10));
+    }
+}
