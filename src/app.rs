@@ -45,7 +45,7 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
         Command::Produce(args) => produce(&args, config),
         Command::Gen(args) => generate(&args),
         Command::Config => {
-            println!("{}", serde_json::to_string_pretty(config)?);
+            println!("{}", serde_json::to_string_pretty(&config.redacted())?);
             Ok(())
         }
     }

@@ -448,6 +448,26 @@ impl Config {
         })))
     }
 
+    /// The configuration as `contactd config` prints it: passwords, API tokens
+    /// and secret-looking Kafka properties replaced, so that the output can be
+    /// pasted into a ticket.
+    pub fn redacted(&self) -> serde_json::Value {
+        const REDACTED: &str = "<redacted>";
+        let mut value = serde_json::to_value(self).expect("the configuration serializes");
+        if self.scylla.password.is_some() {
+            value["scylla"]["password"] = REDACTED.into();
+        }
+        for tokens in value["api"]["tokens"].as_object_mut().into_iter().flat_map(|t| t.values_mut()) {
+            *tokens = serde_json::json!([REDACTED]);
+        }
+        for (key, property) in value["kafka"]["properties"].as_object_mut().into_iter().flatten() {
+            if ["password", "secret", "key"].iter().any(|word| key.contains(word)) {
+                *property = REDACTED.into();
+            }
+        }
+        value
+    }
+
     pub fn index_path(&self) -> PathBuf {
         self.data_dir.join("index")
     }
@@ -512,6 +532,33 @@ mod tests {
             config.store = bad.into();
             assert!(config.store_location().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn printing_the_configuration_hides_its_secrets() {
+        let mut config = Config::default();
+        config.scylla.password = Some("scylla-pw".into());
+        config.api.tokens.insert("acme".into(), vec!["tok-1".into(), "tok-2".into()]);
+        config.kafka.properties.insert("sasl.password".into(), "kafka-pw".into());
+        config.kafka.properties.insert("ssl.key.location".into(), "/keys/client.key".into());
+        config.kafka.properties.insert("sasl.username".into(), "contactd".into());
+        let printed = config.redacted().to_string();
+        for secret in ["scylla-pw", "tok-1", "tok-2", "kafka-pw", "/keys/client.key"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(printed.contains("\"acme\"") && printed.contains("\"contactd\""), "names stay visible: {printed}");
+    }
+
+    #[test]
+    #[expect(clippy::result_large_err, reason = "figment::Jail's closure must return figment's own Result")]
+    fn tokens_from_one_environment_variable_are_a_table_of_lists() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CONTACTD__API__TOKENS", r#"{acme=["t1","t2"], globex=["t3"]}"#);
+            let config = Config::load(None, &FlagOverrides::default()).expect("loads");
+            assert_eq!(config.api.tokens["acme"], ["t1", "t2"]);
+            assert_eq!(config.api.tokens["globex"], ["t3"]);
+            Ok(())
+        });
     }
 
     #[test]
