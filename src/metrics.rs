@@ -8,6 +8,7 @@ use prometheus::{
 #[derive(Clone)]
 pub struct WorkerMetrics {
     registry: Registry,
+    names: Vec<String>,
     /// Events by `type` and `outcome` (applied, duplicate, skipped, rejected).
     pub events: IntCounterVec,
     /// From fetch to offset release: processing, store, publishing.
@@ -34,10 +35,14 @@ impl std::fmt::Debug for WorkerMetrics {
     }
 }
 
-fn register_all<const N: usize>(registry: &Registry, collectors: [Box<dyn prometheus::core::Collector>; N]) {
+/// Registers the collectors and returns their metric names.
+fn register_all<const N: usize>(registry: &Registry, collectors: [Box<dyn prometheus::core::Collector>; N]) -> Vec<String> {
+    let mut names = Vec::with_capacity(N);
     for collector in collectors {
+        names.extend(collector.desc().iter().map(|desc| desc.fq_name.clone()));
         registry.register(collector).expect("metric names are unique");
     }
+    names
 }
 
 fn render(registry: &Registry) -> String {
@@ -50,7 +55,7 @@ const AGE_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600
 impl WorkerMetrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let metrics = Self {
+        let mut metrics = Self {
             events: IntCounterVec::new(Opts::new("contactd_events_total", "Events processed"), &["type", "outcome"])
                 .expect("valid metric"),
             processing_seconds: Histogram::with_opts(
@@ -89,6 +94,7 @@ impl WorkerMetrics {
             commits: IntCounterVec::new(Opts::new("contactd_offset_commits_total", "Offset commits sent"), &["mode", "result"])
                 .expect("valid metric"),
             registry,
+            names: Vec::new(),
         };
         let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
             Box::new(metrics.events.clone()),
@@ -105,13 +111,18 @@ impl WorkerMetrics {
             Box::new(metrics.rebalances.clone()),
             Box::new(metrics.commits.clone()),
         ];
-        register_all(&metrics.registry, collectors);
+        metrics.names = register_all(&metrics.registry, collectors);
         metrics
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         render(&self.registry)
+    }
+
+    /// Every metric's name, whether or not it has been observed yet.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 }
 
@@ -128,6 +139,7 @@ const FRESHNESS_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5
 #[derive(Clone)]
 pub struct IndexerMetrics {
     registry: Registry,
+    names: Vec<String>,
     /// Changes consumed, by `type` and `outcome` (applied, malformed).
     pub changes: IntCounterVec,
     pub commit_seconds: Histogram,
@@ -151,7 +163,7 @@ impl std::fmt::Debug for IndexerMetrics {
 impl IndexerMetrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let metrics = Self {
+        let mut metrics = Self {
             changes: IntCounterVec::new(Opts::new("contactd_index_changes_total", "Changes consumed"), &["type", "outcome"])
                 .expect("valid metric"),
             commit_seconds: Histogram::with_opts(
@@ -178,6 +190,7 @@ impl IndexerMetrics {
             )
             .expect("valid metric"),
             registry,
+            names: Vec::new(),
         };
         let collectors: [Box<dyn prometheus::core::Collector>; 7] = [
             Box::new(metrics.changes.clone()),
@@ -188,13 +201,18 @@ impl IndexerMetrics {
             Box::new(metrics.requests.clone()),
             Box::new(metrics.request_seconds.clone()),
         ];
-        register_all(&metrics.registry, collectors);
+        metrics.names = register_all(&metrics.registry, collectors);
         metrics
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         render(&self.registry)
+    }
+
+    /// Every metric's name, whether or not it has been observed yet.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 }
 

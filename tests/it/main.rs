@@ -1,6 +1,6 @@
 //! The one integration-test binary: contract rules end to end, the store
 //! conformance suite, property tests, the command line, the JSON Schemas and
-//! the Kafka worker against a real broker.
+//! the Kafka worker against a real broker, and the operators' files.
 
 mod api;
 mod cli;
@@ -8,6 +8,7 @@ mod conformance;
 mod harness;
 mod index;
 mod kafka;
+mod ops;
 mod properties;
 mod rules;
 mod schemas;

@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+# contactd: one binary for every role (worker, indexer, migrate, ingest, ...).
+# Build: docker build -t contactd .
+
+FROM rust:1-bookworm AS build
+# librdkafka is built from source by rdkafka-sys (cmake-free, needs make and a
+# C toolchain, both in the image); the Scylla driver's TLS links OpenSSL.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libssl-dev pkg-config \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin contactd \
+    && cp target/release/contactd /usr/local/bin/contactd
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --user-group --home-dir /var/lib/contactd --shell /usr/sbin/nologin contactd \
+    && mkdir -p /var/lib/contactd \
+    && chown 10001:10001 /var/lib/contactd
+COPY --from=build /usr/local/bin/contactd /usr/local/bin/contactd
+COPY examples/events.jsonl /usr/share/contactd/examples/events.jsonl
+USER 10001:10001
+WORKDIR /var/lib/contactd
+ENV CONTACTD__DATA_DIR=/var/lib/contactd \
+    CONTACTD__LOG__FORMAT=json \
+    CONTACTD__LOG__FILTER=info
+# 9464: worker metrics and probes; 9465: indexer search API, metrics and probes.
+EXPOSE 9464 9465
+ENTRYPOINT ["/usr/local/bin/contactd"]
+CMD ["worker"]

@@ -1,0 +1,101 @@
+//! What operators run beside the binary: the chart's alert rules and Grafana
+//! dashboard may only name metrics that the worker or the indexer registers,
+//! so renaming a metric without them fails here rather than in production.
+
+use std::collections::BTreeSet;
+
+use contactd::metrics::{IndexerMetrics, WorkerMetrics};
+
+const ALERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/contactd/files/alerts.yaml");
+const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/contactd/files/dashboard.json");
+
+/// Every series name the binaries can expose, histograms with their suffixes.
+fn exported_series() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let worker = WorkerMetrics::new();
+    let indexer = IndexerMetrics::new();
+    for name in worker.names().iter().chain(indexer.names()) {
+        for suffix in ["", "_bucket", "_sum", "_count"] {
+            names.insert(format!("{name}{suffix}"));
+        }
+    }
+    names
+}
+
+/// The `contactd_…` words of a text: metric names in PromQL.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("contactd_") {
+        let word: String =
+            rest[start..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+        rest = &rest[start + word.len()..];
+        names.insert(word);
+    }
+    names
+}
+
+fn dashboard_expressions() -> Vec<String> {
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap()).unwrap();
+    let mut expressions = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            expressions.push(target["expr"].as_str().expect("a target has an expression").to_owned());
+        }
+    }
+    expressions
+}
+
+#[test]
+fn metric_names_are_found_in_promql() {
+    let names = metric_names("sum(rate(contactd_events_total{x=\"y\"}[5m])) / contactd_in_flight_events");
+    assert_eq!(names, BTreeSet::from(["contactd_events_total".into(), "contactd_in_flight_events".into()]));
+}
+
+#[test]
+fn alert_rules_name_only_exported_metrics() {
+    let exported = exported_series();
+    let used = metric_names(&std::fs::read_to_string(ALERTS).unwrap());
+    let unknown: Vec<_> = used.difference(&exported).collect();
+    assert!(unknown.is_empty(), "alerts.yaml names metrics nobody exports: {unknown:?}");
+}
+
+#[test]
+fn alert_rules_watch_lag_dead_letters_store_errors_and_index_freshness() {
+    let used = metric_names(&std::fs::read_to_string(ALERTS).unwrap());
+    for needed in [
+        "contactd_consumer_lag",
+        "contactd_dead_letters_total",
+        "contactd_store_unit_seconds_count",
+        "contactd_index_freshness_seconds_bucket",
+    ] {
+        assert!(used.contains(needed), "no alert uses {needed}");
+    }
+}
+
+#[test]
+fn dashboard_panels_query_only_exported_metrics() {
+    let exported = exported_series();
+    let expressions = dashboard_expressions();
+    assert!(expressions.len() >= 10, "the dashboard has its panels");
+    for expression in &expressions {
+        let used = metric_names(expression);
+        assert!(!used.is_empty(), "a panel queries no contactd metric: {expression}");
+        let unknown: Vec<_> = used.difference(&exported).collect();
+        assert!(unknown.is_empty(), "a dashboard panel names metrics nobody exports: {unknown:?} in {expression}");
+    }
+}
+
+#[test]
+fn the_dashboard_shows_every_metric_the_binaries_export() {
+    let shown: BTreeSet<String> = dashboard_expressions().iter().flat_map(|e| metric_names(e)).collect();
+    let worker = WorkerMetrics::new();
+    let indexer = IndexerMetrics::new();
+    let missing: Vec<_> = worker
+        .names()
+        .iter()
+        .chain(indexer.names())
+        .filter(|name| !["", "_bucket", "_count"].iter().any(|suffix| shown.contains(&format!("{name}{suffix}"))))
+        .collect();
+    assert!(missing.is_empty(), "metrics no dashboard panel shows: {missing:?}");
+}
