@@ -4,7 +4,8 @@
 
 FROM rust:1-bookworm AS build
 # librdkafka is built from source by rdkafka-sys (cmake-free, needs make and a
-# C toolchain, both in the image); the Scylla driver's TLS links OpenSSL.
+# C toolchain, both in the image); its TLS and SASL/SCRAM and the Scylla
+# driver's TLS link OpenSSL.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libssl-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
