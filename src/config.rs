@@ -561,6 +561,19 @@ mod tests {
         });
     }
 
+    #[test]
+    #[expect(clippy::result_large_err, reason = "figment::Jail's closure must return figment's own Result")]
+    fn a_kafka_secret_from_the_environment_joins_the_files_properties() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("contactd.toml", "[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n")?;
+            jail.set_env("CONTACTD__KAFKA__PROPERTIES", r#"{"sasl.password"="s3cret"}"#);
+            let config = Config::load(None, &FlagOverrides::default()).expect("loads");
+            assert_eq!(config.kafka.properties.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
+            assert_eq!(config.kafka.properties.get("sasl.password").map(String::as_str), Some("s3cret"));
+            Ok(())
+        });
+    }
+
     /// Production brokers want TLS and SCRAM; librdkafka refuses those settings
     /// when it was built without OpenSSL.
     #[test]
