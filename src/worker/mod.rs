@@ -44,6 +44,14 @@ pub enum WorkerError {
     Spawn(#[from] std::io::Error),
 }
 
+/// Every this many commit intervals, the periodic commit resends every
+/// partition's commit point, moved or not. An asynchronous commit that the
+/// broker refuses is not reported back, and a broker that does not fence a
+/// former owner's late commit lets it move the group's offset backwards;
+/// either would otherwise hold until the next revocation. One request with a
+/// few offsets every ten seconds is negligible.
+const RESEND_ALL_EVERY: u32 = 10;
+
 /// How a run ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Exit {
@@ -99,12 +107,13 @@ impl Shared {
         true
     }
 
-    /// Commits the commit points of `keys` (all partitions when `None`). A
-    /// synchronous commit (revocation, shutdown) sends every point again, since
-    /// an earlier asynchronous one may have failed unseen.
-    fn commit(&self, consumer: &BaseConsumer<WorkerContext>, keys: Option<&[PartitionKey]>, mode: CommitMode) {
+    /// Commits the commit points of `keys` (all partitions when `None`): those
+    /// that moved, or every one with `resend`. A synchronous commit
+    /// (revocation, shutdown) always resends, since an earlier asynchronous one
+    /// may have failed unseen.
+    fn commit(&self, consumer: &BaseConsumer<WorkerContext>, keys: Option<&[PartitionKey]>, mode: CommitMode, resend: bool) {
         let sync = matches!(mode, CommitMode::Sync);
-        let points = self.tracker().commit_points(keys, sync);
+        let points = self.tracker().commit_points(keys, sync || resend);
         if points.is_empty() {
             return;
         }
@@ -187,7 +196,7 @@ impl ConsumerContext for WorkerContext {
         if !self.shared.wait_until(Instant::now() + wait, |tracker| keys.iter().all(|key| tracker.pending_in(key) == 0)) {
             warn!("revoked partitions did not drain in time; their unfinished events go to the next owner");
         }
-        self.shared.commit(consumer, Some(&keys), CommitMode::Sync);
+        self.shared.commit(consumer, Some(&keys), CommitMode::Sync, true);
         let mut tracker = self.shared.tracker();
         for key in &keys {
             tracker.remove(key);
@@ -286,6 +295,7 @@ where
 
     let commit_interval = Duration::from_millis(worker.commit_interval_ms);
     let mut last_commit = Instant::now();
+    let mut last_resend = Instant::now();
     while !shutdown.load(Ordering::Relaxed) && !shared.failed() {
         shared.health.polled();
         match consumer.poll(Duration::from_millis(100)) {
@@ -307,8 +317,12 @@ where
         }
         shared.pause_if_saturated(&consumer, worker.max_in_flight);
         if last_commit.elapsed() >= commit_interval {
-            shared.commit(&consumer, None, CommitMode::Async);
+            let resend = last_resend.elapsed() >= commit_interval * RESEND_ALL_EVERY;
+            shared.commit(&consumer, None, CommitMode::Async, resend);
             last_commit = Instant::now();
+            if resend {
+                last_resend = last_commit;
+            }
         }
     }
 
@@ -320,7 +334,7 @@ where
     let drained = shared.wait_until(deadline, |tracker| tracker.pending() == 0);
     shared.give_up.store(true, Ordering::Relaxed);
     shared.progress.notify_all();
-    shared.commit(&consumer, None, CommitMode::Sync);
+    shared.commit(&consumer, None, CommitMode::Sync, true);
     let unfinished = shared.tracker().pending();
     drop(senders);
     if drained {

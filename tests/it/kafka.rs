@@ -20,7 +20,7 @@ use contactd::model::Change;
 use contactd::publish::ChangeLog;
 use contactd::store::sqlite::{SqliteOptions, SqliteStore};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -251,6 +251,15 @@ impl Cluster {
         }
     }
 
+    /// Commits `offset` for one partition in the workers' group from outside
+    /// it, as a partition's former owner does with a late commit.
+    fn commit_stray_offset(&self, topic: &str, partition: i32, offset: i64) {
+        let consumer: BaseConsumer = self.client().set("group.id", GROUP).create().expect("consumer");
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(topic, partition, Offset::Offset(offset)).unwrap();
+        consumer.commit(&list, CommitMode::Sync).expect("the stray commit is sent");
+    }
+
     /// Reads `topic` from the beginning until `count` records arrived.
     fn read(&self, topic: &str, partitions: i32, count: usize) -> Vec<Record> {
         let consumer: BaseConsumer =
@@ -334,6 +343,12 @@ fn the_worker_builds_the_same_directory_as_ingest_and_dead_letters_poison() {
 
     eventually("every offset is committed", || cluster.committed(EVENTS, 1) == [21]);
     eventually("the worker is ready", || worker.ready() == Some(true));
+    // tansu does not fence a commit from outside the group's generation; the
+    // worker's periodic resend must undo it, though nothing new was processed.
+    cluster.commit_stray_offset(EVENTS, 0, 5);
+    let regressed = cluster.committed(EVENTS, 1) == [5];
+    eventually("the worker restores its commit point", || cluster.committed(EVENTS, 1) == [21]);
+    assert!(regressed, "the stray commit moved the group's offset back (else this checks nothing)");
     assert_eq!(worker.metric("contactd_dead_letters_total", ""), 4.0);
     assert!(worker.metric("contactd_events_total", "outcome=\"applied\"") > 0.0);
     assert!(worker.metric("contactd_event_processing_seconds_count", "") >= 21.0);
