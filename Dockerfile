@@ -11,10 +11,13 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+# Release line tables make the binary 139 MB; stripped to its symbols (function
+# names still in backtraces) it is 30 MB.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin contactd \
-    && cp target/release/contactd /usr/local/bin/contactd
+    && cp target/release/contactd /usr/local/bin/contactd \
+    && strip --strip-debug /usr/local/bin/contactd
 
 FROM debian:bookworm-slim
 RUN apt-get update \
