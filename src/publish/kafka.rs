@@ -9,7 +9,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
-use super::{ChangeUnit, DeadLetter};
+use super::{DeadLetter, EncodedUnit};
 use crate::config::KafkaConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -75,18 +75,13 @@ impl KafkaPublisher {
 
     /// Publishes the changes of each unit keyed `tenant_id/contact_id`, so one
     /// contact's changes stay in order on one partition.
-    pub fn publish_units(&self, units: &[ChangeUnit]) -> Result<usize, PublishError> {
-        let encoded: Vec<(String, Vec<u8>)> = units
-            .iter()
-            .flat_map(|unit| &unit.changes)
-            .map(|change| {
-                let payload = serde_json::to_vec(change).expect("changes serialize to JSON");
-                (format!("{}/{}", change.tenant_id, change.contact_id), payload)
-            })
-            .collect();
+    pub fn publish_units(&self, units: &[EncodedUnit]) -> Result<usize, PublishError> {
         send_all(
             &self.producer,
-            encoded.iter().map(|(key, payload)| FutureRecord::to(&self.changes_topic).key(key.as_bytes()).payload(&payload[..])),
+            units
+                .iter()
+                .flat_map(EncodedUnit::changes)
+                .map(|(key, json)| FutureRecord::to(&self.changes_topic).key(key.as_bytes()).payload(json.as_bytes())),
         )
     }
 

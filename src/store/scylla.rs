@@ -46,7 +46,7 @@ use crate::identity::Identifier;
 use crate::model::{
     Change, Claim, ContactRecord, ExportedContact, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry, Timestamp,
 };
-use crate::publish::{ChangeSink, ChangeUnit, Outbox};
+use crate::publish::{ChangeSink, EncodedUnit, Outbox};
 
 /// The schema this build reads and writes; `contactd migrate` brings a keyspace to it.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -1117,17 +1117,11 @@ impl ChangeSink for ScyllaStore {
 }
 
 impl Outbox for ScyllaStore {
-    fn unit(&self, seq: u64) -> StoreResult<Option<ChangeUnit>> {
+    fn unit(&self, seq: u64) -> StoreResult<Option<EncodedUnit>> {
         let backend = &self.backend;
         let rows: Vec<(Option<String>,)> =
             backend.block_on(backend.rows(&backend.statements.outbox_read, (seq.cast_signed(),)))?;
-        rows.into_iter()
-            .next()
-            .map(|(text,)| {
-                let changes = text.unwrap_or_default().lines().map(from_json).collect::<StoreResult<_>>()?;
-                Ok(ChangeUnit { seq, changes })
-            })
-            .transpose()
+        rows.into_iter().next().map(|(text,)| EncodedUnit::parse(seq, text.unwrap_or_default())).transpose()
     }
 
     fn forget_unit(&mut self, seq: u64) -> StoreResult<()> {

@@ -18,7 +18,7 @@ use crate::identity::Identifier;
 use crate::model::{
     Change, Claim, ContactRecord, ExportedContact, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry, Timestamp,
 };
-use crate::publish::{ChangeLog, ChangeSink, ChangeUnit, Outbox};
+use crate::publish::{ChangeLog, ChangeSink, ChangeUnit, EncodedUnit, Outbox};
 
 const SCHEMA_VERSION: i64 = 2;
 const STATEMENT_CACHE_CAPACITY: usize = 64;
@@ -560,7 +560,7 @@ impl ChangeSink for SqliteStore {
 }
 
 impl Outbox for SqliteStore {
-    fn unit(&self, seq: u64) -> StoreResult<Option<ChangeUnit>> {
+    fn unit(&self, seq: u64) -> StoreResult<Option<EncodedUnit>> {
         let text: Option<String> = self
             .conn
             .prepare_cached("SELECT changes FROM outbox WHERE seq = ?1")
@@ -568,7 +568,7 @@ impl Outbox for SqliteStore {
             .query_row(params![seq.cast_signed()], |row| row.get(0))
             .optional()
             .map_err(sql_error)?;
-        text.map(|text| Ok(ChangeUnit { seq, changes: text.lines().map(from_json).collect::<StoreResult<_>>()? })).transpose()
+        text.map(|text| EncodedUnit::parse(seq, text)).transpose()
     }
 
     fn forget_unit(&mut self, seq: u64) -> StoreResult<()> {

@@ -14,7 +14,7 @@ use super::tracker::PartitionKey;
 use crate::model::Timestamp;
 use crate::pipeline::{self, BatchOutcome};
 use crate::publish::kafka::KafkaPublisher;
-use crate::publish::{ChangeSink, ChangeUnit, Outbox};
+use crate::publish::{ChangeSink, EncodedUnit, Outbox};
 use crate::source::RawRecord;
 use crate::store::{Store, StoreError};
 
@@ -204,7 +204,7 @@ impl<S: Store + ChangeSink + Outbox> Lane<S> {
 
 /// The change units the batch's events produced or, for redelivered events,
 /// produced before and still wait for delivery.
-fn read_units<S: Outbox>(store: &S, outcome: &BatchOutcome) -> Result<Vec<ChangeUnit>, StoreError> {
+fn read_units<S: Outbox>(store: &S, outcome: &BatchOutcome) -> Result<Vec<EncodedUnit>, StoreError> {
     let mut units = Vec::with_capacity(outcome.units.len());
     for seq in &outcome.units {
         if let Some(unit) = store.unit(*seq)? {
