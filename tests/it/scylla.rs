@@ -145,42 +145,20 @@ fn same_directory_as_on_sqlite(lines: &[String], batch_size: usize) {
     assert_eq!(crate::harness::canonical(&scylla), crate::harness::canonical(&sqlite.store));
 }
 
-/// Clustering order and ranges, conditional writes and write timestamps are
-/// what kassandra ignores, so `timelines_page_newest_first` and the
-/// concurrency checks run against a real Scylla only.
-mod smoke_on_kassandra {
-    use super::super::conformance;
-
-    #[test]
-    fn reads_return_what_was_written() {
-        conformance::reads_return_what_was_written(&mut super::kassandra_store());
-    }
-    #[test]
-    fn tenants_are_isolated() {
-        conformance::tenants_are_isolated(&mut super::kassandra_store());
-    }
-    #[test]
-    fn writes_are_idempotent_overwrites() {
-        conformance::writes_are_idempotent_overwrites(&mut super::kassandra_store());
-    }
-    #[test]
-    fn deletes_remove_what_they_name() {
-        conformance::deletes_remove_what_they_name(&mut super::kassandra_store());
-    }
-    #[test]
-    fn reads_see_the_units_own_writes() {
-        conformance::reads_see_the_units_own_writes(&mut super::kassandra_store());
-    }
-    #[test]
-    fn rollback_discards_the_unit() {
-        conformance::rollback_discards_the_unit(&mut super::kassandra_store());
-    }
-    #[test]
-    fn export_lists_live_contacts_in_order() {
-        conformance::export_lists_live_contacts_in_order(&mut super::kassandra_store());
-    }
-    #[test]
-    fn events_lead_back_to_their_change_units() {
-        conformance::events_lead_back_to_their_change_units(&mut super::kassandra_store());
-    }
-}
+// Clustering order and ranges, conditional writes and write timestamps are
+// what kassandra ignores, so `timelines_page_newest_first` and the
+// concurrency checks run against a real Scylla only.
+crate::conformance::conformance_suite!(
+    smoke_on_kassandra,
+    Some(super::kassandra_store()),
+    [
+        reads_return_what_was_written,
+        tenants_are_isolated,
+        writes_are_idempotent_overwrites,
+        deletes_remove_what_they_name,
+        reads_see_the_units_own_writes,
+        rollback_discards_the_unit,
+        export_lists_live_contacts_in_order,
+        events_lead_back_to_their_change_units,
+    ]
+);
