@@ -49,7 +49,7 @@ pub enum WorkerError {
 /// broker refuses is not reported back, and a broker that does not fence a
 /// former owner's late commit lets it move the group's offset backwards;
 /// either would otherwise hold until the next revocation. One request with a
-/// few offsets every ten seconds is negligible.
+/// few offsets every ten seconds (at the default interval) is negligible.
 const RESEND_ALL_EVERY: u32 = 10;
 
 /// How a run ended.
@@ -108,12 +108,11 @@ impl Shared {
     }
 
     /// Commits the commit points of `keys` (all partitions when `None`): those
-    /// that moved, or every one with `resend`. A synchronous commit
-    /// (revocation, shutdown) always resends, since an earlier asynchronous one
-    /// may have failed unseen.
+    /// that moved, or every one with `resend`. Revocation and shutdown resend,
+    /// since an earlier asynchronous commit may have failed unseen.
     fn commit(&self, consumer: &BaseConsumer<WorkerContext>, keys: Option<&[PartitionKey]>, mode: CommitMode, resend: bool) {
         let sync = matches!(mode, CommitMode::Sync);
-        let points = self.tracker().commit_points(keys, sync || resend);
+        let points = self.tracker().commit_points(keys, resend);
         if points.is_empty() {
             return;
         }
