@@ -9,12 +9,15 @@ use contactd::metrics::{IndexerMetrics, WorkerMetrics};
 const ALERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/contactd/files/alerts.yaml");
 const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/contactd/files/dashboard.json");
 
+/// Every metric the worker and the indexer register.
+fn registered_metrics() -> Vec<String> {
+    WorkerMetrics::new().names().iter().chain(IndexerMetrics::new().names()).cloned().collect()
+}
+
 /// Every series name the binaries can expose, histograms with their suffixes.
 fn exported_series() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    let worker = WorkerMetrics::new();
-    let indexer = IndexerMetrics::new();
-    for name in worker.names().iter().chain(indexer.names()) {
+    for name in registered_metrics() {
         for suffix in ["", "_bucket", "_sum", "_count"] {
             names.insert(format!("{name}{suffix}"));
         }
@@ -89,12 +92,8 @@ fn dashboard_panels_query_only_exported_metrics() {
 #[test]
 fn the_dashboard_shows_every_metric_the_binaries_export() {
     let shown: BTreeSet<String> = dashboard_expressions().iter().flat_map(|e| metric_names(e)).collect();
-    let worker = WorkerMetrics::new();
-    let indexer = IndexerMetrics::new();
-    let missing: Vec<_> = worker
-        .names()
-        .iter()
-        .chain(indexer.names())
+    let missing: Vec<_> = registered_metrics()
+        .into_iter()
         .filter(|name| !["", "_bucket", "_count"].iter().any(|suffix| shown.contains(&format!("{name}{suffix}"))))
         .collect();
     assert!(missing.is_empty(), "metrics no dashboard panel shows: {missing:?}");
