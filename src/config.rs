@@ -481,6 +481,7 @@ impl Config {
             busy_timeout: Duration::from_millis(self.sqlite.busy_timeout_ms),
             cache_records: self.sqlite.cache_records,
             page_cache_mb: self.sqlite.page_cache_mb,
+            ..crate::store::sqlite::SqliteOptions::default()
         }
     }
 

@@ -322,6 +322,34 @@ fn a_cache_never_hides_another_writers_commit() {
     first.commit().unwrap();
 }
 
+/// Commits leave copying the log back into the database to a thread of the
+/// connection's own, and the log is still restarted: it stays a fraction of
+/// what the same writes leave in a log that is never checkpointed.
+#[test]
+fn the_log_is_checkpointed_on_its_own_thread_and_stays_bounded() {
+    use contactd::store::sqlite::{SqliteOptions, SqliteStore};
+    let largest_log = |checkpoint_pages: i32| {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("directory.sqlite3-wal");
+        let options = SqliteOptions { checkpoint_pages, ..SqliteOptions::default() };
+        let mut store = SqliteStore::open(&dir.path().join("directory.sqlite3"), &options).unwrap();
+        let mut largest = 0;
+        for unit in 0..300 {
+            let mut long = entry(&format!("e{unit}"), unit, None);
+            long.text = "words ".repeat(1_000);
+            write(&mut store, "t1", vec![Mutation::PutEntry { contact_id: format!("c{}", unit % 7), entry: long }]);
+            largest = largest.max(std::fs::metadata(&log).unwrap().len());
+        }
+        assert_eq!(store.timeline_len("t1", "c0").unwrap(), 43);
+        (largest, store.background_checkpoints())
+    };
+    let (unchecked, none) = largest_log(i32::MAX);
+    let (checked, background) = largest_log(8);
+    assert_eq!(none, 0);
+    assert!(background > 0, "the checkpoint thread ran");
+    assert!(checked * 4 < unchecked, "the log grew to {checked} bytes; {unchecked} without checkpoints");
+}
+
 /// Writers with their own connections (processes, or workers on other
 /// machines) resolve events that share identifiers at the same time: each
 /// sees the others' committed claims, so no identifier ever gets two owners
