@@ -27,6 +27,7 @@ pub struct WorkerMetrics {
     /// Partitions assigned and revoked, by `kind`.
     pub rebalances: IntCounterVec,
     pub commits: IntCounterVec,
+    pub commit_refusals: IntCounter,
 }
 
 impl std::fmt::Debug for WorkerMetrics {
@@ -93,10 +94,15 @@ impl WorkerMetrics {
                 .expect("valid metric"),
             commits: IntCounterVec::new(Opts::new("contactd_offset_commits_total", "Offset commits sent"), &["mode", "result"])
                 .expect("valid metric"),
+            commit_refusals: IntCounter::new(
+                "contactd_offset_commit_refusals_total",
+                "Partition offsets the broker's commit replies refused",
+            )
+            .expect("valid metric"),
             registry,
             names: Vec::new(),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
             Box::new(metrics.events.clone()),
             Box::new(metrics.processing_seconds.clone()),
             Box::new(metrics.event_age_seconds.clone()),
@@ -110,6 +116,7 @@ impl WorkerMetrics {
             Box::new(metrics.publish_retries.clone()),
             Box::new(metrics.rebalances.clone()),
             Box::new(metrics.commits.clone()),
+            Box::new(metrics.commit_refusals.clone()),
         ];
         metrics.names = register_all(&metrics.registry, collectors);
         metrics

@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -45,11 +45,11 @@ pub enum WorkerError {
 }
 
 /// Every this many commit intervals, the periodic commit resends every
-/// partition's commit point, moved or not. An asynchronous commit that the
-/// broker refuses is not reported back, and a broker that does not fence a
-/// former owner's late commit lets it move the group's offset backwards;
-/// either would otherwise hold until the next revocation. One request with a
-/// few offsets every ten seconds (at the default interval) is negligible.
+/// partition's commit point, moved or not. A broker that does not fence a
+/// former owner's late commit (tansu does not) lets it move the group's
+/// offset backwards, which would otherwise hold until the next revocation.
+/// One request with a few offsets every ten seconds (at the default
+/// interval) is negligible.
 const RESEND_ALL_EVERY: u32 = 10;
 
 /// How a run ended.
@@ -123,14 +123,10 @@ impl Shared {
             }
         }
         let mode_label = if sync { "sync" } else { "async" };
+        // The tracker learns what the broker took from `commit_callback`,
+        // which replies to both modes.
         match consumer.commit(&list, mode) {
-            Ok(()) => {
-                self.metrics.commits.with_label_values(&[mode_label, "ok"]).inc();
-                let mut tracker = self.tracker();
-                for (key, offset) in &points {
-                    tracker.committed(key, *offset);
-                }
-            }
+            Ok(()) => self.metrics.commits.with_label_values(&[mode_label, "ok"]).inc(),
             Err(error) => {
                 self.metrics.commits.with_label_values(&[mode_label, "error"]).inc();
                 warn!(%error, "offset commit failed; it is retried at the next interval");
@@ -179,6 +175,28 @@ impl ClientContext for WorkerContext {
 }
 
 impl ConsumerContext for WorkerContext {
+    /// A partition counts as committed only once the broker says so: a refused
+    /// offset stays ahead of the tracker's record and is sent again at the
+    /// next interval.
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) = result {
+            return;
+        }
+        let mut tracker = self.shared.tracker();
+        for element in offsets.elements() {
+            let key = (element.topic().to_owned(), element.partition());
+            match (&result, element.error(), element.offset()) {
+                (Ok(()), Ok(()), Offset::Offset(offset)) => tracker.committed(&key, offset),
+                (Ok(()), Ok(()), _) => {}
+                (outcome, partition_error, offset) => {
+                    self.shared.metrics.commit_refusals.inc();
+                    let error = partition_error.err().or_else(|| outcome.clone().err());
+                    warn!(topic = %key.0, partition = key.1, ?offset, error = ?error, "the broker refused an offset commit; it is retried at the next interval");
+                }
+            }
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(list) = rebalance else { return };
         let keys = partition_keys(list);
