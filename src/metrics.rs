@@ -96,7 +96,7 @@ impl WorkerMetrics {
                 .expect("valid metric"),
             commit_refusals: IntCounter::new(
                 "contactd_offset_commit_refusals_total",
-                "Partition offsets the broker's commit replies refused",
+                "Partition offsets whose commit the broker refused or that failed in transit",
             )
             .expect("valid metric"),
             registry,

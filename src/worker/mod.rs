@@ -175,9 +175,9 @@ impl ClientContext for WorkerContext {
 }
 
 impl ConsumerContext for WorkerContext {
-    /// A partition counts as committed only once the broker says so: a refused
-    /// offset stays ahead of the tracker's record and is sent again at the
-    /// next interval.
+    /// A partition counts as committed only once the broker says so: an
+    /// offset refused, or lost with its request, stays ahead of the tracker's
+    /// record and is sent again at the next interval.
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         if let Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) = result {
             return;
@@ -191,7 +191,7 @@ impl ConsumerContext for WorkerContext {
                 (outcome, partition_error, offset) => {
                     self.shared.metrics.commit_refusals.inc();
                     let error = partition_error.err().or_else(|| outcome.clone().err());
-                    warn!(topic = %key.0, partition = key.1, ?offset, error = ?error, "the broker refused an offset commit; it is retried at the next interval");
+                    warn!(topic = %key.0, partition = key.1, ?offset, error = ?error, "an offset commit failed; it is retried at the next interval");
                 }
             }
         }
