@@ -257,14 +257,17 @@ impl Checkpointer {
                 }
             });
             match started {
-                Ok(thread) => (self.nudge, self.thread) = (Some(nudge), Some(thread)),
-                Err(error) => return warn!(%error, "cannot start the checkpoint thread; commits will checkpoint"),
+                Ok(thread) => self.thread = Some(thread),
+                Err(error) => warn!(%error, "cannot start the checkpoint thread; commits will checkpoint"),
             }
+            // Kept even when the thread did not start, so that it is tried once:
+            // its receiver is gone and every later nudge finds it disconnected.
+            self.nudge = Some(nudge);
         }
         if let Some(nudge) = &self.nudge {
             // Full: a checkpoint is already due and will take these pages too.
-            // Disconnected: the thread could not open its connection and said
-            // so; the inline checkpoint keeps the log bounded.
+            // Disconnected: the thread could not start or open its connection
+            // and said so; the inline checkpoint keeps the log bounded.
             let _ = nudge.try_send(());
         }
     }

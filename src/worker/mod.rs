@@ -109,7 +109,8 @@ impl Shared {
 
     /// Commits the commit points of `keys` (all partitions when `None`): those
     /// that moved, or every one with `resend`. Revocation and shutdown resend,
-    /// since an earlier asynchronous commit may have failed unseen.
+    /// since an earlier asynchronous commit may still be unanswered, or a
+    /// stray one may have moved the group's offset back.
     fn commit(&self, consumer: &BaseConsumer<WorkerContext>, keys: Option<&[PartitionKey]>, mode: CommitMode, resend: bool) {
         let sync = matches!(mode, CommitMode::Sync);
         let points = self.tracker().commit_points(keys, resend);
