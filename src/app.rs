@@ -31,8 +31,7 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
     match command {
         Command::Ingest(args) => {
             let summary = ingest(&args, config)?;
-            print!("{}", summary.render(config));
-            Ok(())
+            say(&summary.render(config))
         }
         Command::Export(args) => export(&args, config),
         Command::Search(args) => search(&args, config),
@@ -44,10 +43,7 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
         Command::Migrate => migrate(config),
         Command::Produce(args) => produce(&args, config),
         Command::Gen(args) => generate(&args),
-        Command::Config => {
-            println!("{}", serde_json::to_string_pretty(&config.redacted())?);
-            Ok(())
-        }
+        Command::Config => say(&format!("{}\n", serde_json::to_string_pretty(&config.redacted())?)),
     }
 }
 
@@ -140,12 +136,12 @@ fn migrate(config: &Config) -> anyhow::Result<()> {
     match config.store_location()? {
         StoreLocation::Sqlite(_) => {
             let (_, path) = open_sqlite(config)?;
-            println!("{} is at the current schema (SQLite migrates itself when opened)", path.display());
+            say(&format!("{} is at the current schema (SQLite migrates itself when opened)\n", path.display()))?;
         }
         StoreLocation::Scylla(options) => {
             let version = crate::store::scylla::migrate(&options)
                 .with_context(|| format!("migrating Scylla {} keyspace {}", options.nodes.join(","), options.keyspace))?;
-            println!("keyspace {} is at schema version {version}", options.keyspace);
+            say(&format!("keyspace {} is at schema version {version}\n", options.keyspace))?;
         }
     }
     Ok(())
@@ -222,6 +218,29 @@ pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummar
     })
 }
 
+/// Writes to stdout without `print!`, which panics when the reader has gone
+/// away (`contactd export | head`); the error reaches [`is_broken_pipe`] instead.
+fn say(text: &str) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Whether a command failed only because its stdout reader closed early. The
+/// binary then exits quietly with success, as a pipeline stage is expected to:
+/// the reader chose to stop, and everything the command changed is already durable.
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        let kind = match (cause.downcast_ref::<io::Error>(), cause.downcast_ref::<serde_json::Error>()) {
+            (Some(io), _) => Some(io.kind()),
+            (None, Some(json)) => json.io_error_kind(),
+            (None, None) => None,
+        };
+        kind == Some(io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn output(path: Option<&Path>) -> anyhow::Result<Box<dyn Write>> {
     Ok(match path {
         Some(path) => Box::new(BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?)),
@@ -288,8 +307,7 @@ pub fn contact(args: &ContactArgs, config: &Config) -> anyhow::Result<()> {
     let object = view.as_object_mut().expect("a contact view is an object");
     object.insert("timeline".into(), json!(page.entries));
     object.insert("next_cursor".into(), json!(page.next_cursor));
-    println!("{}", serde_json::to_string_pretty(&view)?);
-    Ok(())
+    say(&format!("{}\n", serde_json::to_string_pretty(&view)?))
 }
 
 fn generate(args: &GenArgs) -> anyhow::Result<()> {
@@ -445,8 +463,7 @@ fn reindex(config: &Config) -> anyhow::Result<()> {
         return Err(error).context("indexing");
     }
     writer.commit(&checkpoint)?;
-    println!("reindexed {contacts} contacts and {entries} timeline entries in {:.2} s", started.elapsed().as_secs_f64());
-    Ok(())
+    say(&format!("reindexed {contacts} contacts and {entries} timeline entries in {:.2} s\n", started.elapsed().as_secs_f64()))
 }
 
 /// Timeline entries read from the store per query while reindexing.
@@ -515,6 +532,5 @@ fn produce(args: &ProduceArgs, config: &Config) -> anyhow::Result<()> {
         )
         .context("publishing")?;
     }
-    println!("produced {produced} events to {topic}");
-    Ok(())
+    say(&format!("produced {produced} events to {topic}\n"))
 }

@@ -19,6 +19,7 @@ fn main() -> std::process::ExitCode {
     contactd::telemetry::init(&config.log);
     match contactd::app::run(cli.command, &config) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) if contactd::app::is_broken_pipe(&error) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("contactd: {error:#}");
             std::process::ExitCode::FAILURE

@@ -204,3 +204,31 @@ fn reindex_rebuilds_both_indexes_from_the_store() {
     let index = contactd::index::SearchIndex::open_or_create(&dir.path().join("index")).unwrap();
     assert_eq!((index.timeline.num_docs(), index.contacts.num_docs()), (28, 3));
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_the_command_quietly() {
+    let dir = ingested();
+    for args in [
+        &["config"][..],
+        &["export"],
+        &["search", "--tenant", "acme", "refund"],
+        &["migrate"],
+        &["contact", "--tenant", "acme", "--identifier", "email:jana.novakova@example.cz"],
+    ] {
+        // The read end is closed before the command starts, so every write to stdout
+        // fails the way it does behind `| head -1` or `| grep -q` once they have seen enough.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = Command::new(env!("CARGO_BIN_EXE_contactd"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{args:?} exited with {:?}: {stderr}", output.status);
+        assert!(stderr.is_empty(), "{args:?} printed to stderr: {stderr}");
+    }
+}
