@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{DirectoryView, Mutation, Store, StoreError, StoreResult, identifier_hash};
 use crate::identity::Identifier;
@@ -188,6 +188,14 @@ fn switch_to_wal(conn: &Connection, busy_timeout: Duration) -> StoreResult<()> {
     }
 }
 
+/// Every connection that writes has a checkpointer (the ingest thread's and the
+/// indexing thread's, or several processes'), and only one checkpoint runs at a
+/// time. The others get BUSY at once, without waiting; that is not a failure,
+/// since the next commit over the threshold asks for a checkpoint again.
+fn is_busy(error: &rusqlite::Error) -> bool {
+    error.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
+}
+
 /// Replaces SQLite's automatic checkpoint, which copies the log back into the
 /// database inside the commit that crosses the threshold, by a nudge to a
 /// thread of this connection's own: the writer goes on while the copy runs
@@ -205,9 +213,11 @@ fn install_checkpointer(conn: &mut Connection, path: &Path, options: &SqliteOpti
     let inline_at = nudge_at.saturating_mul(INLINE_CHECKPOINT_FACTOR);
     conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: i32| {
         if pages >= inline_at {
-            // A busy checkpoint is not an error of the commit that triggered it.
-            if let Err(error) = wal.checkpoint() {
-                warn!(%error, pages, "inline WAL checkpoint failed");
+            // A failed checkpoint is not an error of the commit that triggered it.
+            match wal.checkpoint() {
+                Err(error) if is_busy(&error) => debug!(pages, "inline WAL checkpoint skipped: another is running"),
+                Err(error) => warn!(%error, pages, "inline WAL checkpoint failed"),
+                Ok(()) => {}
             }
         } else if pages >= nudge_at {
             checkpointer.nudge();
@@ -252,6 +262,7 @@ impl Checkpointer {
                             done.fetch_add(1, Ordering::Relaxed);
                         }
                         Ok(_) => warn!("background WAL checkpoint did not run"),
+                        Err(error) if is_busy(&error) => debug!("background WAL checkpoint skipped: another is running"),
                         Err(error) => warn!(%error, "background WAL checkpoint failed"),
                     }
                 }
