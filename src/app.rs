@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::json;
+use tracing::debug;
 
 use crate::api::{self, Health};
 use crate::cli::{Command, ContactArgs, ExportArgs, GenArgs, IngestArgs, ProduceArgs, SearchArgs};
@@ -20,6 +21,7 @@ use crate::metrics::{IndexerMetrics, WorkerMetrics};
 use crate::model::Claim;
 use crate::pipeline::{self, FollowReport, Report};
 use crate::publish::DeadLetterSink;
+use crate::publish::feed::{self, FedLog};
 use crate::publish::jsonl::JsonlDeadLetters;
 use crate::source::EventSource;
 use crate::source::file::JsonlSource;
@@ -161,6 +163,12 @@ fn progress_bar(total_bytes: Option<u64>, quiet: bool) -> indicatif::ProgressBar
     }
 }
 
+/// Units handed to the indexing thread in memory and not yet indexed. The thread
+/// falls behind while tantivy commits; eight carry it over that (measured: two
+/// left a third of the units to be read back from the outbox, eight a fifteenth)
+/// for a few tens of MiB. Beyond that it reads the outbox instead.
+const FEED_UNITS: usize = 8;
+
 /// Runs a JSONL file through the pipeline while a second thread indexes the
 /// changes it produces.
 pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummary> {
@@ -178,13 +186,18 @@ pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummar
     let mut dead_letters = JsonlDeadLetters::open(&config.dead_letter_path()).context("opening the dead-letter file")?;
     let producer_done = AtomicBool::new(false);
     let progress = progress_bar(total_bytes, args.quiet);
+    store.keep_committed_units();
+    let (feed, fed) = feed::channel(FEED_UNITS);
 
     let (report, follow) = std::thread::scope(|scope| {
+        let (index, store_path, producer_done) = (&index, &store_path, &producer_done);
         let follower = std::thread::Builder::new()
             .name("contactd-index".into())
-            .spawn_scoped(scope, || -> anyhow::Result<FollowReport> {
-                let mut log = SqliteStore::open(&store_path, &config.sqlite_options())?;
-                Ok(pipeline::follow_changes(&mut log, &index, &config.follow_options(), &producer_done)?)
+            .spawn_scoped(scope, move || -> anyhow::Result<FollowReport> {
+                let mut log = FedLog::new(SqliteStore::open(store_path, &config.sqlite_options())?, fed);
+                let report = pipeline::follow_changes(&mut log, index, &config.follow_options(), producer_done)?;
+                debug!(units = log.units_from_feed(), "units indexed from memory rather than the outbox");
+                Ok(report)
             })
             .expect("spawning the indexing thread");
         let produced = (|| -> anyhow::Result<Report> {
@@ -195,6 +208,9 @@ pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummar
                     break;
                 }
                 let outcome = pipeline::process_batch_with_retry(&mut store, &batch, config.ingest.max_attempts)?;
+                if let Some(unit) = store.take_committed_unit() {
+                    feed.offer(unit);
+                }
                 for rejection in &outcome.rejections {
                     dead_letters.send(rejection.letter(&batch)).context("writing a dead letter")?;
                 }

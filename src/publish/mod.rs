@@ -2,6 +2,7 @@
 //! effects are durable. Embedded runs keep changes in the store's outbox, which
 //! the in-process indexer tails; dead letters go to a JSONL file.
 
+pub mod feed;
 pub mod jsonl;
 pub mod kafka;
 

@@ -111,6 +111,9 @@ pub struct SqliteStore {
     data_version: Option<i64>,
     /// Changes of the open unit, written as one outbox row at commit.
     unit_changes: Vec<Change>,
+    /// The last committed unit's changes, when the caller asked to keep them.
+    committed: Option<ChangeUnit>,
+    keep_committed: bool,
     /// The outbox position of the open unit, taken while holding the write lock
     /// so that events can be stamped with it before the row exists.
     open_unit: Cell<Option<OpenUnit>>,
@@ -332,6 +335,8 @@ impl SqliteStore {
             cache_records: options.cache_records,
             data_version: None,
             unit_changes: Vec::new(),
+            committed: None,
+            keep_committed: false,
             open_unit: Cell::new(None),
             background_checkpoints,
         })
@@ -365,8 +370,21 @@ impl SqliteStore {
         Ok(value)
     }
 
-    /// Writes the unit's dirty records and its changes.
-    fn flush(&mut self) -> rusqlite::Result<()> {
+    /// Keeps each committed unit's changes for [`Self::take_committed_unit`],
+    /// for a caller that hands them to its indexer in memory.
+    pub fn keep_committed_units(&mut self) {
+        self.keep_committed = true;
+    }
+
+    /// The changes of the unit the last commit wrote to the outbox, as values;
+    /// `None` when it wrote none or they were taken.
+    pub fn take_committed_unit(&mut self) -> Option<ChangeUnit> {
+        self.committed.take()
+    }
+
+    /// Writes the unit's dirty records and its changes; returns the outbox
+    /// position it wrote them under, if it wrote a row.
+    fn flush(&mut self) -> rusqlite::Result<Option<u64>> {
         let mut cache = self.cache.borrow_mut();
         let cache = &mut *cache;
         let mut tenants = std::mem::take(&mut cache.dirty_tenants);
@@ -397,18 +415,20 @@ impl SqliteStore {
             &mut cache.dirty_claims,
             &cache.claims,
         )?;
-        let Some(unit) = self.open_unit.get() else { return Ok(()) };
-        if unit.stamped || !self.unit_changes.is_empty() {
-            let mut lines = String::new();
-            for change in self.unit_changes.drain(..) {
-                lines.push_str(&to_json(&change));
-                lines.push('\n');
-            }
-            self.conn
-                .prepare_cached("INSERT INTO outbox (seq, changes) VALUES (?1, ?2)")?
-                .execute(params![unit.seq.cast_signed(), lines])?;
+        let Some(unit) = self.open_unit.get() else { return Ok(None) };
+        if !unit.stamped && self.unit_changes.is_empty() {
+            return Ok(None);
         }
-        Ok(())
+        let mut lines = Vec::new();
+        for change in &self.unit_changes {
+            serde_json::to_writer(&mut lines, change).expect("changes serialize to JSON");
+            lines.push(b'\n');
+        }
+        let lines = String::from_utf8(lines).expect("serde_json writes UTF-8");
+        self.conn
+            .prepare_cached("INSERT INTO outbox (seq, changes) VALUES (?1, ?2)")?
+            .execute(params![unit.seq.cast_signed(), lines])?;
+        Ok(Some(unit.seq))
     }
 
     fn entries(&self, sql: &str, params: impl rusqlite::Params) -> StoreResult<Vec<TimelineEntry>> {
@@ -629,9 +649,11 @@ impl Store for SqliteStore {
     }
 
     fn commit(&mut self) -> StoreResult<()> {
-        self.flush().map_err(sql_error)?;
+        let written = self.flush().map_err(sql_error)?;
         self.conn.execute_batch("COMMIT").map_err(sql_error)?;
         self.open_unit.set(None);
+        let changes = std::mem::take(&mut self.unit_changes);
+        self.committed = written.filter(|_| self.keep_committed).map(|seq| ChangeUnit { seq, changes });
         Ok(())
     }
 
