@@ -163,11 +163,11 @@ fn progress_bar(total_bytes: Option<u64>, quiet: bool) -> indicatif::ProgressBar
     }
 }
 
-/// Units handed to the indexing thread in memory and not yet indexed. The thread
-/// falls behind while tantivy commits; eight carry it over that (measured: two
-/// left a third of the units to be read back from the outbox, eight a fifteenth)
-/// for a few tens of MiB. Beyond that it reads the outbox instead.
-const FEED_UNITS: usize = 8;
+/// Events whose changes are handed to the indexing thread in memory and not yet
+/// indexed. The thread falls behind while tantivy commits; this carries it over
+/// that (measured with units of 5,000 events: two units left a third of them to
+/// be read back from the outbox, eight a fifteenth). Beyond it, it reads the outbox.
+const FEED_EVENTS: usize = 40_000;
 
 /// Runs a JSONL file through the pipeline while a second thread indexes the
 /// changes it produces.
@@ -187,7 +187,7 @@ pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummar
     let producer_done = AtomicBool::new(false);
     let progress = progress_bar(total_bytes, args.quiet);
     store.keep_committed_units();
-    let (feed, fed) = feed::channel(FEED_UNITS);
+    let (feed, fed) = feed::channel((FEED_EVENTS / config.ingest.batch_size.max(1)).max(1));
 
     let (report, follow) = std::thread::scope(|scope| {
         let (index, store_path, producer_done) = (&index, &store_path, &producer_done);

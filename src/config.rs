@@ -115,8 +115,9 @@ pub struct WorkerConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
-    /// Events per write transaction. Larger batches amortize commits; smaller ones
-    /// hold the write lock for less time when processes share a data dir. Default 5000.
+    /// Events per write transaction. Larger batches amortize commits and write each
+    /// B-tree page to the log fewer times; smaller ones hold the write lock for less
+    /// time when processes share a data dir. Default 20000.
     pub batch_size: usize,
     /// Attempts per batch when the store is busy before the run fails. Default 10.
     pub max_attempts: u32,
@@ -283,7 +284,7 @@ impl Default for WorkerConfig {
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        Self { batch_size: 5000, max_attempts: 10 }
+        Self { batch_size: 20_000, max_attempts: 10 }
     }
 }
 
@@ -503,7 +504,7 @@ mod tests {
     fn defaults_run_locally() {
         let config = Config::load(None, &FlagOverrides::default()).unwrap();
         assert_eq!(config.data_dir, PathBuf::from("contactd-data"));
-        assert_eq!(config.ingest.batch_size, 5000);
+        assert_eq!(config.ingest.batch_size, 20_000);
     }
 
     #[test]
