@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use contactd::api::Health;
 use contactd::config::Config;
-use contactd::index::{SearchIndex, SortOrder, TimelineQuery};
+use contactd::index::{Delivery, SearchIndex, SortOrder, TimelineQuery};
 use contactd::metrics::IndexerMetrics;
 use contactd::model::{Change, TimelineEntry};
 use contactd::pipeline;
@@ -110,7 +110,7 @@ fn contactd_indexing(index: &SearchIndex, changes: &[Change]) -> f64 {
     let mut writer = index.writer(WRITER_MEMORY).expect("writer");
     let checkpoint = contactd::index::Checkpoint::default;
     for change in changes {
-        writer.apply(change, &checkpoint).expect("apply");
+        writer.apply(change, &checkpoint, Delivery::AtLeastOnce).expect("apply");
         if writer.pending_ops() >= every {
             writer.commit(&checkpoint()).expect("commit");
         }

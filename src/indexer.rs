@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::api::Health;
 use crate::config::Config;
-use crate::index::{Checkpoint, IndexError, SearchIndex};
+use crate::index::{Checkpoint, Delivery, IndexError, SearchIndex};
 use crate::metrics::IndexerMetrics;
 use crate::model::Change;
 use crate::source::kafka::consumer_config;
@@ -144,7 +144,7 @@ pub fn run(
                     health.set_broker_up(true);
                     let key = Checkpoint::partition_key(message.topic(), message.partition());
                     match serde_json::from_slice::<Change>(message.payload().unwrap_or_default()) {
-                        Ok(change) => match writer.apply(&change, &|| positions.checkpoint()) {
+                        Ok(change) => match writer.apply(&change, &|| positions.checkpoint(), Delivery::AtLeastOnce) {
                             Ok(()) => metrics.changes.with_label_values(&[change.kind.as_str(), "applied"]).inc(),
                             Err(IndexError::BadChange(reason)) => {
                                 warn!(%key, offset = message.offset(), reason, "skipping a malformed change");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use crate::event::{self, Event};
-use crate::index::{Checkpoint, IndexError, IndexWriters, SearchIndex};
+use crate::index::{Checkpoint, Delivery, IndexError, IndexWriters, SearchIndex};
 use crate::model::Timestamp;
 use crate::publish::{ChangeLog, ChangeSink, DeadLetter};
 use crate::resolve::{self, Resolution};
@@ -236,6 +236,10 @@ pub fn follow_changes<L: ChangeLog>(
         }
     };
     let mut applied_through = index.checkpoint()?.applied_through;
+    // The units the timeline index may hold documents of already: those through
+    // its own last commit (the directory index's may lag behind it) and the next
+    // one, which a merge's mid-unit commit may have begun. Later units are new to it.
+    let replays_through = index.timeline.checkpoint()?.applied_through.saturating_add(1);
     let mut committed_through = applied_through;
     let mut last_commit = Instant::now();
     loop {
@@ -257,8 +261,9 @@ pub fn follow_changes<L: ChangeLog>(
             // A merge commits in the middle of a unit; replaying the whole unit
             // after a crash is safe because index operations are upserts.
             let before = || Checkpoint { applied_through: unit.seq.saturating_sub(1), ..Checkpoint::default() };
+            let delivery = if unit.seq <= replays_through { Delivery::AtLeastOnce } else { Delivery::FirstTime };
             for change in &unit.changes {
-                writer.apply(change, &before)?;
+                writer.apply(change, &before, delivery)?;
                 report.changes += 1;
             }
             applied_through = unit.seq;

@@ -11,7 +11,7 @@ use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, S
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{DocAddress, Order, TantivyDocument, Term};
 
-use super::{Checkpoint, IndexError, Store, Writing, scoped, term_query};
+use super::{Checkpoint, Delivery, IndexError, Store, Writing, scoped, term_query};
 use crate::event::Channel;
 use crate::model::{Change, ChangeKind, EntryKind, TimelineEntry, Timestamp};
 
@@ -226,6 +226,11 @@ impl TimelineWriter {
     /// Adds or replaces an entry: a redelivered change, or a replay after a
     /// restart, overwrites the document instead of adding a second one.
     pub fn upsert(&mut self, tenant: &str, contact_id: &str, entry: &TimelineEntry) -> Result<(), IndexError> {
+        let (key, doc) = self.document(tenant, contact_id, entry);
+        self.writing.replace(self.fields.key, &key, doc)
+    }
+
+    fn document(&self, tenant: &str, contact_id: &str, entry: &TimelineEntry) -> (String, TantivyDocument) {
         let f = self.fields;
         let key = scoped(tenant, &entry.entry_id);
         let mut doc = TantivyDocument::default();
@@ -240,18 +245,24 @@ impl TimelineWriter {
         doc.add_text(f.text, searchable_text(entry));
         doc.add_text(f.entry, serde_json::to_string(entry).expect("entries serialize"));
         doc.add_text(f.contact_id, contact_id);
-        self.writing.replace(f.key, &key, doc)
+        (key, doc)
     }
 
     /// Applies one change event; changes that do not touch history are ignored.
-    pub fn apply(&mut self, change: &Change, before: &dyn Fn() -> Checkpoint) -> Result<(), IndexError> {
+    pub fn apply(&mut self, change: &Change, before: &dyn Fn() -> Checkpoint, delivery: Delivery) -> Result<(), IndexError> {
         let tenant = &change.tenant_id;
         let data = &change.data;
         match change.kind {
             ChangeKind::TimelineAppended => {
                 let entry =
                     data.entry.as_ref().ok_or_else(|| IndexError::BadChange(format!("{} has no entry", change.change_id)))?;
-                self.upsert(tenant, &change.contact_id, entry)?;
+                match delivery {
+                    Delivery::AtLeastOnce => self.upsert(tenant, &change.contact_id, entry)?,
+                    Delivery::FirstTime => {
+                        let (_, doc) = self.document(tenant, &change.contact_id, entry);
+                        self.writing.add(doc)?;
+                    }
+                }
             }
             ChangeKind::ContactDeleted => self.writing.delete(self.fields.contact, tenant, &change.contact_id),
             ChangeKind::SessionUnlinked => {

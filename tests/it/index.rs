@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicBool;
 
 use contactd::config::Config;
-use contactd::index::{Checkpoint, ContactQuery, Hit, SearchIndex, TimelineQuery};
+use contactd::index::{Checkpoint, ContactQuery, Delivery, Hit, SearchIndex, TimelineQuery};
 use contactd::pipeline::follow_changes;
 use contactd::publish::ChangeLog;
 use contactd::store::sqlite::{SqliteOptions, SqliteStore};
@@ -76,7 +76,11 @@ fn a_run_that_dies_before_committing_is_replayed_exactly() {
         let mut writer = index.writer(50 << 20).unwrap();
         for unit in directory.store.read_after(0, usize::MAX).unwrap() {
             for change in &unit.changes {
-                writer.apply(change, &|| Checkpoint { applied_through: unit.seq - 1, ..Checkpoint::default() }).unwrap();
+                // As the follower applies them: only the first unit may be a replay.
+                let delivery = if unit.seq == 1 { Delivery::AtLeastOnce } else { Delivery::FirstTime };
+                writer
+                    .apply(change, &|| Checkpoint { applied_through: unit.seq - 1, ..Checkpoint::default() }, delivery)
+                    .unwrap();
             }
         }
     }
@@ -104,4 +108,53 @@ fn an_erased_contact_leaves_neither_index() {
     assert_eq!(index.contacts.num_docs(), contacts_before - 1, "the directory document is gone");
     assert!(index.contacts.search(&query).unwrap().is_empty());
     assert!(refunds(&index).is_empty());
+}
+
+#[test]
+fn entries_appended_again_after_an_unlink_are_indexed_once() {
+    let mut directory = Directory::new();
+    // One unit per event: after the first, each is new to the index and added
+    // without a delete by key. The unlink's delete by session is what removes
+    // the documents that the second identification appends again.
+    directory.feed(&[
+        identified("e1", 1, "s1", json!({ "emails": ["x@example.cz"] })),
+        message("e2", 2, "s1", "refund for the wrong person"),
+        with(crate::harness::event("e3", "session.unlinked", 3, Some("s1")), "channel", json!("operator")),
+        identified("e4", 4, "s1", json!({ "emails": ["x@example.cz"] })),
+    ]);
+    let index = SearchIndex::open_or_create(&directory.path().join("index")).unwrap();
+    follow(&directory, &index);
+    let x = directory.contact_with_email("x@example.cz");
+    assert_eq!(x.sessions, ["s1"], "the session is attached again");
+    assert_eq!(index.timeline.num_docs(), entries_in_store(&directory));
+    assert_eq!(refunds(&index).len(), 1);
+}
+
+#[test]
+fn a_run_killed_between_the_two_index_commits_is_replayed_exactly() {
+    let mut directory = Directory::new();
+    conversation(&mut directory);
+    let index = SearchIndex::open_or_create(&directory.path().join("index")).unwrap();
+    {
+        let mut writer = index.writer(50 << 20).unwrap();
+        let units = directory.store.read_after(0, usize::MAX).unwrap();
+        for unit in &units {
+            let delivery = if unit.seq == 1 { Delivery::AtLeastOnce } else { Delivery::FirstTime };
+            for change in &unit.changes {
+                writer
+                    .apply(change, &|| Checkpoint { applied_through: unit.seq - 1, ..Checkpoint::default() }, delivery)
+                    .unwrap();
+            }
+        }
+        // The timeline commits everything; the process dies before the directory
+        // index commits, so the next run resumes from the directory index's point.
+        let last = units.last().unwrap().seq;
+        writer.timeline.commit(&Checkpoint { applied_through: last, ..Checkpoint::default() }).unwrap();
+    }
+    index.reload().unwrap();
+    assert_eq!(index.timeline.num_docs(), entries_in_store(&directory), "the timeline holds everything");
+    assert_eq!(index.checkpoint().unwrap().applied_through, 0, "the run resumes from the start");
+    follow(&directory, &index);
+    assert_eq!(index.timeline.num_docs(), entries_in_store(&directory), "the replay added no second document");
+    assert_eq!(index.contacts.num_docs(), directory.export().len() as u64);
 }
