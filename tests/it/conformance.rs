@@ -322,6 +322,34 @@ fn a_cache_never_hides_another_writers_commit() {
     first.commit().unwrap();
 }
 
+/// SQLite deletes a forgotten unit with the next commit, or when the connection
+/// closes; no other connection sees it after that.
+#[test]
+fn forgotten_units_are_deleted_by_the_next_commit_or_on_close() {
+    use contactd::store::sqlite::{SqliteOptions, SqliteStore};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("directory.sqlite3");
+    let mut store = SqliteStore::open(&path, &SqliteOptions::default()).unwrap();
+    let other = SqliteStore::open(&path, &SqliteOptions::default()).unwrap();
+    let unit_of = |store: &mut SqliteStore, event: &str| {
+        store.begin().unwrap();
+        store.apply("t1", AT, &[Mutation::MarkSeen { event_id: event.into() }]).unwrap();
+        store.publish(&[change(event)]).unwrap();
+        let seq = store.open_unit().unwrap();
+        store.commit().unwrap();
+        seq
+    };
+    let first = unit_of(&mut store, "e1");
+    store.forget_unit(first).unwrap();
+    assert_eq!(store.unit(first).unwrap(), None, "forgotten at once for its own connection");
+    let second = unit_of(&mut store, "e2");
+    assert_eq!(other.unit(first).unwrap(), None, "deleted by the next commit");
+    store.forget_unit(second).unwrap();
+    assert!(other.unit(second).unwrap().is_some(), "still there until then");
+    drop(store);
+    assert_eq!(other.unit(second).unwrap(), None, "deleted when the connection closed");
+}
+
 /// Commits leave copying the log back into the database to a thread of the
 /// connection's own, and the log is still restarted: it stays a fraction of
 /// what the same writes leave in a log that is never checkpointed.
