@@ -1,6 +1,6 @@
 //! Change events and dead letters to Kafka, through one idempotent producer.
-//! Every call returns only once the broker has acknowledged every record, so
-//! the caller may then commit the offsets that caused them.
+//! Sending returns a [`Pending`] once every record is queued; the caller commits
+//! the offsets that caused them only after waiting for it.
 
 use std::time::Duration;
 
@@ -35,6 +35,33 @@ pub fn send_all<'a, I>(producer: &FutureProducer, records: I) -> Result<usize, P
 where
     I: IntoIterator<Item = FutureRecord<'a, [u8], [u8]>>,
 {
+    enqueue_all(producer, records)?.wait()
+}
+
+/// Records handed to the producer whose acknowledgements are still to come.
+#[must_use = "records are delivered only once their acknowledgements are awaited"]
+pub struct Pending {
+    deliveries: Vec<DeliveryFuture>,
+}
+
+impl Pending {
+    /// Waits for every acknowledgement; the first failure fails them all, since the
+    /// caller cannot tell which records the broker kept. Returns how many were delivered.
+    pub fn wait(self) -> Result<usize, PublishError> {
+        let count = self.deliveries.len();
+        for outcome in futures::executor::block_on(join_all(self.deliveries)) {
+            outcome.map_err(|_| PublishError::Canceled)?.map_err(|(error, _)| error)?;
+        }
+        Ok(count)
+    }
+}
+
+/// Queues every record, waiting for room when the producer's queue is full, and
+/// returns without waiting for the broker.
+pub fn enqueue_all<'a, I>(producer: &FutureProducer, records: I) -> Result<Pending, PublishError>
+where
+    I: IntoIterator<Item = FutureRecord<'a, [u8], [u8]>>,
+{
     let mut deliveries: Vec<DeliveryFuture> = Vec::new();
     for mut record in records {
         loop {
@@ -51,11 +78,7 @@ where
             }
         }
     }
-    let count = deliveries.len();
-    for outcome in futures::executor::block_on(join_all(deliveries)) {
-        outcome.map_err(|_| PublishError::Canceled)?.map_err(|(error, _)| error)?;
-    }
-    Ok(count)
+    Ok(Pending { deliveries })
 }
 
 pub struct KafkaPublisher {
@@ -75,8 +98,8 @@ impl KafkaPublisher {
 
     /// Publishes the changes of each unit keyed `tenant_id/contact_id`, so one
     /// contact's changes stay in order on one partition.
-    pub fn publish_units(&self, units: &[EncodedUnit]) -> Result<usize, PublishError> {
-        send_all(
+    pub fn publish_units(&self, units: &[EncodedUnit]) -> Result<Pending, PublishError> {
+        enqueue_all(
             &self.producer,
             units
                 .iter()
@@ -87,7 +110,7 @@ impl KafkaPublisher {
 
     /// Sends inputs that cannot be processed to the dead-letter topic unchanged,
     /// with why and where they came from in headers.
-    pub fn dead_letters(&self, letters: &[(DeadLetter<'_>, Option<&[u8]>)]) -> Result<usize, PublishError> {
+    pub fn dead_letters(&self, letters: &[(DeadLetter<'_>, Option<&[u8]>)]) -> Result<Pending, PublishError> {
         let records = letters.iter().map(|(letter, key)| {
             let partition = letter.origin.partition.map(|p| p.to_string()).unwrap_or_default();
             let offset = letter.origin.position.to_string();
@@ -103,6 +126,6 @@ impl KafkaPublisher {
             }
             record
         });
-        send_all(&self.producer, records)
+        enqueue_all(&self.producer, records)
     }
 }

@@ -13,8 +13,8 @@ use super::Shared;
 use super::tracker::PartitionKey;
 use crate::model::Timestamp;
 use crate::pipeline::{self, BatchOutcome};
-use crate::publish::kafka::KafkaPublisher;
-use crate::publish::{ChangeSink, EncodedUnit, Outbox};
+use crate::publish::kafka::{KafkaPublisher, Pending, PublishError};
+use crate::publish::{ChangeSink, DeadLetter, EncodedUnit, Outbox};
 use crate::source::RawRecord;
 use crate::store::{Store, StoreError};
 
@@ -51,48 +51,76 @@ enum Stop {
     Fatal(StoreError),
 }
 
+/// Where a batch's records for the broker stand.
+enum Sending {
+    /// Queued in the producer; the acknowledgements are still to come.
+    Queued(Pending),
+    /// Queueing failed, or the records must go out again behind an earlier batch's.
+    Unsent,
+    Sent,
+}
+
+/// A batch whose effects are durable and whose changes and dead letters are on
+/// their way to the broker; its offsets are released once they have arrived.
+struct Staged {
+    jobs: Vec<Job>,
+    records: Vec<RawRecord>,
+    outcome: BatchOutcome,
+    units: Vec<EncodedUnit>,
+    changes: Sending,
+    letters: Sending,
+}
+
 impl<S: Store + ChangeSink + Outbox> Lane<S> {
+    /// Writes each batch while the previous one's records travel to the broker,
+    /// and releases that one's offsets once they have arrived: the lane does not
+    /// sit idle for a round trip per batch (measured: a third of its time).
     pub fn run(mut self) {
-        while let Ok(first) = self.receiver.recv() {
-            let mut jobs = vec![first];
-            while jobs.len() < self.batch_size {
-                match self.receiver.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
+        let mut in_flight: Option<Staged> = None;
+        loop {
+            let first = match &in_flight {
+                // With a batch in flight, take only what is queued: waiting for
+                // more would hold back the release of its offsets.
+                Some(_) => self.receiver.try_recv().ok(),
+                None => match self.receiver.recv() {
+                    Ok(job) => Some(job),
+                    Err(_) => return,
+                },
+            };
+            let mut staged = match first.map(|first| self.stage(first)).transpose() {
+                Ok(staged) => staged.flatten(),
+                Err(stop) => return self.stop(stop),
+            };
+            if let Some(previous) = in_flight.take()
+                && let Err(stop) = self.finish(previous, staged.as_mut())
+            {
+                return self.stop(stop);
             }
-            self.drop_revoked(&mut jobs);
-            if jobs.is_empty() {
-                continue;
-            }
-            match self.handle(&jobs) {
-                Ok(()) => {}
-                Err(Stop::GaveUp) => return,
-                Err(Stop::Fatal(error)) => {
-                    self.shared.fail(error);
-                    return;
-                }
-            }
+            in_flight = staged;
         }
     }
 
-    /// Events of partitions revoked while they waited are left for the next owner.
-    fn drop_revoked(&self, jobs: &mut Vec<Job>) {
-        let before = jobs.len();
-        let mut tracker = self.shared.tracker();
-        jobs.retain(|job| {
-            let current = tracker.is_current(&job.partition, job.generation);
-            if !current {
-                tracker.abandon(&job.partition, job.generation, job.record.origin.position.cast_signed());
-            }
-            current
-        });
-        if jobs.len() < before {
-            self.shared.progress.notify_all();
+    fn stop(&self, stop: Stop) {
+        if let Stop::Fatal(error) = stop {
+            self.shared.fail(error);
         }
     }
 
-    fn handle(&mut self, jobs: &[Job]) -> Result<(), Stop> {
+    /// Takes what is queued behind `first` up to a batch, writes it, and queues
+    /// its changes and dead letters for the broker. `None` when every event of it
+    /// belongs to a partition revoked meanwhile.
+    fn stage(&mut self, first: Job) -> Result<Option<Staged>, Stop> {
+        let mut jobs = vec![first];
+        while jobs.len() < self.batch_size {
+            match self.receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        self.drop_revoked(&mut jobs);
+        if jobs.is_empty() {
+            return Ok(None);
+        }
         let records: Vec<RawRecord> = jobs.iter().map(|job| job.record.clone()).collect();
         let outcome = self.retry("store", |lane| {
             let started = Instant::now();
@@ -117,37 +145,92 @@ impl<S: Store + ChangeSink + Outbox> Lane<S> {
             Err(error) if error.is_transient() => Attempt::Retry(error.to_string()),
             Err(error) => Attempt::Fatal(error),
         })?;
-        self.retry("broker", |lane| match lane.publisher.publish_units(&units) {
-            Ok(count) => {
-                lane.shared.metrics.changes_published.inc_by(count as u64);
-                Attempt::Done(())
+        let changes = queued(self.publisher.publish_units(&units));
+        let letters = queued(self.publisher.dead_letters(&dead_letters(&jobs, &records, &outcome)));
+        Ok(Some(Staged { jobs, records, outcome, units, changes, letters }))
+    }
+
+    /// Waits until `batch`'s records have arrived, sending again what did not,
+    /// then forgets its units and releases its offsets. When its changes must go
+    /// out again, so must those of `next`, queued behind them: each contact's
+    /// latest state stays the last one on the topic.
+    fn finish(&mut self, mut batch: Staged, next: Option<&mut Staged>) -> Result<(), Stop> {
+        if let Some(count) = self.arrived(&mut batch.changes) {
+            self.shared.metrics.changes_published.inc_by(count as u64);
+        } else {
+            let mut resend = vec![&batch.units];
+            if let Some(next) = next {
+                if let Sending::Queued(pending) = std::mem::replace(&mut next.changes, Sending::Sent) {
+                    // Whatever becomes of these, they are sent again below.
+                    let _ = pending.wait();
+                }
+                resend.push(&next.units);
             }
-            Err(error) => {
-                lane.shared.metrics.publish_retries.inc();
-                Attempt::Retry(error.to_string())
+            for units in resend {
+                self.retry("broker", |lane| match lane.publisher.publish_units(units).and_then(Pending::wait) {
+                    Ok(count) => {
+                        lane.shared.metrics.changes_published.inc_by(count as u64);
+                        Attempt::Done(())
+                    }
+                    Err(error) => {
+                        lane.shared.metrics.publish_retries.inc();
+                        Attempt::Retry(error.to_string())
+                    }
+                })?;
             }
-        })?;
-        let letters: Vec<_> = outcome
-            .rejections
-            .iter()
-            .map(|rejection| (rejection.letter(&records), jobs[rejection.index].key.as_deref()))
-            .collect();
-        self.retry("broker", |lane| match lane.publisher.dead_letters(&letters) {
-            Ok(_) => Attempt::Done(()),
-            Err(error) => {
-                lane.shared.metrics.publish_retries.inc();
-                Attempt::Retry(error.to_string())
-            }
-        })?;
-        for unit in &units {
+        }
+        if self.arrived(&mut batch.letters).is_none() {
+            let letters = dead_letters(&batch.jobs, &batch.records, &batch.outcome);
+            self.retry("broker", |lane| match lane.publisher.dead_letters(&letters).and_then(Pending::wait) {
+                Ok(_) => Attempt::Done(()),
+                Err(error) => {
+                    lane.shared.metrics.publish_retries.inc();
+                    Attempt::Retry(error.to_string())
+                }
+            })?;
+        }
+        for unit in &batch.units {
             // Only a republish is at stake: a unit left behind is published
             // again if one of its events is redelivered.
             if let Err(error) = self.store.forget_unit(unit.seq) {
                 warn!(%error, unit = unit.seq, "could not forget a published change unit");
             }
         }
-        self.record(jobs, &outcome);
+        self.record(&batch.jobs, &batch.outcome);
         Ok(())
+    }
+
+    /// Waits for queued records: how many arrived now (none when they were sent
+    /// before), or `None` when they must be sent again.
+    fn arrived(&self, sending: &mut Sending) -> Option<usize> {
+        match std::mem::replace(sending, Sending::Sent) {
+            Sending::Sent => Some(0),
+            Sending::Unsent => None,
+            Sending::Queued(pending) => match pending.wait() {
+                Ok(count) => Some(count),
+                Err(error) => {
+                    warn!(%error, "records did not reach the broker; sending them again");
+                    self.shared.metrics.publish_retries.inc();
+                    None
+                }
+            },
+        }
+    }
+
+    /// Events of partitions revoked while they waited are left for the next owner.
+    fn drop_revoked(&self, jobs: &mut Vec<Job>) {
+        let before = jobs.len();
+        let mut tracker = self.shared.tracker();
+        jobs.retain(|job| {
+            let current = tracker.is_current(&job.partition, job.generation);
+            if !current {
+                tracker.abandon(&job.partition, job.generation, job.record.origin.position.cast_signed());
+            }
+            current
+        });
+        if jobs.len() < before {
+            self.shared.progress.notify_all();
+        }
     }
 
     fn record(&self, jobs: &[Job], outcome: &BatchOutcome) {
@@ -212,4 +295,22 @@ fn read_units<S: Outbox>(store: &S, outcome: &BatchOutcome) -> Result<Vec<Encode
         }
     }
     Ok(units)
+}
+
+fn queued(enqueued: Result<Pending, PublishError>) -> Sending {
+    match enqueued {
+        Ok(pending) => Sending::Queued(pending),
+        Err(error) => {
+            warn!(%error, "records could not be queued for the broker; sending them again");
+            Sending::Unsent
+        }
+    }
+}
+
+fn dead_letters<'a>(
+    jobs: &'a [Job],
+    records: &'a [RawRecord],
+    outcome: &'a BatchOutcome,
+) -> Vec<(DeadLetter<'a>, Option<&'a [u8]>)> {
+    outcome.rejections.iter().map(|rejection| (rejection.letter(records), jobs[rejection.index].key.as_deref())).collect()
 }
