@@ -322,6 +322,37 @@ fn a_cache_never_hides_another_writers_commit() {
     first.commit().unwrap();
 }
 
+/// Writers of one process take turns at the file; one that cannot get its turn
+/// within the busy timeout fails as busy, which callers retry, and gets it once
+/// the other commits.
+#[test]
+fn a_writer_waits_for_the_other_connections_commit_at_most_the_busy_timeout() {
+    use contactd::store::sqlite::{SqliteOptions, SqliteStore};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("directory.sqlite3");
+    let options = SqliteOptions { busy_timeout: std::time::Duration::from_millis(50), ..SqliteOptions::default() };
+    let mut first = SqliteStore::open(&path, &options).unwrap();
+    let mut second = SqliteStore::open(&path, &options).unwrap();
+    first.begin().unwrap();
+    let refused = second.begin().unwrap_err();
+    assert!(refused.is_transient(), "{refused}");
+    let (done, waiting) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let options = SqliteOptions { busy_timeout: std::time::Duration::from_secs(30), ..SqliteOptions::default() };
+            let mut patient = SqliteStore::open(&path, &options).unwrap();
+            patient.begin().unwrap();
+            done.send(()).unwrap();
+            patient.commit().unwrap();
+        });
+        assert!(waiting.recv_timeout(std::time::Duration::from_millis(200)).is_err(), "it waits while the unit is open");
+        first.commit().unwrap();
+        waiting.recv_timeout(std::time::Duration::from_secs(10)).expect("it gets its turn once the other commits");
+    });
+    second.begin().unwrap();
+    second.commit().unwrap();
+}
+
 /// SQLite deletes a forgotten unit with the next commit, or when the connection
 /// closes; no other connection sees it after that.
 #[test]
