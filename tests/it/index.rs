@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicBool;
 
 use contactd::config::Config;
-use contactd::index::{Checkpoint, ContactQuery, Delivery, Hit, SearchIndex, TimelineQuery};
+use contactd::index::{Checkpoint, ContactQuery, Delivery, Hit, IndexWriters, SearchIndex, TimelineQuery};
 use contactd::pipeline::follow_changes;
 use contactd::publish::ChangeLog;
 use contactd::store::sqlite::{SqliteOptions, SqliteStore};
@@ -65,25 +65,27 @@ fn a_full_run_indexes_every_entry_once() {
     assert_eq!(index.contacts.num_docs(), directory.export().len() as u64, "one directory document per live contact");
 }
 
+/// Applies the whole outbox from the start as the follower does (only the first
+/// unit may be a replay) without a final commit; returns the last unit.
+fn apply_every_unit(directory: &Directory, writer: &mut IndexWriters) -> u64 {
+    let units = directory.store.read_after(0, usize::MAX).unwrap();
+    for unit in &units {
+        let delivery = if unit.seq == 1 { Delivery::AtLeastOnce } else { Delivery::FirstTime };
+        for change in &unit.changes {
+            writer.apply(change, &|| Checkpoint { applied_through: unit.seq - 1, ..Checkpoint::default() }, delivery).unwrap();
+        }
+    }
+    units.last().expect("the conversation wrote units").seq
+}
+
 #[test]
 fn a_run_that_dies_before_committing_is_replayed_exactly() {
     let mut directory = Directory::new();
     conversation(&mut directory);
     let index = SearchIndex::open_or_create(&directory.path().join("index")).unwrap();
-    {
-        // Apply every unit, including the merge that commits mid-unit, then
-        // stop without the final commit, as a killed process would.
-        let mut writer = index.writer(50 << 20).unwrap();
-        for unit in directory.store.read_after(0, usize::MAX).unwrap() {
-            for change in &unit.changes {
-                // As the follower applies them: only the first unit may be a replay.
-                let delivery = if unit.seq == 1 { Delivery::AtLeastOnce } else { Delivery::FirstTime };
-                writer
-                    .apply(change, &|| Checkpoint { applied_through: unit.seq - 1, ..Checkpoint::default() }, delivery)
-                    .unwrap();
-            }
-        }
-    }
+    // Apply every unit, including the merge that commits mid-unit, then stop
+    // without the final commit, as a killed process would.
+    apply_every_unit(&directory, &mut index.writer(50 << 20).unwrap());
     index.reload().unwrap();
     assert!(index.timeline.num_docs() > 0, "the merge committed part of the work");
     follow(&directory, &index);
@@ -137,18 +139,9 @@ fn a_run_killed_between_the_two_index_commits_is_replayed_exactly() {
     let index = SearchIndex::open_or_create(&directory.path().join("index")).unwrap();
     {
         let mut writer = index.writer(50 << 20).unwrap();
-        let units = directory.store.read_after(0, usize::MAX).unwrap();
-        for unit in &units {
-            let delivery = if unit.seq == 1 { Delivery::AtLeastOnce } else { Delivery::FirstTime };
-            for change in &unit.changes {
-                writer
-                    .apply(change, &|| Checkpoint { applied_through: unit.seq - 1, ..Checkpoint::default() }, delivery)
-                    .unwrap();
-            }
-        }
+        let last = apply_every_unit(&directory, &mut writer);
         // The timeline commits everything; the process dies before the directory
         // index commits, so the next run resumes from the directory index's point.
-        let last = units.last().unwrap().seq;
         writer.timeline.commit(&Checkpoint { applied_through: last, ..Checkpoint::default() }).unwrap();
     }
     index.reload().unwrap();
