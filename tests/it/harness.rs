@@ -213,12 +213,20 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `check` until it holds, panicking with `what` if it never does.
-pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+pub fn eventually(what: &str, check: impl FnMut() -> bool) {
+    assert!(holds_within_patience(check), "gave up waiting: {what}");
+}
+
+/// Polls `check` until it holds or `PATIENCE` runs out; whether it held.
+pub fn holds_within_patience(mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + PATIENCE;
     while !check() {
-        assert!(Instant::now() < deadline, "gave up waiting: {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
+    true
 }
 
 /// A `contactd` process serving HTTP (`worker`, `indexer` or `serve`), killed
