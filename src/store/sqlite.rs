@@ -184,13 +184,10 @@ impl Drop for SqliteStore {
     /// behind; failing that, they are only published again.
     fn drop(&mut self) {
         self.leave_gate();
-        if self.forgotten.is_empty() || !self.conn.is_autocommit() {
+        if !self.conn.is_autocommit() {
             return;
         }
-        let deleted = self.conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1").and_then(|mut forget| {
-            self.forgotten.iter().try_for_each(|seq| forget.execute(params![seq.cast_signed()]).map(drop))
-        });
-        if let Err(error) = deleted {
+        if let Err(error) = self.delete_forgotten() {
             debug!(%error, units = self.forgotten.len(), "forgotten change units stay in the outbox");
         }
     }
@@ -442,6 +439,17 @@ impl SqliteStore {
         Ok(value)
     }
 
+    fn delete_forgotten(&self) -> rusqlite::Result<()> {
+        if self.forgotten.is_empty() {
+            return Ok(());
+        }
+        let mut forget = self.conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+        for seq in &self.forgotten {
+            forget.execute(params![seq.cast_signed()])?;
+        }
+        Ok(())
+    }
+
     fn leave_gate(&mut self) {
         if std::mem::take(&mut self.in_gate) {
             self.gate.leave();
@@ -493,12 +501,7 @@ impl SqliteStore {
             &mut cache.dirty_claims,
             &cache.claims,
         )?;
-        if !self.forgotten.is_empty() {
-            let mut forget = self.conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
-            for seq in &self.forgotten {
-                forget.execute(params![seq.cast_signed()])?;
-            }
-        }
+        self.delete_forgotten()?;
         let Some(unit) = self.open_unit.get() else { return Ok(None) };
         if !unit.stamped && self.unit_changes.is_empty() {
             return Ok(None);

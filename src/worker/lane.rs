@@ -167,27 +167,13 @@ impl<S: Store + ChangeSink + Outbox> Lane<S> {
                 resend.push(&next.units);
             }
             for units in resend {
-                self.retry("broker", |lane| match lane.publisher.publish_units(units).and_then(Pending::wait) {
-                    Ok(count) => {
-                        lane.shared.metrics.changes_published.inc_by(count as u64);
-                        Attempt::Done(())
-                    }
-                    Err(error) => {
-                        lane.shared.metrics.publish_retries.inc();
-                        Attempt::Retry(error.to_string())
-                    }
-                })?;
+                let count = self.send_until_acknowledged(|publisher| publisher.publish_units(units))?;
+                self.shared.metrics.changes_published.inc_by(count as u64);
             }
         }
         if self.arrived(&mut batch.letters).is_none() {
             let letters = dead_letters(&batch.jobs, &batch.records, &batch.outcome);
-            self.retry("broker", |lane| match lane.publisher.dead_letters(&letters).and_then(Pending::wait) {
-                Ok(_) => Attempt::Done(()),
-                Err(error) => {
-                    lane.shared.metrics.publish_retries.inc();
-                    Attempt::Retry(error.to_string())
-                }
-            })?;
+            self.send_until_acknowledged(|publisher| publisher.dead_letters(&letters))?;
         }
         for unit in &batch.units {
             // Only a republish is at stake: a unit left behind is published
@@ -198,6 +184,21 @@ impl<S: Store + ChangeSink + Outbox> Lane<S> {
         }
         self.record(&batch.jobs, &batch.outcome);
         Ok(())
+    }
+
+    /// Sends records and waits for their acknowledgements, again and again with
+    /// backoff until the broker has them all; how many were delivered.
+    fn send_until_acknowledged(
+        &mut self,
+        send: impl Fn(&KafkaPublisher) -> Result<Pending, PublishError>,
+    ) -> Result<usize, Stop> {
+        self.retry("broker", |lane| match send(&lane.publisher).and_then(Pending::wait) {
+            Ok(count) => Attempt::Done(count),
+            Err(error) => {
+                lane.shared.metrics.publish_retries.inc();
+                Attempt::Retry(error.to_string())
+            }
+        })
     }
 
     /// Waits for queued records: how many arrived now (none when they were sent
