@@ -4,8 +4,8 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -23,8 +23,8 @@ use crate::pipeline::{self, FollowReport, Report};
 use crate::publish::DeadLetterSink;
 use crate::publish::feed::{self, FedLog};
 use crate::publish::jsonl::JsonlDeadLetters;
-use crate::source::EventSource;
 use crate::source::file::JsonlSource;
+use crate::source::{EventSource, RawRecord};
 use crate::store::scylla::{ScyllaBackend, ScyllaOptions, ScyllaStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, view};
@@ -170,12 +170,15 @@ fn progress_bar(total_bytes: Option<u64>, quiet: bool) -> indicatif::ProgressBar
 /// 85 MiB more at peak).
 const FEED_EVENTS: usize = 160_000;
 
+/// A batch as read, its decoding, and the bytes read so far.
+type ReadBatch = (Vec<RawRecord>, pipeline::DecodedBatch, u64);
+
 /// Runs a JSONL file through the pipeline while a second thread indexes the
 /// changes it produces.
 pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummary> {
     let started = Instant::now();
-    let (reader, total_bytes, name): (Box<dyn BufRead>, Option<u64>, String) = if args.file == Path::new("-") {
-        (Box::new(io::stdin().lock()), None, "stdin".into())
+    let (reader, total_bytes, name): (Box<dyn BufRead + Send>, Option<u64>, String) = if args.file == Path::new("-") {
+        (Box::new(BufReader::with_capacity(1 << 20, io::stdin())), None, "stdin".into())
     } else {
         let file = File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
         let size = file.metadata().ok().map(|m| m.len());
@@ -201,14 +204,35 @@ pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummar
                 Ok(report)
             })
             .expect("spawning the indexing thread");
-        let produced = (|| -> anyhow::Result<Report> {
+        // Reading and decoding run one batch ahead of the store on their own
+        // thread: the thread writing the store is the ingest's critical path.
+        let (decoded_sender, decoded_batches) = mpsc::sync_channel::<io::Result<ReadBatch>>(1);
+        let batch_size = config.ingest.batch_size;
+        std::thread::Builder::new()
+            .name("contactd-read".into())
+            .spawn_scoped(scope, move || {
+                loop {
+                    let read = source.next_batch(batch_size).map(|batch| {
+                        let decoded = pipeline::decode_batch(&batch);
+                        (batch, decoded, source.bytes_read())
+                    });
+                    let last = read.as_ref().map_or(true, |(batch, _, _)| batch.is_empty());
+                    // A closed channel means the writing side stopped on an error.
+                    if decoded_sender.send(read).is_err() || last {
+                        return;
+                    }
+                }
+            })
+            .expect("spawning the reading thread");
+        let progress = &progress;
+        let produced = (move || -> anyhow::Result<Report> {
             let mut report = Report::default();
-            loop {
-                let batch = source.next_batch(config.ingest.batch_size).context("reading events")?;
+            for read in decoded_batches {
+                let (batch, decoded, bytes_read) = read.context("reading events")?;
                 if batch.is_empty() {
                     break;
                 }
-                let outcome = pipeline::process_batch_with_retry(&mut store, &batch, config.ingest.max_attempts)?;
+                let outcome = pipeline::apply_batch_with_retry(&mut store, &decoded, config.ingest.max_attempts)?;
                 if let Some(unit) = store.take_committed_unit() {
                     feed.offer(unit);
                 }
@@ -216,7 +240,7 @@ pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummar
                     dead_letters.send(rejection.letter(&batch)).context("writing a dead letter")?;
                 }
                 report.add(&outcome.report);
-                progress.set_position(source.bytes_read());
+                progress.set_position(bytes_read);
                 progress.set_message(format!("{} events", report.records));
             }
             dead_letters.flush().context("flushing dead letters")?;

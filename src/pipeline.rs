@@ -1,6 +1,8 @@
 //! The pipeline: decode -> normalize -> resolve -> store -> changes, one batch per
-//! write unit. `process_batch` is the step function every runner drives (the
-//! JSONL ingest today); `follow_changes` keeps the index current from the outbox.
+//! write unit. `process_batch` is the step function every runner drives: the
+//! worker's lanes call it, and `ingest` calls its two halves, `decode_batch` on
+//! a reading thread and `apply_batch` on the writing one. `follow_changes` keeps
+//! the index current from the outbox.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,26 +82,47 @@ pub struct BatchOutcome {
     pub occurred_at: Vec<Timestamp>,
 }
 
+/// A batch's records decoded: the events in order with their record's index,
+/// and the records that are not events. Decoding needs no store, so a runner
+/// may do it on another thread while the previous batch is written.
+#[derive(Clone, Debug, Default)]
+pub struct DecodedBatch {
+    events: Vec<(usize, Event)>,
+    rejections: Vec<Rejection>,
+    records: usize,
+}
+
+pub fn decode_batch(batch: &[RawRecord]) -> DecodedBatch {
+    let mut decoded = DecodedBatch { records: batch.len(), ..DecodedBatch::default() };
+    decoded.events.reserve(batch.len());
+    for (index, record) in batch.iter().enumerate() {
+        match event::decode(&record.payload) {
+            Ok(event) => decoded.events.push((index, event)),
+            Err(error) => decoded.rejections.push(Rejection { index, reason: error.code(), detail: error.to_string() }),
+        }
+    }
+    decoded
+}
+
 /// Decodes a batch, then resolves and applies each event in order inside one
 /// write unit. On a store error nothing of the batch is kept, so the caller may
 /// retry it whole.
 pub fn process_batch<S: Store + ChangeSink>(store: &mut S, batch: &[RawRecord]) -> Result<BatchOutcome, StoreError> {
-    let mut outcome = BatchOutcome::default();
-    let mut events: Vec<(usize, Event)> = Vec::with_capacity(batch.len());
-    for (index, record) in batch.iter().enumerate() {
-        match event::decode(&record.payload) {
-            Ok(event) => events.push((index, event)),
-            Err(error) => outcome.rejections.push(Rejection { index, reason: error.code(), detail: error.to_string() }),
-        }
-    }
-    outcome.occurred_at = events.iter().map(|(_, event)| event.occurred_at).collect();
+    apply_batch(store, &decode_batch(batch))
+}
+
+/// Resolves and applies a decoded batch's events in order inside one write
+/// unit; see [`process_batch`].
+pub fn apply_batch<S: Store + ChangeSink>(store: &mut S, decoded: &DecodedBatch) -> Result<BatchOutcome, StoreError> {
+    let mut outcome = BatchOutcome { rejections: decoded.rejections.clone(), ..BatchOutcome::default() };
+    outcome.occurred_at = decoded.events.iter().map(|(_, event)| event.occurred_at).collect();
     if !outcome.rejections.is_empty() {
         *outcome.by_type.entry(("unknown", "rejected")).or_default() += outcome.rejections.len() as u64;
     }
     store.begin()?;
     // A failed commit leaves the unit open just like a failed write: either way
     // it is rolled back, so a retry starts clean.
-    let applied = apply_events(store, &events, &mut outcome).and_then(|()| {
+    let applied = apply_events(store, &decoded.events, &mut outcome).and_then(|()| {
         outcome.units.extend(store.open_unit());
         store.commit()
     });
@@ -109,7 +132,7 @@ pub fn process_batch<S: Store + ChangeSink>(store: &mut S, batch: &[RawRecord]) 
         }
         return Err(error);
     }
-    outcome.report.records = batch.len() as u64;
+    outcome.report.records = decoded.records as u64;
     for rejection in &outcome.rejections {
         *outcome.report.rejected.entry(rejection.reason).or_default() += 1;
     }
@@ -157,17 +180,17 @@ fn apply_events<S: Store + ChangeSink>(
     Ok(())
 }
 
-/// Retries a batch on transient store failures with exponential backoff; any
-/// other failure stops the run.
-pub fn process_batch_with_retry<S: Store + ChangeSink>(
+/// Retries a decoded batch on transient store failures with exponential
+/// backoff; any other failure stops the run.
+pub fn apply_batch_with_retry<S: Store + ChangeSink>(
     store: &mut S,
-    batch: &[RawRecord],
+    decoded: &DecodedBatch,
     max_attempts: u32,
 ) -> Result<BatchOutcome, StoreError> {
     let mut delay = Duration::from_millis(50);
     let mut attempt = 1;
     loop {
-        match process_batch(store, batch) {
+        match apply_batch(store, decoded) {
             Err(error) if error.is_transient() && attempt < max_attempts => {
                 warn!(attempt, error = %error, "store busy, retrying batch");
                 std::thread::sleep(delay);

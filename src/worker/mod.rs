@@ -1,6 +1,6 @@
 //! `contactd worker`: Kafka in, the store and `directory-changes` out, at least
 //! once. One poll thread fetches and dispatches events to lanes by key; each
-//! lane runs the same `pipeline::process_batch` as `ingest`, publishes the
+//! lane runs the same pipeline step as `ingest`, publishes the
 //! changes and dead letters, and only then releases the offsets. The poll
 //! thread commits released offsets periodically, on revocation (after draining
 //! the revoked partitions) and on shutdown.

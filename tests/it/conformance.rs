@@ -433,7 +433,8 @@ pub fn concurrent_writers_never_double_claim<S: Store + ChangeSink>(open: &(dyn 
                             origin: contactd::source::Origin { source: "t".into(), partition: None, position: 0 },
                         })
                         .collect();
-                    contactd::pipeline::process_batch_with_retry(&mut store, &batch, 20).unwrap();
+                    contactd::pipeline::apply_batch_with_retry(&mut store, &contactd::pipeline::decode_batch(&batch), 20)
+                        .unwrap();
                 }
             });
         }
@@ -544,7 +545,7 @@ fn a_failed_commit_is_rolled_back_and_the_retry_applies_the_batch_once() {
         payload: line.into_bytes(),
         origin: contactd::source::Origin { source: "t".into(), partition: None, position: 1 },
     }];
-    let outcome = contactd::pipeline::process_batch_with_retry(&mut store, &batch, 3).unwrap();
+    let outcome = contactd::pipeline::apply_batch_with_retry(&mut store, &contactd::pipeline::decode_batch(&batch), 3).unwrap();
     assert_eq!(outcome.report.applied, 1, "the retry applied the event, not a duplicate of a lost unit");
     let owner = store.claim("acme", &email("a@x.cz")).unwrap();
     let Some(Claim::Owned { contact_id }) = owner else { panic!("the claim was committed: {owner:?}") };
