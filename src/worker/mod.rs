@@ -235,12 +235,16 @@ impl ConsumerContext for WorkerContext {
                         tracker.assign(key);
                     }
                 }
-                // A full pipeline stays paused across a rebalance: new partitions
-                // start paused too, or they would refill it at once.
-                if self.shared.paused.load(Ordering::Relaxed)
-                    && let Err(error) = consumer.pause(list)
-                {
-                    warn!(%error, "could not pause newly assigned partitions");
+                // New partitions take the worker's fetching state, whichever it
+                // is. A full pipeline stays paused across a rebalance, or they
+                // would refill it at once. And librdkafka keeps a partition's
+                // pause across its revocation: one revoked while paused and
+                // assigned back after the worker resumed would never be fetched
+                // again, as the worker only resumes what it owns when it resumes.
+                let aligned =
+                    if self.shared.paused.load(Ordering::Relaxed) { consumer.pause(list) } else { consumer.resume(list) };
+                if let Err(error) = aligned {
+                    warn!(%error, "could not pause or resume newly assigned partitions");
                 }
             }
             Rebalance::Revoke(_) => {}

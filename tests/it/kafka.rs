@@ -197,11 +197,21 @@ impl Cluster {
 
     /// Sends raw records to a topic, waiting for every acknowledgement.
     fn send(&self, topic: &str, records: &[(Option<&str>, &[u8])]) {
+        self.send_to(topic, None, records);
+    }
+
+    /// Sends raw records to one partition of a topic, or where their keys
+    /// lead with `None`, waiting for every acknowledgement.
+    fn send_to(&self, topic: &str, partition: Option<i32>, records: &[(Option<&str>, &[u8])]) {
         let producer: FutureProducer = self.client().set("batch.num.messages", "1").create().expect("producer");
         let deliveries: Vec<_> = records
             .iter()
             .map(|(key, payload)| {
                 let record = FutureRecord::<str, [u8]>::to(topic).payload(payload);
+                let record = match partition {
+                    Some(partition) => record.partition(partition),
+                    None => record,
+                };
                 producer
                     .send_result(match key {
                         Some(key) => record.key(key),
@@ -308,9 +318,10 @@ struct Record {
 fn write_config(dir: &Path, name: &str, cluster: &Cluster, extra: &str) -> PathBuf {
     let path = dir.join(name);
     let commit_interval = if extra.contains("commit_interval_ms") { "" } else { "commit_interval_ms = 200\n" };
+    let drain_deadline = if extra.contains("drain_deadline_secs") { "" } else { "drain_deadline_secs = 30\n" };
     let text = format!(
         "[kafka]\nbrokers = \"{}\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
-         [worker]\n{commit_interval}statistics_interval_ms = 500\ndrain_deadline_secs = 30\n{extra}",
+         [worker]\n{commit_interval}statistics_interval_ms = 500\n{drain_deadline}{extra}",
         cluster.address()
     );
     std::fs::write(&path, text).unwrap();
@@ -514,6 +525,101 @@ fn workers_sharing_a_data_dir_survive_rebalances_and_kill_9_without_loss_or_dupl
     let store = SqliteStore::open(&data.join("directory.sqlite3"), &SqliteOptions::default()).unwrap();
     assert_eq!(canonical(&store), canonical(&alone.store), "same directory as one process reading in order");
     assert_one_owner_per_identifier(&export(&data));
+}
+
+/// Another member of the workers' group that takes a share of the partitions
+/// and processes nothing, until dropped: then it leaves the group, and its
+/// partitions go back to the worker.
+struct Bystander {
+    assigned: Arc<Mutex<Vec<i32>>>,
+    stop: Arc<AtomicBool>,
+    polling: Option<JoinHandle<()>>,
+}
+
+impl Bystander {
+    fn join(cluster: &Cluster) -> Self {
+        let consumer: BaseConsumer = cluster
+            .client()
+            .set("group.id", GROUP)
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("enable.auto.commit", "false")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[EVENTS]).expect("subscribed");
+        let (assigned, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
+        let (seen, stopped) = (Arc::clone(&assigned), Arc::clone(&stop));
+        let polling = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let _ = consumer.poll(Duration::from_millis(100));
+                let partitions = consumer.assignment().map(|list| list.elements().iter().map(|e| e.partition()).collect());
+                *seen.lock().unwrap() = partitions.unwrap_or_default();
+            }
+        });
+        Self { assigned, stop, polling: Some(polling) }
+    }
+
+    fn assigned(&self) -> Vec<i32> {
+        self.assigned.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(polling) = self.polling.take() {
+            let _ = polling.join();
+        }
+    }
+}
+
+/// librdkafka keeps a partition's pause across its revocation. A partition
+/// revoked while the worker had fetching paused, and assigned back after the
+/// worker resumed, stayed paused for good: the stall behind the kill -9 test's
+/// intermittent failures.
+#[test]
+fn a_partition_revoked_while_fetching_was_paused_is_fetched_when_it_comes_back() {
+    let cluster = Cluster::start(&[(EVENTS, 2), (CHANGES, 1), (DEAD_LETTERS, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "contactd.toml",
+        &cluster,
+        "lanes = 1\nmax_in_flight = 4\ndrain_deadline_secs = 1\nmax_backoff_ms = 200\n[sqlite]\nbusy_timeout_ms = 50\n",
+    );
+    let data = dir.path().join("data");
+    let worker = Service::start(&data, &config, "worker");
+    eventually("the worker owns both partitions", || worker.metric("contactd_rebalances_total", "kind=\"assigned\"") == 2.0);
+
+    // A locked store keeps events in flight, so the worker pauses fetching.
+    let lock = rusqlite::Connection::open(data.join("directory.sqlite3")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let mut lines: [Vec<String>; 2] = Default::default();
+    for event in corpus(40, 0) {
+        // One session's events stay in one partition, in order.
+        let session: usize = event["session_id"].as_str().and_then(|s| s.strip_prefix('s')?.parse().ok()).expect("a session");
+        lines[session % 2].push(event.to_string());
+    }
+    for (partition, lines) in (0..).zip(&lines) {
+        let records: Vec<(Option<&str>, &[u8])> = lines.iter().map(|line| (None, line.as_bytes())).collect();
+        cluster.send_to(EVENTS, Some(partition), &records);
+    }
+    let per_partition = lines.each_ref().map(|lines| lines.len() as i64);
+    eventually("the worker pauses fetching", || worker.metric("contactd_partition_pauses_total", "") > 0.0);
+
+    let bystander = Bystander::join(&cluster);
+    eventually("one partition moves to the bystander", || bystander.assigned().len() == 1);
+    eventually("the worker gave it up", || worker.metric("contactd_rebalances_total", "kind=\"revoked\"") == 1.0);
+    let (moved, kept) = match bystander.assigned()[..] {
+        [0] => (0, 1),
+        _ => (1, 0),
+    };
+    lock.execute_batch("COMMIT").unwrap();
+    eventually("the worker finishes the partition it kept", || cluster.committed(EVENTS, 2)[kept] == per_partition[kept]);
+    drop(bystander);
+    eventually("the partition that came back is processed too", || cluster.committed(EVENTS, 2)[moved] == per_partition[moved]);
+    assert!(worker.terminate().success());
 }
 
 #[test]
