@@ -168,10 +168,10 @@ fn apply_events<S: Store + ChangeSink>(
             }
             Resolution::Applied(plan) => {
                 store.apply(&event.tenant_id, event.occurred_at, &plan.mutations)?;
-                store.publish(&plan.changes)?;
                 outcome.report.applied += 1;
                 outcome.report.contacts_created += u64::from(plan.contacts_created);
                 outcome.report.entries_appended += u64::from(plan.entries_appended);
+                store.publish(plan.changes)?;
                 "applied"
             }
         };

@@ -11,7 +11,7 @@ use crate::store::{StoreError, StoreResult};
 
 /// Receives the change events of applied events, in processing order.
 pub trait ChangeSink {
-    fn publish(&mut self, changes: &[Change]) -> StoreResult<()>;
+    fn publish(&mut self, changes: Vec<Change>) -> StoreResult<()>;
     /// The log position the open write unit's changes will be committed under.
     fn open_unit(&self) -> Option<u64>;
 }

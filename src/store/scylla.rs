@@ -1106,8 +1106,8 @@ impl Store for ScyllaStore {
 }
 
 impl ChangeSink for ScyllaStore {
-    fn publish(&mut self, changes: &[Change]) -> StoreResult<()> {
-        self.unit_mut()?.changes.extend_from_slice(changes);
+    fn publish(&mut self, changes: Vec<Change>) -> StoreResult<()> {
+        self.unit_mut()?.changes.extend(changes);
         Ok(())
     }
 

