@@ -77,7 +77,7 @@ fn change_stream(events: u64) -> Vec<Change> {
 }
 
 fn entries(changes: &[Change]) -> Vec<(&Change, &TimelineEntry)> {
-    changes.iter().filter_map(|c| Some((c, c.data.entry.as_ref()?))).collect()
+    changes.iter().filter_map(|c| Some((c, c.data.entry.as_deref()?))).collect()
 }
 
 struct Bare {
@@ -274,7 +274,7 @@ fn freshness(brokers: &str, changes: &[(&Change, &TimelineEntry)], rate: u64, se
         }
         let key = format!("{}/{}", change.tenant_id, change.contact_id);
         let entry_id = entry.entry_id.clone();
-        change.data.entry = Some(entry);
+        change.data.entry = Some(Box::new(entry));
         let payload = serde_json::to_vec(&change).expect("a change serializes");
         if probe {
             sent.lock().unwrap().insert(entry_id, Instant::now());

@@ -405,7 +405,7 @@ pub enum LinkedBy {
 pub struct ChangeData {
     /// The contact's state after the event, on contact changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub contact: Option<ContactState>,
+    pub contact: Option<Box<ContactState>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identifier: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -421,7 +421,7 @@ pub struct ChangeData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set_by: Option<NameSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub entry: Option<TimelineEntry>,
+    pub entry: Option<Box<TimelineEntry>>,
 }
 
 /// One outbound directory change (CONTRACT 5).
