@@ -294,10 +294,17 @@ impl Service {
         self.child.wait().expect("the process is reaped");
     }
 
+    /// SIGTERM, then the exit status; the process's log is shown when it is not
+    /// a success, since the caller's assertion fails after the log file is gone.
     pub fn terminate(mut self) -> ExitStatus {
         let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill runs");
         assert!(status.success());
-        self.child.wait().expect("the process exits")
+        let exit = self.child.wait().expect("the process exits");
+        if !exit.success() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("--- log of the process on {}, which exited with {exit} ---\n{log}", self.probes);
+        }
+        exit
     }
 }
 
