@@ -224,7 +224,11 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
     }
 
     fn append(&mut self, contact_id: &str, entry: TimelineEntry) {
-        self.change(contact_id, ChangeKind::TimelineAppended, ChangeData { entry: Some(Box::new(entry.clone())), ..ChangeData::default() });
+        self.change(
+            contact_id,
+            ChangeKind::TimelineAppended,
+            ChangeData { entry: Some(Box::new(entry.clone())), ..ChangeData::default() },
+        );
         self.plan.mutations.push(Mutation::PutEntry { contact_id: contact_id.to_owned(), entry });
         self.plan.entries_appended += 1;
     }
