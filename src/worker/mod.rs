@@ -1,9 +1,9 @@
 //! `contactd worker`: Kafka in, the store and `directory-changes` out, at least
 //! once. One poll thread fetches and dispatches events to lanes by key; each
-//! lane runs the same pipeline step as `ingest`, publishes the
-//! changes and dead letters, and only then releases the offsets. The poll
-//! thread commits released offsets periodically, on revocation (after draining
-//! the revoked partitions) and on shutdown.
+//! lane runs `pipeline::process_batch`, whose two halves `ingest` runs,
+//! publishes the changes and dead letters, and only then releases the offsets.
+//! The poll thread commits released offsets periodically, on revocation (after
+//! draining the revoked partitions) and on shutdown.
 
 mod lane;
 pub mod tracker;

@@ -301,10 +301,14 @@ impl Service {
         assert!(status.success());
         let exit = self.child.wait().expect("the process exits");
         if !exit.success() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!("--- log of the process on {}, which exited with {exit} ---\n{log}", self.probes);
+            self.show_log(&format!(", which exited with {exit}"));
         }
         exit
+    }
+
+    fn show_log(&self, what_happened: &str) {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        eprintln!("--- log of the process on {}{what_happened} ---\n{log}", self.probes);
     }
 }
 
@@ -314,8 +318,7 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!("--- log of the process on {} ---\n{log}", self.probes);
+            self.show_log("");
         }
     }
 }
