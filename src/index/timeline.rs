@@ -11,7 +11,7 @@ use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, S
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{DocAddress, Order, TantivyDocument, Term};
 
-use super::{Checkpoint, Delivery, IndexError, Store, Writing, scoped, term_query};
+use super::{Checkpoint, Delivery, IndexError, Store, TIMELINE_DELETED_RATIO_BEFORE_MERGE, Writing, scoped, term_query};
 use crate::event::Channel;
 use crate::model::{Change, ChangeKind, EntryKind, TimelineEntry, Timestamp};
 
@@ -121,7 +121,10 @@ impl TimelineIndex {
     }
 
     pub fn writer(&self, memory_budget_bytes: usize) -> Result<TimelineWriter, IndexError> {
-        Ok(TimelineWriter { writing: self.store.writer(memory_budget_bytes)?, fields: self.fields })
+        Ok(TimelineWriter {
+            writing: self.store.writer(memory_budget_bytes, TIMELINE_DELETED_RATIO_BEFORE_MERGE)?,
+            fields: self.fields,
+        })
     }
 
     pub fn reload(&self) -> Result<(), IndexError> {

@@ -151,3 +151,52 @@ fn a_run_killed_between_the_two_index_commits_is_replayed_exactly() {
     assert_eq!(index.timeline.num_docs(), entries_in_store(&directory), "the replay added no second document");
     assert_eq!(index.contacts.num_docs(), directory.export().len() as u64);
 }
+
+fn contacts_matching(index: &SearchIndex, text: &str) -> usize {
+    let query = ContactQuery { tenant: "acme".into(), text: text.into(), limit: 10, ..ContactQuery::default() };
+    index.contacts.search(&query).unwrap().len()
+}
+
+/// Applies every unit and commits once, so all of them fall between two commits.
+fn index_in_one_commit(directory: &Directory, index: &SearchIndex) {
+    let mut writer = index.writer(50 << 20).unwrap();
+    let last = apply_every_unit(directory, &mut writer);
+    writer.commit(&Checkpoint { applied_through: last, ..Checkpoint::default() }).unwrap();
+    index.reload().unwrap();
+}
+
+#[test]
+fn a_contact_changed_several_times_between_two_commits_is_found_by_its_last_state_only() {
+    let mut directory = Directory::new();
+    directory.feed(&[
+        identified("e1", 1, "s1", json!({ "name": "Olga", "emails": ["x@example.cz"] })),
+        identified("e2", 2, "s1", json!({ "phones": ["+420777000444"] })),
+        identified("e3", 3, "s1", json!({ "name": "Petra" })),
+    ]);
+    let index = SearchIndex::open_or_create(&directory.path().join("index")).unwrap();
+    index_in_one_commit(&directory, &index);
+    assert_eq!(index.contacts.num_docs(), 1);
+    assert_eq!(contacts_matching(&index, "Petra"), 1, "the last name is searchable");
+    assert_eq!(contacts_matching(&index, "420777000444"), 1, "so is the phone the second change added");
+    assert_eq!(contacts_matching(&index, "Olga"), 0, "the name it replaced is not");
+}
+
+#[test]
+fn a_contact_deleted_after_changes_between_two_commits_is_not_indexed() {
+    let mut directory = Directory::new();
+    directory.feed(&[
+        identified("e1", 1, "s1", json!({ "emails": ["x@example.cz"] })),
+        identified("e2", 2, "s2", json!({ "emails": ["y@example.cz"] })),
+    ]);
+    let x = directory.contact_with_email("x@example.cz").contact_id;
+    directory.feed(&[
+        identified("e3", 3, "s1", json!({ "name": "Olga" })),
+        with(crate::harness::event("e4", "contact.deleted", 4, None), "contact_id", json!(x)),
+    ]);
+    let index = SearchIndex::open_or_create(&directory.path().join("index")).unwrap();
+    index_in_one_commit(&directory, &index);
+    assert_eq!(index.contacts.num_docs(), 1, "only the contact that is left");
+    assert_eq!(contacts_matching(&index, "x@example.cz"), 0);
+    assert_eq!(contacts_matching(&index, "Olga"), 0);
+    assert_eq!(contacts_matching(&index, "y@example.cz"), 1);
+}
