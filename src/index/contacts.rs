@@ -217,19 +217,23 @@ impl ContactWriter {
     /// that goes before the commit is never written.
     pub fn apply(&mut self, change: &Change) -> Result<(), IndexError> {
         let tenant = &change.tenant_id;
-        let gone = match change.kind {
-            ChangeKind::ContactDeleted => Some(change.contact_id.as_str()),
-            ChangeKind::ContactMerged => Some(change.data.merged_contact_id.as_deref().unwrap_or_default()),
-            _ => None,
-        };
-        if let Some(gone) = gone {
-            self.latest.remove(&(tenant.clone(), gone.to_owned()));
-            self.writing.delete(self.fields.key, tenant, gone);
+        match change.kind {
+            ChangeKind::ContactDeleted => {
+                self.remove(tenant, &change.contact_id);
+                return Ok(());
+            }
+            ChangeKind::ContactMerged => self.remove(tenant, change.data.merged_contact_id.as_deref().unwrap_or_default()),
+            _ => {}
         }
-        if let Some(state) = change.data.contact.as_deref().filter(|_| change.kind != ChangeKind::ContactDeleted) {
-            self.latest.insert((tenant.clone(), change.contact_id.clone()), state.clone());
+        if let Some(state) = &change.data.contact {
+            self.latest.insert((tenant.clone(), change.contact_id.clone()), (**state).clone());
         }
         Ok(())
+    }
+
+    fn remove(&mut self, tenant: &str, contact_id: &str) {
+        self.latest.remove(&(tenant.to_owned(), contact_id.to_owned()));
+        self.writing.delete(self.fields.key, tenant, contact_id);
     }
 
     pub fn commit(&mut self, checkpoint: &Checkpoint) -> Result<(), IndexError> {
