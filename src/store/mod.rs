@@ -2,6 +2,7 @@
 //! `Mutation`s; a `Store` applies them. Every read and write names its partition
 //! (tenant plus one key), so the same trait fits SQLite and a wide-column store.
 
+pub mod encoder;
 pub mod scylla;
 pub mod sqlite;
 pub mod view;

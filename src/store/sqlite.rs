@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
 
+use super::encoder::ChangeEncoder;
 use super::{DirectoryView, Mutation, Store, StoreError, StoreResult, identifier_hash};
 use crate::identity::Identifier;
 use crate::model::{
@@ -153,12 +154,12 @@ pub struct SqliteStore {
     /// `PRAGMA data_version` when this connection last held the write lock; a
     /// different value means another process committed and the cache is stale.
     data_version: Option<i64>,
-    /// Changes of the open unit, written as one outbox row at commit.
-    unit_changes: Vec<Change>,
-    /// The outbox row's text, reused from unit to unit: a unit of 20,000
-    /// events is megabytes of JSON, and growing a new buffer for each one
-    /// cost a twentieth of the ingest's writing thread (measured).
-    outbox_text: Vec<u8>,
+    /// Changes of the open unit, encoded as they come and written as one
+    /// outbox row at commit. The row's text buffer goes back to the encoder
+    /// after each unit: a unit of 20,000 events is megabytes of JSON, and
+    /// growing a new buffer for each one cost a twentieth of the ingest's
+    /// writing thread (measured).
+    unit_changes: ChangeEncoder,
     /// Units forgotten since the last commit, deleted by the next one.
     forgotten: Vec<u64>,
     /// The last committed unit's changes, when the caller asked to keep them.
@@ -403,8 +404,7 @@ impl SqliteStore {
             cache: RefCell::new(Cache::default()),
             cache_records: options.cache_records,
             data_version: None,
-            unit_changes: Vec::new(),
-            outbox_text: Vec::new(),
+            unit_changes: ChangeEncoder::default(),
             forgotten: Vec::new(),
             committed: None,
             keep_committed: false,
@@ -474,8 +474,9 @@ impl SqliteStore {
     }
 
     /// Writes the unit's dirty records and its changes; returns the outbox
-    /// position it wrote them under, if it wrote a row.
-    fn flush(&mut self) -> rusqlite::Result<Option<u64>> {
+    /// position it wrote them under, if it wrote a row, with the changes when
+    /// they are to be kept.
+    fn flush(&mut self) -> rusqlite::Result<Option<(u64, Vec<Change>)>> {
         let mut cache = self.cache.borrow_mut();
         let cache = &mut *cache;
         let mut tenants = std::mem::take(&mut cache.dirty_tenants);
@@ -511,16 +512,15 @@ impl SqliteStore {
         if !unit.stamped && self.unit_changes.is_empty() {
             return Ok(None);
         }
-        self.outbox_text.clear();
-        for change in &self.unit_changes {
-            serde_json::to_writer(&mut self.outbox_text, change).expect("changes serialize to JSON");
-            self.outbox_text.push(b'\n');
-        }
-        let lines = std::str::from_utf8(&self.outbox_text).expect("serde_json writes UTF-8");
-        self.conn
-            .prepare_cached("INSERT INTO outbox (seq, changes) VALUES (?1, ?2)")?
-            .execute(params![unit.seq.cast_signed(), lines])?;
-        Ok(Some(unit.seq))
+        let encoded = self.unit_changes.finish(self.keep_committed);
+        let lines = std::str::from_utf8(&encoded.lines).expect("serde_json writes UTF-8");
+        let written = self
+            .conn
+            .prepare_cached("INSERT INTO outbox (seq, changes) VALUES (?1, ?2)")
+            .and_then(|mut insert| insert.execute(params![unit.seq.cast_signed(), lines]));
+        self.unit_changes.reuse(encoded.lines);
+        written?;
+        Ok(Some((unit.seq, encoded.changes)))
     }
 
     fn entries(&self, sql: &str, params: impl rusqlite::Params) -> StoreResult<Vec<TimelineEntry>> {
@@ -755,26 +755,14 @@ impl Store for SqliteStore {
         self.open_unit.set(None);
         self.leave_gate();
         self.forgotten.clear();
-        self.committed = match written.filter(|_| self.keep_committed) {
-            // The next unit is likely as large as this one: room for it up front
-            // spares a chain of reallocations, each copying the changes into
-            // fresh pages (measured: a seventh of the ingest's writing thread).
-            Some(seq) => {
-                let next = Vec::with_capacity(self.unit_changes.len());
-                Some(ChangeUnit { seq, changes: std::mem::replace(&mut self.unit_changes, next) })
-            }
-            None => {
-                self.unit_changes.clear();
-                None
-            }
-        };
+        self.committed = written.filter(|_| self.keep_committed).map(|(seq, changes)| ChangeUnit { seq, changes });
         Ok(())
     }
 
     fn rollback(&mut self) -> StoreResult<()> {
         // The cache holds the unit's uncommitted writes: forget it all.
         *self.cache.borrow_mut() = Cache::default();
-        self.unit_changes.clear();
+        self.unit_changes.discard();
         self.open_unit.set(None);
         self.data_version = None;
         let rolled_back = if self.conn.is_autocommit() { Ok(()) } else { self.conn.execute_batch("ROLLBACK").map_err(sql_error) };
@@ -810,7 +798,7 @@ impl ChangeSink for SqliteStore {
     /// Kept with the open write unit and written in the same transaction: a
     /// change is durable exactly when the effects it describes are.
     fn publish(&mut self, changes: Vec<Change>) -> StoreResult<()> {
-        self.unit_changes.extend(changes);
+        self.unit_changes.push(changes);
         Ok(())
     }
 
