@@ -207,11 +207,15 @@ pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummar
         // Reading and decoding run one batch ahead of the store on their own
         // thread: the thread writing the store is the ingest's critical path.
         let (decoded_sender, decoded_batches) = mpsc::sync_channel::<io::Result<ReadBatch>>(1);
+        // Written batches come back to be freed where they were allocated:
+        // freeing them on the writing thread cost it about 2% (perf).
+        let (spent_sender, spent_batches) = mpsc::channel::<ReadBatch>();
         let batch_size = config.ingest.batch_size;
         std::thread::Builder::new()
             .name("contactd-read".into())
             .spawn_scoped(scope, move || {
                 loop {
+                    spent_batches.try_iter().for_each(drop);
                     let read = source.next_batch(batch_size).map(|batch| {
                         let decoded = pipeline::decode_batch(&batch);
                         (batch, decoded, source.bytes_read())
@@ -242,6 +246,9 @@ pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummar
                 report.add(&outcome.report);
                 progress.set_position(bytes_read);
                 progress.set_message(format!("{} events", report.records));
+                // After the last batch the reading thread is gone, the send
+                // fails and the batch is freed here.
+                let _ = spent_sender.send((batch, decoded, bytes_read));
             }
             dead_letters.flush().context("flushing dead letters")?;
             Ok(report)
