@@ -115,9 +115,6 @@ impl Worker {
 
 fn encode(jobs: &Receiver<Job>, done: &Sender<EncodedChanges>, emptied: &Sender<Vec<Change>>) {
     let mut unit = EncodedChanges::default();
-    // The next unit is likely as large as this one: room for it up front spares
-    // a chain of reallocations, each copying the changes into fresh pages.
-    let mut last_len = 0;
     for job in jobs {
         match job {
             Job::Encode(mut chunk) => {
@@ -130,9 +127,12 @@ fn encode(jobs: &Receiver<Job>, done: &Sender<EncodedChanges>, emptied: &Sender<
                 let _ = emptied.send(chunk);
             }
             Job::Finish { keep } => {
-                last_len = last_len.max(unit.changes.len());
                 let changes = if keep {
-                    std::mem::replace(&mut unit.changes, Vec::with_capacity(last_len))
+                    // The next unit is likely as large as this one: room for it
+                    // up front spares a chain of reallocations, each copying the
+                    // changes into fresh pages.
+                    let next = Vec::with_capacity(unit.changes.len());
+                    std::mem::replace(&mut unit.changes, next)
                 } else {
                     unit.changes.clear();
                     Vec::new()
