@@ -83,6 +83,37 @@ impl Default for SqliteOptions {
 
 type Key = (String, String);
 
+/// What this process's connections to one file share.
+#[derive(Default)]
+struct FileLocks {
+    write: WriteGate,
+    /// Held while one of this process's connections checkpoints the file.
+    /// SQLite answers BUSY at once, busy handler or not, to a checkpoint that
+    /// finds another running; a commit that must checkpoint waits on this
+    /// instead, so a preempted background checkpoint cannot make it skip.
+    checkpoint: Mutex<()>,
+}
+
+impl FileLocks {
+    /// The locks of the file at `path`, shared by this process's connections to it.
+    fn of(path: &Path) -> Arc<Self> {
+        static FILES: OnceLock<Mutex<HashMap<PathBuf, Weak<FileLocks>>>> = OnceLock::new();
+        let key = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+        let mut files = FILES.get_or_init(Mutex::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        files.retain(|_, locks| locks.strong_count() > 0);
+        if let Some(locks) = files.get(&key).and_then(Weak::upgrade) {
+            return locks;
+        }
+        let locks = Arc::new(Self::default());
+        files.insert(key, Arc::downgrade(&locks));
+        locks
+    }
+
+    fn checkpointing(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.checkpoint.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Lets one connection of this process at a time into a write transaction on a
 /// file. Without it, a connection finding another's transaction open sleeps in
 /// SQLite's busy handler (1, 2, 5, ... up to 100 ms between tries) well past the
@@ -95,20 +126,6 @@ struct WriteGate {
 }
 
 impl WriteGate {
-    /// The gate of the file at `path`, shared by this process's connections to it.
-    fn of(path: &Path) -> Arc<Self> {
-        static GATES: OnceLock<Mutex<HashMap<PathBuf, Weak<WriteGate>>>> = OnceLock::new();
-        let key = path.canonicalize().unwrap_or_else(|_| path.to_owned());
-        let mut gates = GATES.get_or_init(Mutex::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        gates.retain(|_, gate| gate.strong_count() > 0);
-        if let Some(gate) = gates.get(&key).and_then(Weak::upgrade) {
-            return gate;
-        }
-        let gate = Arc::new(Self::default());
-        gates.insert(key, Arc::downgrade(&gate));
-        gate
-    }
-
     /// False when another connection kept it for all of `timeout`.
     fn enter(&self, timeout: Duration) -> bool {
         let taken = self.taken.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -169,8 +186,8 @@ pub struct SqliteStore {
     /// so that events can be stamped with it before the row exists.
     open_unit: Cell<Option<OpenUnit>>,
     background_checkpoints: Arc<AtomicU64>,
-    gate: Arc<WriteGate>,
-    /// Whether this connection holds `gate`: from `begin` to commit or rollback.
+    locks: Arc<FileLocks>,
+    /// Whether this connection holds the write gate: from `begin` to commit or rollback.
     in_gate: bool,
     busy_timeout: Duration,
 }
@@ -263,7 +280,8 @@ fn switch_to_wal(conn: &Connection, busy_timeout: Duration) -> StoreResult<()> {
 
 /// Every connection that writes has a checkpointer (the ingest thread's and the
 /// indexing thread's, or several processes'), and only one checkpoint runs at a
-/// time. The others get BUSY at once, without waiting; that is not a failure,
+/// time. Within a process they take turns on `FileLocks::checkpoint`; one that
+/// finds another process's running gets BUSY at once, which is not a failure,
 /// since the next commit over the threshold asks for a checkpoint again.
 fn is_busy(error: &rusqlite::Error) -> bool {
     error.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
@@ -273,10 +291,17 @@ fn is_busy(error: &rusqlite::Error) -> bool {
 /// database inside the commit that crosses the threshold, by a nudge to a
 /// thread of this connection's own: the writer goes on while the copy runs
 /// (measured: the inline checkpoint was a tenth of the ingest thread's time).
-fn install_checkpointer(conn: &mut Connection, path: &Path, options: &SqliteOptions) -> rusqlite::Result<Arc<AtomicU64>> {
+fn install_checkpointer(
+    conn: &mut Connection,
+    path: &Path,
+    locks: &Arc<FileLocks>,
+    options: &SqliteOptions,
+) -> rusqlite::Result<Arc<AtomicU64>> {
     let done = Arc::new(AtomicU64::new(0));
+    let inline_locks = Arc::clone(locks);
     let mut checkpointer = Checkpointer {
         path: path.to_owned(),
+        locks: Arc::clone(locks),
         busy_timeout: options.busy_timeout,
         done: Arc::clone(&done),
         nudge: None,
@@ -286,9 +311,10 @@ fn install_checkpointer(conn: &mut Connection, path: &Path, options: &SqliteOpti
     let inline_at = nudge_at.saturating_mul(INLINE_CHECKPOINT_FACTOR);
     conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: i32| {
         if pages >= inline_at {
+            let _running = inline_locks.checkpointing();
             // A failed checkpoint is not an error of the commit that triggered it.
             match wal.checkpoint() {
-                Err(error) if is_busy(&error) => debug!(pages, "inline WAL checkpoint skipped: another is running"),
+                Err(error) if is_busy(&error) => debug!(pages, "inline WAL checkpoint skipped: another process's is running"),
                 Err(error) => warn!(%error, pages, "inline WAL checkpoint failed"),
                 Ok(()) => {}
             }
@@ -305,6 +331,7 @@ fn install_checkpointer(conn: &mut Connection, path: &Path, options: &SqliteOpti
 /// connection, it lets the running checkpoint finish.
 struct Checkpointer {
     path: PathBuf,
+    locks: Arc<FileLocks>,
     busy_timeout: Duration,
     /// Background checkpoints that ran.
     done: Arc<AtomicU64>,
@@ -317,6 +344,7 @@ impl Checkpointer {
         if self.nudge.is_none() {
             let (nudge, nudged) = mpsc::sync_channel::<()>(1);
             let (path, busy_timeout, done) = (self.path.clone(), self.busy_timeout, Arc::clone(&self.done));
+            let locks = Arc::clone(&self.locks);
             let started = std::thread::Builder::new().name(CHECKPOINT_THREAD.into()).spawn(move || {
                 // A connection learns that the file is in WAL mode on its first
                 // read; until then every checkpoint reports (-1, -1) and copies nothing.
@@ -330,12 +358,18 @@ impl Checkpointer {
                     Err(error) => return warn!(%error, "cannot open the checkpoint connection; commits will checkpoint"),
                 };
                 while nudged.recv().is_ok() {
-                    match conn.wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::PASSIVE) {
+                    let checkpointed = {
+                        let _running = locks.checkpointing();
+                        conn.wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::PASSIVE)
+                    };
+                    match checkpointed {
                         Ok((log_frames, _)) if log_frames >= 0 => {
                             done.fetch_add(1, Ordering::Relaxed);
                         }
                         Ok(_) => warn!("background WAL checkpoint did not run"),
-                        Err(error) if is_busy(&error) => debug!("background WAL checkpoint skipped: another is running"),
+                        Err(error) if is_busy(&error) => {
+                            debug!("background WAL checkpoint skipped: another process's is running")
+                        }
                         Err(error) => warn!(%error, "background WAL checkpoint failed"),
                     }
                 }
@@ -382,7 +416,8 @@ impl SqliteStore {
         // Negative means KiB. Ingest slows as the file outgrows the page cache.
         let cache_kib = i64::try_from(options.page_cache_mb.saturating_mul(1024)).unwrap_or(i64::MAX);
         conn.pragma_update(None, "cache_size", -cache_kib).map_err(sql_error)?;
-        let background_checkpoints = install_checkpointer(&mut conn, path, options).map_err(sql_error)?;
+        let locks = FileLocks::of(path);
+        let background_checkpoints = install_checkpointer(&mut conn, path, &locks, options).map_err(sql_error)?;
         conn.execute_batch("BEGIN IMMEDIATE").map_err(sql_error)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(sql_error)?;
         if version > SCHEMA_VERSION {
@@ -408,7 +443,7 @@ impl SqliteStore {
             forgotten: Vec::new(),
             committed: None,
             keep_committed: false,
-            gate: WriteGate::of(path),
+            locks,
             in_gate: false,
             busy_timeout: options.busy_timeout,
             open_unit: Cell::new(None),
@@ -457,7 +492,7 @@ impl SqliteStore {
 
     fn leave_gate(&mut self) {
         if std::mem::take(&mut self.in_gate) {
-            self.gate.leave();
+            self.locks.write.leave();
         }
     }
 
@@ -705,7 +740,7 @@ impl DirectoryView for SqliteStore {
 impl Store for SqliteStore {
     fn begin(&mut self) -> StoreResult<()> {
         if !self.in_gate {
-            if !self.gate.enter(self.busy_timeout) {
+            if !self.locks.write.enter(self.busy_timeout) {
                 return Err(StoreError::Transient("another connection of this process kept the write lock".into()));
             }
             self.in_gate = true;

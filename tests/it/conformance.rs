@@ -406,10 +406,11 @@ fn the_log_is_checkpointed_on_its_own_thread_and_stays_bounded() {
     let (checked, background) = largest_log(8);
     assert_eq!(none, 0);
     assert!(background > 0, "the checkpoint thread ran");
-    // Alone it stays under a quarter; with the other tests loading both cores a
-    // background checkpoint can be preempted while it holds the checkpoint
-    // lock, and commits skip theirs meanwhile (measured: 4.4 MB against 15 MB).
-    assert!(checked * 2 < unchecked, "the log grew to {checked} bytes; {unchecked} without checkpoints");
+    // Under load too: a commit over the inline threshold waits for a preempted
+    // background checkpoint rather than skipping its own. Skipping, the log
+    // reached 1.2 to 4.4 MB against 15 MB with six copies of this test running
+    // at once; waiting, 0.56 MB every time.
+    assert!(checked * 10 < unchecked, "the log grew to {checked} bytes; {unchecked} without checkpoints");
 }
 
 /// Writers with their own connections (processes, or workers on other
