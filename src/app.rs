@@ -20,9 +20,9 @@ use crate::index::{SearchIndex, TimelineQuery};
 use crate::metrics::{IndexerMetrics, WorkerMetrics};
 use crate::model::Claim;
 use crate::pipeline::{self, FollowReport, Report};
-use crate::publish::DeadLetterSink;
 use crate::publish::feed::{self, FedLog};
 use crate::publish::jsonl::JsonlDeadLetters;
+use crate::publish::{ChangeLog, DeadLetterSink};
 use crate::source::file::JsonlSource;
 use crate::source::{EventSource, RawRecord};
 use crate::store::scylla::{ScyllaBackend, ScyllaOptions, ScyllaStore};
@@ -228,15 +228,17 @@ pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummar
                 }
             })
             .expect("spawning the reading thread");
-        let progress = &progress;
+        let (progress, store, feed) = (&progress, &mut store, &feed);
         let produced = (move || -> anyhow::Result<Report> {
             let mut report = Report::default();
+            let mut trimmed = 0;
             for read in decoded_batches {
                 let (batch, decoded, bytes_read) = read.context("reading events")?;
                 if batch.is_empty() {
                     break;
                 }
-                let outcome = pipeline::apply_batch_with_retry(&mut store, &decoded, config.ingest.max_attempts)?;
+                trimmed = trim_indexed(store, feed, trimmed)?;
+                let outcome = pipeline::apply_batch_with_retry(store, &decoded, config.ingest.max_attempts)?;
                 if let Some(unit) = store.take_committed_unit() {
                     feed.offer(unit);
                 }
@@ -257,6 +259,7 @@ pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummar
         let follow = follower.join().unwrap_or_else(|_| bail!("the indexing thread panicked"));
         (produced, follow)
     });
+    trim_indexed(&mut store, &feed, 0)?;
     progress.finish_and_clear();
     Ok(IngestSummary {
         report: report?,
@@ -264,6 +267,17 @@ pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummar
         elapsed: started.elapsed(),
         peak_memory_bytes: peak_memory_bytes(),
     })
+}
+
+/// Deletes the outbox units the indexing thread is done with, on the writing
+/// thread's own connection (see `publish::feed`), when there are more than
+/// `trimmed`; returns the last one deleted.
+fn trim_indexed(store: &mut SqliteStore, feed: &feed::Feed, trimmed: u64) -> anyhow::Result<u64> {
+    let through = feed.trimmable_through();
+    if through > trimmed {
+        store.trim_through(through).context("trimming the outbox")?;
+    }
+    Ok(through.max(trimmed))
 }
 
 /// Writes to stdout without `print!`, which panics when the reader has gone

@@ -190,6 +190,29 @@ fn two_processes_ingesting_into_one_data_dir_build_one_directory() {
 }
 
 #[test]
+fn ingest_leaves_no_indexed_unit_in_the_outbox() {
+    use contactd::publish::ChangeLog;
+    use contactd::store::sqlite::{SqliteOptions, SqliteStore};
+    let corpus_dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_dir.path().join("corpus.jsonl");
+    let dir = tempfile::tempdir().unwrap();
+    stdout_ok(contactd(dir.path(), &["gen", "--events", "3000", "--seed", "5", "--out", corpus.to_str().unwrap()]));
+    let ingest = Command::new(env!("CARGO_BIN_EXE_contactd"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["ingest", "--quiet", corpus.to_str().unwrap()])
+        .env("CONTACTD__INGEST__BATCH_SIZE", "50")
+        .env("CONTACTD__INDEX__COMMIT_EVERY_OPS", "500")
+        .output()
+        .unwrap();
+    let summary = stdout_ok(ingest);
+    assert!(summary.contains("lines read         3000"), "{summary}");
+    let store = SqliteStore::open(&dir.path().join("directory.sqlite3"), &SqliteOptions::default()).unwrap();
+    let left: Vec<u64> = store.read_after(0, usize::MAX).unwrap().iter().map(|unit| unit.seq).collect();
+    assert_eq!(left, Vec::<u64>::new(), "units indexed and still in the outbox");
+}
+
+#[test]
 fn reindex_rebuilds_both_indexes_from_the_store() {
     let dir = ingested();
     let before = stdout_ok(contactd(dir.path(), &["search", "--tenant", "acme", "--limit", "50", "refund OR parcel"]));
