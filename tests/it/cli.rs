@@ -153,23 +153,32 @@ fn deleting_a_contact_erases_its_search_documents() {
     assert!(!contactd(dir.path(), &["contact", "--tenant", "acme", jana]).status.success());
 }
 
+/// A synthetic corpus of 3,000 events, in a directory of its own.
+fn generated_corpus(seed: u32) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.jsonl");
+    let seed = seed.to_string();
+    stdout_ok(contactd(dir.path(), &["gen", "--events", "3000", "--seed", &seed, "--out", corpus.to_str().unwrap()]));
+    (dir, corpus)
+}
+
+/// `ingest` of `corpus` into `data_dir` in units of 50 events, so that a small
+/// corpus makes many of them.
+fn ingest_in_small_units(data_dir: &std::path::Path, corpus: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_contactd"));
+    command
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["ingest", "--quiet", corpus.to_str().unwrap()])
+        .env("CONTACTD__INGEST__BATCH_SIZE", "50");
+    command
+}
+
 #[test]
 fn two_processes_ingesting_into_one_data_dir_build_one_directory() {
-    let corpus_dir = tempfile::tempdir().unwrap();
-    let corpus = corpus_dir.path().join("corpus.jsonl");
+    let (_corpus_dir, corpus) = generated_corpus(11);
     let dir = tempfile::tempdir().unwrap();
-    stdout_ok(contactd(dir.path(), &["gen", "--events", "3000", "--seed", "11", "--out", corpus.to_str().unwrap()]));
-    let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_contactd"))
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(["ingest", "--quiet", corpus.to_str().unwrap()])
-            .env("CONTACTD__INGEST__BATCH_SIZE", "50")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = || ingest_in_small_units(dir.path(), &corpus).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     // Both read the whole file: every event is offered twice, concurrently.
     let (first, second) = (spawn(), spawn());
     let applied = |summary: &str| -> u64 {
@@ -193,19 +202,10 @@ fn two_processes_ingesting_into_one_data_dir_build_one_directory() {
 fn ingest_leaves_no_indexed_unit_in_the_outbox() {
     use contactd::publish::ChangeLog;
     use contactd::store::sqlite::{SqliteOptions, SqliteStore};
-    let corpus_dir = tempfile::tempdir().unwrap();
-    let corpus = corpus_dir.path().join("corpus.jsonl");
+    let (_corpus_dir, corpus) = generated_corpus(5);
     let dir = tempfile::tempdir().unwrap();
-    stdout_ok(contactd(dir.path(), &["gen", "--events", "3000", "--seed", "5", "--out", corpus.to_str().unwrap()]));
-    let ingest = Command::new(env!("CARGO_BIN_EXE_contactd"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["ingest", "--quiet", corpus.to_str().unwrap()])
-        .env("CONTACTD__INGEST__BATCH_SIZE", "50")
-        .env("CONTACTD__INDEX__COMMIT_EVERY_OPS", "500")
-        .output()
-        .unwrap();
-    let summary = stdout_ok(ingest);
+    let summary =
+        stdout_ok(ingest_in_small_units(dir.path(), &corpus).env("CONTACTD__INDEX__COMMIT_EVERY_OPS", "500").output().unwrap());
     assert!(summary.contains("lines read         3000"), "{summary}");
     let store = SqliteStore::open(&dir.path().join("directory.sqlite3"), &SqliteOptions::default()).unwrap();
     let left: Vec<u64> = store.read_after(0, usize::MAX).unwrap().iter().map(|unit| unit.seq).collect();
