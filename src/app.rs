@@ -259,14 +259,12 @@ pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummar
         let follow = follower.join().unwrap_or_else(|_| bail!("the indexing thread panicked"));
         (produced, follow)
     });
-    trim_indexed(&mut store, &feed, 0)?;
+    let trimmed = trim_indexed(&mut store, &feed, 0);
     progress.finish_and_clear();
-    Ok(IngestSummary {
-        report: report?,
-        index: follow.context("indexing")?,
-        elapsed: started.elapsed(),
-        peak_memory_bytes: peak_memory_bytes(),
-    })
+    // The run's own failure, if any, is the one to report, not the trim's.
+    let (report, index) = (report?, follow.context("indexing")?);
+    trimmed?;
+    Ok(IngestSummary { report, index, elapsed: started.elapsed(), peak_memory_bytes: peak_memory_bytes() })
 }
 
 /// Deletes the outbox units the indexing thread is done with, on the writing
