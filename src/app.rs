@@ -198,6 +198,8 @@ pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummar
         let follower = std::thread::Builder::new()
             .name("contactd-index".into())
             .spawn_scoped(scope, move || -> anyhow::Result<FollowReport> {
+                // The index catches up when the store's writes are done.
+                crate::priority::run_this_thread_in_background();
                 let mut log = FedLog::new(SqliteStore::open(store_path, &config.sqlite_options())?, fed);
                 let report = pipeline::follow_changes(&mut log, index, &config.follow_options(), producer_done)?;
                 debug!(units = log.units_from_feed(), "units indexed from memory rather than the outbox");

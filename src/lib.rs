@@ -16,6 +16,7 @@ pub mod indexer;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod priority;
 pub mod publish;
 pub mod resolve;
 pub mod source;

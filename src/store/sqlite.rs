@@ -346,6 +346,9 @@ impl Checkpointer {
             let (path, busy_timeout, done) = (self.path.clone(), self.busy_timeout, Arc::clone(&self.done));
             let locks = Arc::clone(&self.locks);
             let started = std::thread::Builder::new().name(CHECKPOINT_THREAD.into()).spawn(move || {
+                // A commit waits for this thread only when it is far behind,
+                // and then the core it waits on is free for it.
+                crate::priority::run_this_thread_in_background();
                 // A connection learns that the file is in WAL mode on its first
                 // read; until then every checkpoint reports (-1, -1) and copies nothing.
                 let opened = Connection::open(&path).and_then(|conn| {
