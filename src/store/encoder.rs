@@ -79,10 +79,15 @@ impl ChangeEncoder {
         self.worker().finished.recv().expect("the outbox encoder thread stopped")
     }
 
-    /// Forgets the open unit's changes, as a rollback must.
+    /// Forgets the open unit's changes, as a rollback must. Those not handed
+    /// over yet are dropped here rather than encoded for nothing.
     pub fn discard(&mut self) {
-        let encoded = self.finish(false);
-        self.reuse(encoded.lines);
+        self.chunk.clear();
+        self.len = 0;
+        if self.worker.is_some() {
+            let encoded = self.finish(false);
+            self.reuse(encoded.lines);
+        }
     }
 
     pub fn reuse(&mut self, lines: Vec<u8>) {
@@ -197,6 +202,17 @@ mod tests {
         let unit = encoder.finish(true);
         assert_eq!(unit.changes, vec![change(9)]);
         assert_eq!(unit.lines, lines_of(&[change(9)]));
+    }
+
+    #[test]
+    fn discarding_a_unit_never_handed_over_starts_no_thread() {
+        let mut encoder = ChangeEncoder::default();
+        encoder.push(vec![change(1), change(2)]);
+        encoder.discard();
+        assert!(encoder.worker.is_none());
+        assert!(encoder.is_empty());
+        encoder.push(vec![change(3)]);
+        assert_eq!(encoder.finish(true).changes, vec![change(3)]);
     }
 
     #[test]
