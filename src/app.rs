@@ -28,6 +28,7 @@ use crate::source::{EventSource, RawRecord};
 use crate::store::scylla::{ScyllaBackend, ScyllaOptions, ScyllaStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, view};
+use crate::usage::{self, Usage};
 
 pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
     match command {
@@ -54,7 +55,7 @@ pub struct IngestSummary {
     pub report: Report,
     pub index: FollowReport,
     pub elapsed: Duration,
-    pub peak_memory_bytes: Option<u64>,
+    pub usage: Usage,
 }
 
 impl IngestSummary {
@@ -88,7 +89,14 @@ impl IngestSummary {
         );
         line("elapsed", format!("{:.2} s", self.elapsed.as_secs_f64()));
         line("throughput", format!("{:.0} events/s", self.events_per_second()));
-        if let Some(peak) = self.peak_memory_bytes {
+        if let Some(cpu) = self.usage.cpu {
+            let cores = cpu.as_secs_f64() / self.elapsed.as_secs_f64().max(1e-9);
+            line("cpu time", format!("{:.1} s ({cores:.2} cores on average)", cpu.as_secs_f64()));
+        }
+        if let Some(steal) = self.usage.host_steal {
+            line("host steal", format!("{:.0}% of the cores' time", steal * 100.0));
+        }
+        if let Some(peak) = self.usage.peak_memory_bytes {
             line("peak memory", format!("{:.1} MiB", peak as f64 / 1_048_576.0));
         }
         if r.rejected_total() > 0 {
@@ -96,14 +104,6 @@ impl IngestSummary {
         }
         out
     }
-}
-
-/// Peak resident memory of this process (Linux), for the ingest report.
-fn peak_memory_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// The embedded store, for the commands that only run on it.
@@ -176,7 +176,7 @@ type ReadBatch = (Vec<RawRecord>, pipeline::DecodedBatch, u64);
 /// Runs a JSONL file through the pipeline while a second thread indexes the
 /// changes it produces.
 pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummary> {
-    let started = Instant::now();
+    let (started, mark) = (Instant::now(), usage::Mark::now());
     let (reader, total_bytes, name): (Box<dyn BufRead + Send>, Option<u64>, String) = if args.file == Path::new("-") {
         (Box::new(BufReader::with_capacity(1 << 20, io::stdin())), None, "stdin".into())
     } else {
@@ -266,7 +266,7 @@ pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummar
     // The run's own failure, if any, is the one to report, not the trim's.
     let (report, index) = (report?, follow.context("indexing")?);
     trimmed?;
-    Ok(IngestSummary { report, index, elapsed: started.elapsed(), peak_memory_bytes: peak_memory_bytes() })
+    Ok(IngestSummary { report, index, elapsed: started.elapsed(), usage: mark.usage() })
 }
 
 /// Deletes the outbox units the indexing thread is done with, on the writing

@@ -22,4 +22,5 @@ pub mod resolve;
 pub mod source;
 pub mod store;
 pub mod telemetry;
+pub mod usage;
 pub mod worker;

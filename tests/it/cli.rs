@@ -22,6 +22,10 @@ fn ingested() -> tempfile::TempDir {
     assert!(summary.contains("lines read         19"), "{summary}");
     assert!(summary.contains("duplicates         1"), "{summary}");
     assert!(summary.contains("contacts created   3"), "{summary}");
+    // What the run used, so that a throughput figure says what it was measured under.
+    for label in ["cpu time ", "host steal ", "peak memory "] {
+        assert!(summary.lines().any(|line| line.starts_with(label)), "no {label:?} in {summary}");
+    }
     dir
 }
 
