@@ -1,7 +1,8 @@
-//! Benchmarks of the hot paths, each reported as events per second and as a
-//! ratio to a baseline measured in the same run (JSON decoding alone), so the
-//! figures compare across machines. `cargo bench` runs it;
-//! CONTACTD_BENCH_EVENTS sets the corpus size (default 200000).
+//! Benchmarks of the hot paths and of `ingest` end to end, each reported as
+//! events per second and as a ratio to a baseline measured in the same run
+//! (JSON decoding alone), so the figures compare across machines and across
+//! hours of one machine. `cargo bench` runs it; CONTACTD_BENCH_EVENTS sets the
+//! corpus size (default 200000).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -58,6 +59,18 @@ fn main() {
     let followed = pipeline::follow_changes(&mut log, &index, &options, &done).expect("index");
     let indexing = rate(n, started);
 
+    // The whole command on the same corpus, as a file: reading, both threads,
+    // both indexes. The binary keeps freed memory for ingest (src/main.rs);
+    // MIMALLOC_PURGE_DELAY=-1 does the same here.
+    let file = dir.path().join("corpus.jsonl");
+    std::fs::write(&file, &corpus).expect("corpus file");
+    let config = contactd::config::Config { data_dir: dir.path().join("ingest"), ..contactd::config::Config::default() };
+    let args = contactd::cli::IngestArgs { file, quiet: true };
+    let started = Instant::now();
+    let ingested = contactd::app::ingest(&args, &config).expect("ingest");
+    let ingest = rate(n, started);
+    assert_eq!(ingested.report.records, n as u64, "ingest read every line");
+
     println!("contactd pipeline benchmark, {n} events ({} changes indexed)", followed.changes);
     println!("{:<28} {:>12} {:>8}", "stage", "events/s", "ratio");
     for (stage, value) in [
@@ -65,6 +78,7 @@ fn main() {
         ("normalize identities", normalize),
         ("resolve + SQLite store", resolve_store),
         ("index changes (tantivy)", indexing),
+        ("ingest end to end", ingest),
     ] {
         println!("{stage:<28} {value:>12.0} {:>8.3}", value / baseline);
     }
