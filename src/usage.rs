@@ -1,8 +1,9 @@
 //! What a run used of the machine, for the figures `ingest` reports: the
 //! process's CPU time and peak memory, and the share of the cores' time the
 //! hypervisor gave to other guests meanwhile (steal). On this project's virtual
-//! machines one build's throughput varied threefold with steal, so a figure
-//! without it cannot be compared with another.
+//! machines one build's throughput varied threefold from hour to hour, with
+//! steal of up to half the cores' time in the slow hours, so a figure without
+//! these readings cannot be compared with another.
 
 use std::time::Duration;
 
