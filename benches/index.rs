@@ -12,7 +12,7 @@
 //! `cargo bench --bench index`. CONTACTD_BENCH_EVENTS sets the corpus (default
 //! 1000000), CONTACTD_BENCH_RATE the sustained changes/s (default 2000) and
 //! CONTACTD_BENCH_SECONDS its duration (default 30); KAFKA_BROKERS points at a
-//! broker instead of starting tansu.
+//! broker instead of starting Apache Kafka (tests/servers).
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -336,7 +336,7 @@ fn main() {
     drop(dir);
 
     let (rate, seconds) = (env_or("CONTACTD_BENCH_RATE", 2000), env_or("CONTACTD_BENCH_SECONDS", 30));
-    let (_tansu, brokers) = common::brokers();
+    let brokers = common::brokers();
     let (searchable, received, missing) = freshness(&brokers, &entries, rate, seconds);
     let (bare_p50, bare_p99) = millis_quantiles(received);
     let (p50, p99) = millis_quantiles(searchable);

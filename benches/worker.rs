@@ -120,7 +120,7 @@ fn worker(brokers: &str, total: usize, mut config: Config) -> f64 {
 fn main() {
     let corpus = common::corpus(common::corpus_size(100_000));
     let lines = common::lines(&corpus);
-    let (_tansu, brokers) = common::brokers();
+    let brokers = common::brokers();
     prepare(&brokers, &lines);
     let n = lines.len();
     let bare = baseline(&brokers, n);

@@ -93,9 +93,6 @@ impl IngestSummary {
             let cores = cpu.as_secs_f64() / self.elapsed.as_secs_f64().max(1e-9);
             line("cpu time", format!("{:.1} s ({cores:.2} cores on average)", cpu.as_secs_f64()));
         }
-        if let Some(steal) = self.usage.host_steal {
-            line("host steal", format!("{:.0}% of the cores' time", steal * 100.0));
-        }
         if let Some(peak) = self.usage.peak_memory_bytes {
             line("peak memory", format!("{:.1} MiB", peak as f64 / 1_048_576.0));
         }

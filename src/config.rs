@@ -175,10 +175,6 @@ pub struct ScyllaConfig {
     pub request_timeout_ms: u64,
     /// Statements one write unit keeps in flight, per lane. Default 64.
     pub max_concurrency: usize,
-    /// Wait for all nodes to agree on the schema after `migrate` changes it.
-    /// Turn off only for single-node test servers that do not report schema
-    /// versions. Default true.
-    pub await_schema_agreement: bool,
 }
 
 impl Default for ScyllaConfig {
@@ -194,7 +190,6 @@ impl Default for ScyllaConfig {
             replication: "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}".into(),
             request_timeout_ms: 5000,
             max_concurrency: 64,
-            await_schema_agreement: true,
         }
     }
 }
@@ -445,7 +440,6 @@ impl Config {
             replication: scylla.replication.clone(),
             request_timeout: Duration::from_millis(scylla.request_timeout_ms),
             max_concurrency: scylla.max_concurrency,
-            await_schema_agreement: scylla.await_schema_agreement,
         })))
     }
 

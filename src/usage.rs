@@ -1,9 +1,5 @@
-//! What a run used of the machine, for the figures `ingest` reports: the
-//! process's CPU time and peak memory, and the share of the cores' time the
-//! hypervisor gave to other guests meanwhile (steal). On this project's virtual
-//! machines one build's throughput varied threefold from hour to hour, with
-//! steal of up to half the cores' time in the slow hours, so a figure without
-//! these readings cannot be compared with another.
+//! What a run used of the machine, for the figures `ingest` reports the way
+//! `time -v` would: the process's CPU time and peak memory.
 
 use std::time::Duration;
 
@@ -11,13 +7,6 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug)]
 pub struct Mark {
     process_ticks: Option<u64>,
-    host: Option<HostTicks>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct HostTicks {
-    steal: u64,
-    total: u64,
 }
 
 /// What a run used; each reading is `None` where the system does not offer it.
@@ -25,26 +14,18 @@ struct HostTicks {
 pub struct Usage {
     /// CPU time of every thread of the process, user and system.
     pub cpu: Option<Duration>,
-    /// The share of all cores' time, from 0 to 1, that the hypervisor ran other
-    /// guests on them while this guest's threads were ready to run.
-    pub host_steal: Option<f64>,
     pub peak_memory_bytes: Option<u64>,
 }
 
 impl Mark {
     pub fn now() -> Self {
-        Self { process_ticks: process_ticks(), host: host_ticks() }
+        Self { process_ticks: process_ticks() }
     }
 
-    /// What the process and the host did since this mark.
+    /// What the process used since this mark.
     pub fn usage(&self) -> Usage {
-        let (process_now, host_now) = (process_ticks(), host_ticks());
-        let cpu = self.process_ticks.zip(process_now).map(|(then, now)| ticks_to_duration(now.saturating_sub(then)));
-        let host_steal = self.host.zip(host_now).and_then(|(then, now)| {
-            let total = now.total.checked_sub(then.total).filter(|&total| total > 0)?;
-            Some(now.steal.saturating_sub(then.steal) as f64 / total as f64)
-        });
-        Usage { cpu, host_steal, peak_memory_bytes: peak_memory_bytes() }
+        let cpu = self.process_ticks.zip(process_ticks()).map(|(then, now)| ticks_to_duration(now.saturating_sub(then)));
+        Usage { cpu, peak_memory_bytes: peak_memory_bytes() }
     }
 }
 
@@ -71,19 +52,6 @@ fn parse_process_ticks(stat: &str) -> Option<u64> {
     Some(user + system)
 }
 
-fn host_ticks() -> Option<HostTicks> {
-    parse_host_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
-}
-
-/// The all-cores line of `/proc/stat`: user, nice, system, idle, iowait, irq,
-/// softirq, steal, then guest times, which user already counts.
-fn parse_host_ticks(stat: &str) -> Option<HostTicks> {
-    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
-    let ticks: Vec<u64> = line.split_whitespace().skip(1).take(8).map(|n| n.parse().ok()).collect::<Option<_>>()?;
-    let &steal = ticks.get(7)?;
-    Some(HostTicks { steal, total: ticks.iter().sum() })
-}
-
 /// Peak resident memory of this process (Linux).
 fn peak_memory_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -103,17 +71,9 @@ mod tests {
         assert_eq!(parse_process_ticks("4242 (short) R 1"), None);
     }
 
-    #[test]
-    fn host_ticks_sum_the_first_eight_fields_and_take_steal_from_the_eighth() {
-        let stat = "cpu  100 5 50 800 10 1 2 32 7 0\ncpu0 50 2 25 400 5 0 1 16 3 0\nintr 1 2 3\n";
-        assert_eq!(parse_host_ticks(stat), Some(HostTicks { steal: 32, total: 1000 }));
-        assert_eq!(parse_host_ticks("cpu0 1 2 3\n"), None);
-        assert_eq!(parse_host_ticks("cpu  1 2 3\n"), None);
-    }
-
     #[cfg(target_os = "linux")]
     #[test]
-    fn a_run_that_burns_cpu_reports_its_cpu_time_steal_and_memory() {
+    fn a_run_that_burns_cpu_reports_its_cpu_time_and_memory() {
         let mark = Mark::now();
         // Clock ticks are coarse: spin until one is counted, within a generous bound.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -126,7 +86,6 @@ mod tests {
             usage = mark.usage();
         }
         assert!(usage.cpu.is_some_and(|cpu| !cpu.is_zero()), "{usage:?}");
-        assert!(usage.host_steal.is_some_and(|steal| (0.0..=1.0).contains(&steal)), "{usage:?}");
         assert!(usage.peak_memory_bytes.is_some_and(|peak| peak > 0), "{usage:?}");
     }
 }

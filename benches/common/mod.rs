@@ -1,12 +1,8 @@
-//! What the benchmarks share: the synthetic corpus as records, and a tansu
-//! broker started for the run (or the brokers in KAFKA_BROKERS).
+//! What the benchmarks share: the synthetic corpus as records, and the real
+//! Kafka and Cassandra that tests/servers/run starts for the run (or the
+//! brokers in KAFKA_BROKERS).
 
 #![allow(dead_code)] // each bench uses a part
-
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use contactd::corpus::{GenOptions, Generator};
 use contactd::source::{Origin, RawRecord};
@@ -42,37 +38,13 @@ pub fn records(lines: &[&[u8]]) -> Vec<RawRecord> {
         .collect()
 }
 
-/// A broker started for the run, stopped when dropped.
-pub struct Tansu(Child);
+/// The test binary's server starter, shared: each server runs until the bench exits.
+#[path = "../../tests/it/servers.rs"]
+pub mod servers;
 
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// KAFKA_BROKERS when set; otherwise a tansu with in-memory storage on a free port.
-pub fn brokers() -> (Option<Tansu>, String) {
-    if let Ok(brokers) = std::env::var("KAFKA_BROKERS") {
-        return (None, brokers);
-    }
-    let port = TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let installed = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo/bin/tansu"));
-    let program = installed.filter(|path| path.exists()).unwrap_or_else(|| "tansu".into());
-    let child = Command::new(program)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tansu starts (cargo install tansu --locked --version 0.6.0 --features dynostore)");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "tansu did not start listening");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (Some(Tansu(child)), format!("127.0.0.1:{port}"))
+/// KAFKA_BROKERS when set; otherwise an Apache Kafka started for the run.
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| servers::kafka().address.clone())
 }
 
 pub fn client(brokers: &str) -> ClientConfig {

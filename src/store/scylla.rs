@@ -23,7 +23,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -69,10 +69,6 @@ pub struct ScyllaOptions {
     pub request_timeout: Duration,
     /// Statements one unit keeps in flight while writing its rows.
     pub max_concurrency: usize,
-    /// Wait for every node to agree on the schema after `migrate` changes it.
-    /// Only single-node test servers that do not report schema versions need
-    /// this off.
-    pub await_schema_agreement: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,7 +148,7 @@ async fn connect(options: &ScyllaOptions) -> StoreResult<Session> {
         .known_nodes(&options.nodes)
         .default_execution_profile_handle(profile.into_handle())
         .connection_timeout(options.request_timeout)
-        .auto_await_schema_agreement(options.await_schema_agreement);
+        .auto_await_schema_agreement(true);
     if let (Some(user), Some(password)) = (&options.username, &options.password) {
         builder = builder.user(user, password);
     }
@@ -191,9 +187,7 @@ pub fn migrate(options: &ScyllaOptions) -> StoreResult<i32> {
             for statement in statements(&script) {
                 session.query_unpaged(statement, ()).await.map_err(execution_error)?;
             }
-            if options.await_schema_agreement {
-                session.await_schema_agreement().await.map_err(transient)?;
-            }
+            session.await_schema_agreement().await.map_err(transient)?;
             session
                 .query_unpaged(
                     format!("INSERT INTO {}.schema_version (component, version, applied_at) VALUES (?, ?, ?)", options.keyspace),
@@ -421,7 +415,6 @@ pub struct ScyllaBackend {
     statements: Statements,
     max_concurrency: usize,
     last_seq: AtomicU64,
-    conditions_ignored: AtomicBool,
 }
 
 impl std::fmt::Debug for ScyllaBackend {
@@ -462,7 +455,6 @@ impl ScyllaBackend {
             statements,
             max_concurrency: options.max_concurrency.max(1),
             last_seq: AtomicU64::new(0),
-            conditions_ignored: AtomicBool::new(false),
         }))
     }
 
@@ -522,39 +514,17 @@ impl ScyllaBackend {
         result.rows::<T>().map_err(corrupt)?.collect::<Result<_, _>>().map_err(corrupt)
     }
 
-    /// A conditional write's verdict. A server without lightweight transactions
-    /// answers without an `[applied]` column; it applied the write unconditionally.
-    ///
-    /// Such a server (kassandra, in the tests) also leaves the condition's bind
-    /// marker out of the prepared statement; the condition's value is then
-    /// dropped and the lost guarantee reported once.
-    async fn applied(&self, statement: &Statement, mut values: Vec<CqlValue>) -> StoreResult<bool> {
-        let markers = statement.prepared(&self.session).await?.get_variable_col_specs().len();
-        if values.len() > markers {
-            self.conditions_ignored();
-            values.truncate(markers);
-        }
+    /// A conditional write's verdict. A server that answers without an
+    /// `[applied]` column ignored the condition: concurrent workers on it could
+    /// give one identifier two owners, so the store refuses to go on.
+    async fn applied(&self, statement: &Statement, values: Vec<CqlValue>) -> StoreResult<bool> {
         let result = self.execute(statement, values).await?;
-        let Ok(rows) = result.into_rows_result() else {
-            self.conditions_ignored();
-            return Ok(true);
-        };
-        let applied = rows.column_specs().get_by_index(0).is_some_and(|spec| spec.name() == "[applied]");
-        if !applied {
-            self.conditions_ignored();
-            return Ok(true);
+        let rows = result.into_rows_result().map_err(|_| conditions_ignored())?;
+        if rows.column_specs().get_by_index(0).is_none_or(|spec| spec.name() != "[applied]") {
+            return Err(conditions_ignored());
         }
         let first = rows.maybe_first_row::<Row>().map_err(corrupt)?;
         Ok(matches!(first.and_then(|row| row.columns.into_iter().next()), Some(Some(CqlValue::Boolean(true)))))
-    }
-
-    fn conditions_ignored(&self) {
-        if !self.conditions_ignored.swap(true, Ordering::Relaxed) {
-            warn!(
-                "this CQL server ignores lightweight transactions (IF ...): concurrent workers may give an \
-                 identifier two owners; run a single worker lane against it, or use ScyllaDB"
-            );
-        }
     }
 
     /// Unit positions: time-ordered, unique across workers by their random low
@@ -571,6 +541,14 @@ impl ScyllaBackend {
             }
         }
     }
+}
+
+fn conditions_ignored() -> StoreError {
+    StoreError::Fatal(
+        "the CQL server ignored a lightweight transaction's condition (no [applied] column): the store needs \
+         ScyllaDB or Cassandra with lightweight transactions"
+            .into(),
+    )
 }
 
 /// A statement, its values and, for rows ordered by event time, the write timestamp.
@@ -649,6 +627,12 @@ fn text_key(key: &RecordKey) -> StoreResult<&str> {
     std::str::from_utf8(&key.key).map_err(corrupt)
 }
 
+/// A stored record, or `None` for an empty one: what `undo` leaves of a record
+/// that did not exist before a failed unit, which every reader takes as absent.
+fn present(stored: Option<String>) -> Option<String> {
+    stored.filter(|record| !record.is_empty())
+}
+
 /// `SET record = ?, version = ? WHERE <key> IF version = ?`
 fn update_values(key: &RecordKey, json: Option<&str>, version: i64, expected: i64) -> StoreResult<Vec<CqlValue>> {
     // An empty record reads as absent (see `read`).
@@ -695,9 +679,7 @@ impl ScyllaStore {
         let rows: Vec<(Option<String>, Option<i64>)> =
             backend.rows(&backend.statements.read[&key.table], bind_key(key, Vec::new())?).await?;
         Ok(match rows.into_iter().next() {
-            Some((stored, version)) => {
-                Read { version: Some(version.unwrap_or(0)), stored: stored.filter(|record| !record.is_empty()) }
-            }
+            Some((stored, version)) => Read { version: Some(version.unwrap_or(0)), stored: present(stored) },
             None => Read::default(),
         })
     }
@@ -1084,7 +1066,7 @@ impl Store for ScyllaStore {
             let mut live = Vec::new();
             while let Some(row) = rows.next().await {
                 let (tenant, contact_id, record) = row?;
-                let Some(record) = record else { continue };
+                let Some(record) = present(record) else { continue };
                 if let ContactRecord::Active(contact) = from_json(&record)? {
                     live.push((tenant, contact_id, contact.state()));
                 }

@@ -13,3 +13,4 @@ mod properties;
 mod rules;
 mod schemas;
 mod scylla;
+mod servers;
