@@ -28,6 +28,10 @@ pub struct WorkerMetrics {
     pub rebalances: IntCounterVec,
     pub commits: IntCounterVec,
     pub commit_refusals: IntCounter,
+    /// Records that came past their partition's next expected offset, by
+    /// `topic` and `partition`: a signal, since compaction and transactions
+    /// leave such gaps legitimately.
+    pub offset_gaps: IntCounterVec,
 }
 
 impl std::fmt::Debug for WorkerMetrics {
@@ -99,10 +103,15 @@ impl WorkerMetrics {
                 "Partition offsets whose commit the broker refused or that failed in transit",
             )
             .expect("valid metric"),
+            offset_gaps: IntCounterVec::new(
+                Opts::new("contactd_offset_gaps_total", "Records fetched past their partition's next expected offset"),
+                &["topic", "partition"],
+            )
+            .expect("valid metric"),
             registry,
             names: Vec::new(),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
             Box::new(metrics.events.clone()),
             Box::new(metrics.processing_seconds.clone()),
             Box::new(metrics.event_age_seconds.clone()),
@@ -117,6 +126,7 @@ impl WorkerMetrics {
             Box::new(metrics.rebalances.clone()),
             Box::new(metrics.commits.clone()),
             Box::new(metrics.commit_refusals.clone()),
+            Box::new(metrics.offset_gaps.clone()),
         ];
         metrics.names = register_all(&metrics.registry, collectors);
         metrics

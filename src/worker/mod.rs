@@ -45,8 +45,9 @@ pub enum WorkerError {
 }
 
 /// Every this many commit intervals, the periodic commit resends every
-/// partition's commit point, moved or not. A broker that does not fence a
-/// former owner's late commit (tansu does not) lets it move the group's
+/// partition's commit point, moved or not. Apache Kafka fences a former
+/// owner's late commit by the group's generation (the worker tests check it),
+/// but a Kafka-compatible broker that does not would let it move the group's
 /// offset backwards, which would otherwise hold until the next revocation.
 /// One request with a few offsets every ten seconds (at the default
 /// interval) is negligible.
@@ -325,7 +326,16 @@ where
             Some(Err(error)) => warn!(%error, "fetch failed"),
             Some(Ok(message)) => {
                 let key = (message.topic().to_owned(), message.partition());
-                let Some(generation) = shared.tracker().dispatch(&key, message.offset()) else { continue };
+                let Some(dispatched) = shared.tracker().dispatch(&key, message.offset()) else { continue };
+                if let Some(expected) = dispatched.gap_from {
+                    shared.metrics.offset_gaps.with_label_values(&[key.0.as_str(), &key.1.to_string()]).inc();
+                    warn!(
+                        topic = %key.0, partition = key.1, expected, offset = message.offset(),
+                        "a record past the partition's next expected offset: the ones between were never fetched \
+                         (normal on compacted or transactional topics, lost records anywhere else)"
+                    );
+                }
+                let generation = dispatched.generation;
                 let job = Job {
                     record: kafka::record_of(&message),
                     key: message.key().map(<[u8]>::to_vec),

@@ -29,6 +29,17 @@ impl Partition {
     }
 }
 
+/// A record handed to a lane: its assignment's generation, and where its
+/// partition's records were expected to continue when it came later than that.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Dispatched {
+    pub generation: u64,
+    /// The next expected offset, when this record's offset is past it: the
+    /// offsets between were never fetched. Legitimate on compacted and
+    /// transactional topics (control records), a lost run of records anywhere else.
+    pub gap_from: Option<i64>,
+}
+
 #[derive(Debug, Default)]
 pub struct Tracker {
     partitions: HashMap<PartitionKey, Partition>,
@@ -48,13 +59,14 @@ impl Tracker {
 
     /// Records an offset handed to a lane. `None` when the partition is not
     /// assigned (a message fetched just before a revocation): drop it.
-    pub fn dispatch(&mut self, key: &PartitionKey, offset: i64) -> Option<u64> {
+    pub fn dispatch(&mut self, key: &PartitionKey, offset: i64) -> Option<Dispatched> {
         let partition = self.partitions.get_mut(key).filter(|p| !p.revoked)?;
         if partition.pending.insert(offset) {
             self.pending += 1;
         }
+        let gap_from = partition.next.filter(|&next| offset > next);
         partition.next = Some(partition.next.map_or(offset + 1, |next| next.max(offset + 1)));
-        Some(partition.generation)
+        Some(Dispatched { generation: partition.generation, gap_from })
     }
 
     /// Whether work of this assignment should still be done.
@@ -181,6 +193,23 @@ mod tests {
         tracker.abandon(&key(), generation, 3);
         assert_eq!(tracker.pending_in(&key()), 0);
         assert_eq!(tracker.commit_points(None, false), vec![(key(), 1)]);
+    }
+
+    #[test]
+    fn a_record_past_the_next_expected_offset_reports_the_gap_once() {
+        let mut tracker = Tracker::default();
+        let generation = tracker.assign(key());
+        let gap = |tracker: &mut Tracker, offset| tracker.dispatch(&key(), offset).map(|d| d.gap_from);
+        assert_eq!(gap(&mut tracker, 7), Some(None), "an assignment's first record sets where it continues");
+        assert_eq!(gap(&mut tracker, 8), Some(None));
+        assert_eq!(gap(&mut tracker, 12), Some(Some(9)), "9, 10 and 11 were never fetched");
+        assert_eq!(gap(&mut tracker, 13), Some(None));
+        assert_eq!(gap(&mut tracker, 8), Some(None), "a record fetched again is no gap");
+        assert_eq!(gap(&mut tracker, 14), Some(None), "nor is the one after it");
+        tracker.remove(&key());
+        let next = tracker.assign(key());
+        assert_ne!(next, generation);
+        assert_eq!(gap(&mut tracker, 40), Some(None), "a new assignment starts where the group's commit says");
     }
 
     #[test]

@@ -678,3 +678,42 @@ fn the_indexer_resumes_from_its_index_after_kill_9_with_no_missing_or_duplicate_
         assert_eq!(indexed.unwrap() as f64, contact["timeline_entries"].as_f64().unwrap(), "{contact}");
     }
 }
+
+/// A transactional producer leaves a control record after each transaction,
+/// at an offset a read-committed consumer never receives: the worker counts
+/// each such gap (the signal that would have caught tansu's skipped runs of
+/// records) and still applies every event and commits past the gaps.
+#[test]
+fn offset_gaps_left_by_transactions_are_counted_while_every_event_is_applied() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let cluster = Cluster::start(1, 1, 1);
+    let events = corpus(12, 0);
+    let producer: BaseProducer =
+        cluster.client().set("transactional.id", format!("{}-producer", cluster.group)).create().expect("producer");
+    producer.init_transactions(PATIENCE).expect("transactions start");
+    let transactions = events.chunks(events.len().div_ceil(3)).collect::<Vec<_>>();
+    for transaction in &transactions {
+        producer.begin_transaction().unwrap();
+        for event in *transaction {
+            let line = event.to_string();
+            producer.send(BaseRecord::<(), str>::to(&cluster.events).payload(&line)).map_err(|(error, _)| error).unwrap();
+        }
+        producer.commit_transaction(PATIENCE).expect("the transaction commits");
+    }
+    // Each transaction's records, then its commit marker.
+    let end_of_last_transaction = (events.len() + transactions.len() - 1) as i64;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "contactd.toml", &cluster, "lanes = 1\n");
+    let data = dir.path().join("data");
+    let worker = Service::start(&data, &config, "worker");
+    eventually("every event is committed", || cluster.committed(1) == [end_of_last_transaction]);
+    let gaps = worker.metric("contactd_offset_gaps_total", &format!("partition=\"0\",topic=\"{}\"", cluster.events));
+    assert_eq!(gaps, (transactions.len() - 1) as f64, "one gap after each transaction but the last");
+    assert!(worker.terminate().success());
+
+    let mut alone = crate::harness::Directory::new();
+    alone.feed(&events);
+    let store = SqliteStore::open(&data.join("directory.sqlite3"), &SqliteOptions::default()).unwrap();
+    assert_eq!(canonical(&store), canonical(&alone.store), "every event applied");
+}
