@@ -97,3 +97,92 @@ fn same_directory_as_on_sqlite(lines: &[String], batch_size: usize) {
     assert_eq!(export(&scylla), expected);
     assert_eq!(crate::harness::canonical(&scylla), crate::harness::canonical(&sqlite.store));
 }
+
+/// The directory a batch of lines makes on `store`, and the changes of the
+/// batch's units, as the publisher would read them from the outbox.
+fn process(store: &mut ScyllaStore, lines: &[String]) -> (Vec<serde_json::Value>, Vec<String>) {
+    use contactd::publish::Outbox;
+    let batch: Vec<RawRecord> = lines
+        .iter()
+        .map(|line| RawRecord {
+            payload: line.clone().into_bytes(),
+            origin: Origin { source: "test".into(), partition: None, position: 0 },
+        })
+        .collect();
+    let outcome = contactd::pipeline::process_batch(store, &batch).expect("the batch applies");
+    // A unit of nothing but redelivered events has no outbox row.
+    let units = outcome
+        .units
+        .iter()
+        .filter_map(|seq| store.unit(*seq).unwrap())
+        .flat_map(|unit| unit.changes().map(|(_, json)| json.to_owned()).collect::<Vec<_>>());
+    (exported(store), units.collect())
+}
+
+fn exported(store: &ScyllaStore) -> Vec<serde_json::Value> {
+    let mut contacts = Vec::new();
+    store
+        .export(&mut |c| {
+            contacts.push(serde_json::to_value(c).unwrap());
+            Ok(())
+        })
+        .unwrap();
+    contacts
+}
+
+fn example_lines() -> Vec<String> {
+    std::fs::read_to_string(crate::harness::EXAMPLES).unwrap().lines().map(str::to_owned).collect()
+}
+
+/// A worker killed at any step of a commit leaves its unit half written. The
+/// next worker to meet one of its events finishes the unit instead of
+/// resolving the events again: the directory is the one an uninterrupted
+/// commit makes, and the changes it publishes are the first attempt's.
+#[test]
+fn a_unit_left_half_written_is_finished_by_the_next_worker_to_meet_its_events() {
+    use contactd::store::scylla::CommitStep;
+    let lines = example_lines();
+    let (expected, _) = process(&mut store(), &lines);
+    for step in [CommitStep::ProcessedEvents, CommitStep::Records, CommitStep::Rows] {
+        let options = options(fresh_keyspace());
+        migrate(&options).unwrap();
+        let backend = ScyllaBackend::connect(&options).unwrap();
+        let mut killed = ScyllaStore::new(std::sync::Arc::clone(&backend));
+        killed.crash_next_commit_after(step);
+        let (_, first_attempt) = process(&mut killed, &lines);
+
+        let mut next = ScyllaStore::new(backend);
+        let (directory, republished) = process(&mut next, &lines);
+        assert_eq!(directory, expected, "after a crash past {step:?}");
+        assert_eq!(republished, first_attempt, "the first attempt's changes, published again, after {step:?}");
+    }
+}
+
+/// When another worker has meanwhile moved on a record the half-written unit
+/// meant to write, the unit cannot be finished: it is undone, and its events
+/// are resolved again against what the other worker wrote.
+#[test]
+fn a_half_written_unit_that_lost_its_race_meanwhile_is_undone_and_its_events_resolved_again() {
+    use contactd::store::scylla::CommitStep;
+    let started = |id: &str, session: &str| {
+        let identity = serde_json::json!({ "emails": ["jana@example.cz"] });
+        crate::harness::with(crate::harness::event(id, "session.started", 1, Some(session)), "identity", identity).to_string()
+    };
+    let options = options(fresh_keyspace());
+    migrate(&options).unwrap();
+    let backend = ScyllaBackend::connect(&options).unwrap();
+    let mut killed = ScyllaStore::new(std::sync::Arc::clone(&backend));
+    killed.crash_next_commit_after(CommitStep::ProcessedEvents);
+    process(&mut killed, &[started("e1", "s1")]);
+
+    // Another worker claims the same e-mail first, for another session.
+    let mut other = ScyllaStore::new(std::sync::Arc::clone(&backend));
+    let (directory, _) = process(&mut other, &[started("e2", "s2")]);
+    assert_eq!(directory.len(), 1);
+    let owner = directory[0]["contact_id"].clone();
+
+    let (directory, _) = process(&mut other, &[started("e1", "s1")]);
+    assert_eq!(directory.len(), 1, "one contact for the e-mail: {directory:?}");
+    assert_eq!(directory[0]["contact_id"], owner, "the event joined the contact that won");
+    assert_eq!(directory[0]["sessions"], serde_json::json!(["s1", "s2"]));
+}

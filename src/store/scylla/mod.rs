@@ -1,20 +1,9 @@
 //! The store at scale: ScyllaDB through the `scylla` driver, shared by any
 //! number of workers. There are no multi-row transactions, so a write unit is
-//! kept in memory (reads see it) and written at commit in an order that makes
-//! concurrent workers safe:
-//!
-//! 1. the outbox row of the unit, `IF NOT EXISTS`;
-//! 2. every record the unit changed (contacts, sessions, tenants, then
-//!    identifier claims) by compare-and-set on the version it read, with
-//!    lightweight transactions. A lost race undoes the records already written
-//!    and fails the unit as transient: the pipeline resolves the batch again and
-//!    adopts what the winner wrote, so no identifier gets two owners;
-//! 3. timeline, pending and session links, idempotent and keyed
-//!    deterministically, timeline and pending with the causing event's time as
-//!    their write timestamp (set per statement, the protocol's form of `USING
-//!    TIMESTAMP`) so that an erasure's tombstones shadow older events' writes;
-//! 4. the processed-event rows, last, so a redelivery after a crash resolves
-//!    the event again rather than trusting a half-written unit.
+//! kept in memory (reads see it) and written at commit by the protocol in
+//! `unit.rs`: records by compare-and-set with lightweight transactions, rows
+//! idempotently, and a redo kept until the unit is whole, so that a unit a
+//! worker left half written is finished or undone by the next one to meet it.
 //!
 //! The driver is async; the `Store` seam is synchronous and runs on the
 //! worker's lane threads, so the store blocks on its own small runtime.
@@ -37,9 +26,13 @@ use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tracing::warn;
+
+mod unit;
+
+pub use unit::CommitStep;
 
 use super::{DirectoryView, Mutation, Store, StoreError, StoreResult, identifier_hash};
 use crate::identity::Identifier;
@@ -49,8 +42,9 @@ use crate::model::{
 use crate::publish::{ChangeSink, EncodedUnit, Outbox};
 
 /// The schema this build reads and writes; `contactd migrate` brings a keyspace to it.
-pub const SCHEMA_VERSION: i32 = 1;
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../schemas/scylla/001_directory.cql"))];
+pub const SCHEMA_VERSION: i32 = 2;
+const MIGRATIONS: &[(i32, &str)] =
+    &[(1, include_str!("../../../schemas/scylla/001_directory.cql")), (2, include_str!("../../../schemas/scylla/002_units.cql"))];
 const SCHEMA_COMPONENT: &str = "directory";
 
 /// Where the directory lives and how to reach it.
@@ -226,7 +220,7 @@ fn runtime() -> StoreResult<tokio::runtime::Runtime> {
 }
 
 /// The four record tables written by compare-and-set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 enum Table {
     Contacts,
     Sessions,
@@ -286,6 +280,13 @@ struct Statements {
     outbox_read: Statement,
     outbox_delete: Statement,
     contacts_scan: Statement,
+    unit_insert: Statement,
+    unit_read: Statement,
+    units_count: Statement,
+    units_scan: Statement,
+    unit_claim: Statement,
+    unit_release: Statement,
+    forget_seen: Statement,
 }
 
 /// (table, key columns as bound, record column names)
@@ -379,6 +380,13 @@ impl Statements {
             outbox_read: prepare(format!("SELECT changes FROM {ks}.outbox WHERE seq = ?"), true),
             outbox_delete: prepare(format!("DELETE FROM {ks}.outbox WHERE seq = ?"), true),
             contacts_scan: prepare(format!("SELECT tenant, contact_id, record FROM {ks}.contacts"), true),
+            unit_insert: prepare(format!("INSERT INTO {ks}.units (seq, state, redo) VALUES (?, ?, ?)"), true),
+            unit_read: prepare(format!("SELECT state, redo FROM {ks}.units WHERE seq = ?"), true),
+            units_count: prepare(format!("SELECT count(*) FROM {ks}.units"), true),
+            units_scan: prepare(format!("SELECT seq, redo FROM {ks}.units"), true),
+            unit_claim: prepare(format!("UPDATE {ks}.units SET state = ? WHERE seq = ? IF state = ?"), false),
+            unit_release: prepare(format!("DELETE FROM {ks}.units WHERE seq = ? IF state = ?"), false),
+            forget_seen: prepare(format!("DELETE FROM {ks}.events WHERE tenant = ? AND event_id = ?"), true),
         }
     }
 
@@ -403,6 +411,13 @@ impl Statements {
             &self.outbox_read,
             &self.outbox_delete,
             &self.contacts_scan,
+            &self.unit_insert,
+            &self.unit_read,
+            &self.units_count,
+            &self.units_scan,
+            &self.unit_claim,
+            &self.unit_release,
+            &self.forget_seen,
         ])
     }
 }
@@ -415,6 +430,8 @@ pub struct ScyllaBackend {
     statements: Statements,
     max_concurrency: usize,
     last_seq: AtomicU64,
+    /// Conditional writes sent, each a Paxos round of the replicas.
+    lightweight_transactions: AtomicU64,
 }
 
 impl std::fmt::Debug for ScyllaBackend {
@@ -455,7 +472,21 @@ impl ScyllaBackend {
             statements,
             max_concurrency: options.max_concurrency.max(1),
             last_seq: AtomicU64::new(0),
+            lightweight_transactions: AtomicU64::new(0),
         }))
+    }
+
+    /// Units some worker left half written that nobody has met since
+    /// (`unit.rs`): each is finished or undone by the next reader of one of its
+    /// events. Scans a small table.
+    pub fn unfinished_units(&self) -> StoreResult<u64> {
+        let rows: Vec<(i64,)> = self.block_on(self.rows(&self.statements.units_count, ()))?;
+        Ok(rows.first().map_or(0, |(count,)| count.unsigned_abs()))
+    }
+
+    /// Conditional writes (lightweight transactions) this process has sent.
+    pub fn lightweight_transactions(&self) -> u64 {
+        self.lightweight_transactions.load(Ordering::Relaxed)
     }
 
     fn block_on<F: Future>(&self, future: F) -> F::Output {
@@ -518,6 +549,7 @@ impl ScyllaBackend {
     /// `[applied]` column ignored the condition: concurrent workers on it could
     /// give one identifier two owners, so the store refuses to go on.
     async fn applied(&self, statement: &Statement, values: Vec<CqlValue>) -> StoreResult<bool> {
+        self.lightweight_transactions.fetch_add(1, Ordering::Relaxed);
         let result = self.execute(statement, values).await?;
         let rows = result.into_rows_result().map_err(|_| conditions_ignored())?;
         if rows.column_specs().get_by_index(0).is_none_or(|spec| spec.name() != "[applied]") {
@@ -561,7 +593,7 @@ struct Read {
     stored: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 struct RecordKey {
     table: Table,
     tenant: String,
@@ -611,6 +643,7 @@ pub struct ScyllaStore {
     /// Records read in the open unit, whose versions its commit checks. Reads
     /// outside a unit (the API, export) are not kept.
     reads: RefCell<BTreeMap<RecordKey, Read>>,
+    crash: Option<CommitStep>,
 }
 
 impl std::fmt::Debug for ScyllaStore {
@@ -656,7 +689,7 @@ fn bind_key(key: &RecordKey, rest: Vec<CqlValue>) -> StoreResult<Vec<CqlValue>> 
 
 impl ScyllaStore {
     pub fn new(backend: Arc<ScyllaBackend>) -> Self {
-        Self { backend, unit: None, reads: RefCell::new(BTreeMap::new()) }
+        Self { backend, unit: None, reads: RefCell::new(BTreeMap::new()), crash: None }
     }
 
     fn record<T: DeserializeOwned>(&self, key: RecordKey) -> StoreResult<Option<T>> {
@@ -769,124 +802,6 @@ impl ScyllaStore {
         rows.into_iter().filter_map(|(entry,)| entry).map(|text| from_json(&text)).collect()
     }
 
-    /// Writes the unit; see the module documentation for the order and why.
-    fn write_unit(&self, unit: &Unit) -> StoreResult<()> {
-        let backend = &self.backend;
-        let statements = &backend.statements;
-        backend.block_on(async {
-            let outboxed = unit.stamped || !unit.changes.is_empty();
-            if outboxed {
-                let lines: String = unit.changes.iter().map(|change| to_json(change) + "\n").collect();
-                let row = vec![CqlValue::BigInt(unit.seq.cast_signed()), CqlValue::Text(lines)];
-                if !backend.applied(&statements.outbox_insert, row).await? {
-                    return Err(StoreError::Transient(format!("unit position {} taken by another worker", unit.seq)));
-                }
-            }
-            if let Err(error) = self.write_records(unit).await {
-                if outboxed {
-                    let _ = backend.execute(&statements.outbox_delete, (unit.seq.cast_signed(),)).await;
-                }
-                return Err(error);
-            }
-            self.write_rows(unit).await
-        })
-    }
-
-    /// Compare-and-set of every record the unit changed; on a lost race, the
-    /// records already written are put back before the unit fails.
-    async fn write_records(&self, unit: &Unit) -> StoreResult<()> {
-        let statements = &self.backend.statements;
-        let mut done: Vec<(&RecordKey, Read, i64)> = Vec::new();
-        for (key, json) in &unit.records {
-            let known = self.reads.borrow().get(key).cloned();
-            let read = match known {
-                Some(read) => read,
-                None => self.read(key).await?,
-            };
-            if read.stored.as_ref() == Some(json) {
-                continue;
-            }
-            let next = read.version.map_or(1, |v| v + 1);
-            let applied = match read.version {
-                None => {
-                    let values = bind_key(key, vec![CqlValue::Text(json.clone()), CqlValue::BigInt(next)])?;
-                    self.backend.applied(&statements.insert[&key.table], values).await?
-                }
-                Some(version) => {
-                    let values = update_values(key, Some(json), next, version)?;
-                    self.backend.applied(&statements.update[&key.table], values).await?
-                }
-            };
-            if !applied {
-                self.undo(&done).await;
-                return Err(StoreError::Transient(format!(
-                    "another worker changed a {:?} record of tenant {} first; resolving again",
-                    key.table, key.tenant
-                )));
-            }
-            done.push((key, read, next));
-        }
-        Ok(())
-    }
-
-    /// Best effort: a crash here leaves records that resolution tolerates (a
-    /// claim naming a contact that does not exist counts as unowned). A record
-    /// that did not exist is put back as an empty record under a newer version,
-    /// so that a worker which read it in between cannot write over it.
-    async fn undo(&self, done: &[(&RecordKey, Read, i64)]) {
-        let statements = &self.backend.statements;
-        for (key, read, written_version) in done.iter().rev() {
-            let result = match update_values(key, read.stored.as_deref(), written_version + 1, *written_version) {
-                Ok(values) => self.backend.applied(&statements.update[&key.table], values).await,
-                Err(error) => Err(error),
-            };
-            if let Err(error) = result {
-                warn!(%error, table = ?key.table, tenant = %key.tenant, "could not undo a record of a failed unit");
-            }
-        }
-    }
-
-    /// Timeline, pending, links, then the processed-event rows: all idempotent.
-    async fn write_rows(&self, unit: &Unit) -> StoreResult<()> {
-        let s = &self.backend.statements;
-        let mut writes: Vec<Write<'_>> = Vec::new();
-        let text = |value: &str| CqlValue::Text(value.to_owned());
-        for ((tenant, contact), overlay) in &unit.timelines {
-            if let Some(at) = overlay.cleared_at {
-                writes.push((&s.delete_timeline, vec![text(tenant), text(contact)], Some(at)));
-            }
-            for ((micros, entry_id), at) in &overlay.deleted {
-                let key = vec![text(tenant), text(contact), CqlValue::BigInt(*micros), text(entry_id)];
-                writes.push((&s.delete_entry, key, Some(*at)));
-            }
-            for ((micros, entry_id), (entry, at)) in &overlay.put {
-                let row =
-                    vec![text(tenant), text(contact), CqlValue::BigInt(*micros), text(entry_id), CqlValue::Text(to_json(entry))];
-                writes.push((&s.put_entry, row, Some(*at)));
-            }
-        }
-        for ((tenant, session), overlay) in &unit.pending {
-            if let Some(at) = overlay.cleared_at {
-                writes.push((&s.clear_pending, vec![text(tenant), text(session)], Some(at)));
-            }
-            for (entry_id, (entry, at)) in &overlay.put {
-                let row = vec![text(tenant), text(session), text(entry_id), CqlValue::Text(to_json(entry))];
-                writes.push((&s.put_pending, row, Some(*at)));
-            }
-        }
-        for ((tenant, contact), sessions) in &unit.links {
-            for (session, linked) in sessions {
-                let statement = if *linked { &s.link } else { &s.unlink };
-                writes.push((statement, vec![text(tenant), text(contact), text(session)], None));
-            }
-        }
-        self.run_all(&writes).await?;
-        let seq = CqlValue::BigInt(unit.seq.cast_signed());
-        let seen: Vec<Write<'_>> =
-            unit.seen.iter().map(|(tenant, event)| (&s.mark_seen, vec![text(tenant), text(event), seq.clone()], None)).collect();
-        self.run_all(&seen).await
-    }
-
     /// Runs idempotent writes with bounded concurrency, retrying each a few times
     /// so that one timeout does not send a whole batch back through resolution.
     async fn run_all(&self, writes: &[Write<'_>]) -> StoreResult<()> {
@@ -916,6 +831,16 @@ impl ScyllaStore {
     }
 }
 
+impl ScyllaStore {
+    /// The next commit stops after `step` and reports success, as a worker
+    /// killed there would leave the unit: for tests of what the next worker
+    /// makes of it.
+    #[doc(hidden)]
+    pub fn crash_next_commit_after(&mut self, step: CommitStep) {
+        self.crash = Some(step);
+    }
+}
+
 impl DirectoryView for ScyllaStore {
     fn tenant_config(&self, tenant: &str) -> StoreResult<Option<TenantConfig>> {
         self.record(record_key(Table::Tenants, tenant, b""))
@@ -929,15 +854,40 @@ impl DirectoryView for ScyllaStore {
         }
         let backend = &self.backend;
         let rows: Vec<(Option<i64>,)> = backend.block_on(backend.rows(&backend.statements.event_unit, (tenant, event_id)))?;
-        Ok(rows.into_iter().next().and_then(|(unit,)| unit).map(i64::unsigned_abs))
+        let Some(seq) = rows.into_iter().next().and_then(|(unit,)| unit).map(i64::unsigned_abs) else { return Ok(None) };
+        // The event's unit may be one a worker left half written.
+        match backend.block_on(self.finish_unit(seq, unit::Asker::Redelivery))? {
+            None | Some(unit::Finished::Completed) => Ok(Some(seq)),
+            Some(unit::Finished::Undone) => Ok(None),
+        }
     }
 
     fn session(&self, tenant: &str, session_id: &str) -> StoreResult<Option<SessionRecord>> {
         self.record(record_key(Table::Sessions, tenant, session_id.as_bytes()))
     }
 
+    /// Claims are written before the contacts they name (`unit.rs`): a claim
+    /// on a contact that does not exist belongs to a unit in progress, which is
+    /// waited for (a transient error) or, once stale, finished or undone here.
+    /// A claim that no unit in progress wrote names a contact that was undone,
+    /// and resolution takes it for unowned.
     fn claim(&self, tenant: &str, identifier: &Identifier) -> StoreResult<Option<Claim>> {
-        self.record(record_key(Table::Claims, tenant, &identifier_hash(identifier)))
+        let key = record_key(Table::Claims, tenant, &identifier_hash(identifier));
+        let claim: Option<Claim> = self.record(key.clone())?;
+        let Some(Claim::Owned { contact_id }) = &claim else { return Ok(claim) };
+        let contact = record_key(Table::Contacts, tenant, contact_id.as_bytes());
+        if self.record::<ContactRecord>(contact.clone())?.is_some() {
+            return Ok(claim);
+        }
+        let backend = &self.backend;
+        let Some(seq) = backend.block_on(self.unit_writing(&key))? else { return Ok(claim) };
+        backend.block_on(self.finish_unit(seq, unit::Asker::ClaimReader))?;
+        // What this unit read of both is stale now.
+        let mut reads = self.reads.borrow_mut();
+        reads.remove(&key);
+        reads.remove(&contact);
+        drop(reads);
+        self.record(key)
     }
 
     fn contact(&self, tenant: &str, contact_id: &str) -> StoreResult<Option<ContactRecord>> {
@@ -1042,8 +992,9 @@ impl Store for ScyllaStore {
     }
 
     fn commit(&mut self) -> StoreResult<()> {
+        let crash = self.crash.take();
         let unit = self.unit.as_ref().ok_or_else(|| StoreError::Fatal("commit without begin".into()))?;
-        self.write_unit(unit)?;
+        self.write_unit(unit, crash)?;
         self.unit = None;
         self.reads.borrow_mut().clear();
         Ok(())
