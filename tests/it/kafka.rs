@@ -92,18 +92,18 @@ impl Drop for Proxy {
 }
 
 /// One test's share of the broker: its own topics and worker group.
-struct Cluster {
-    events: String,
-    changes: String,
-    dead_letters: String,
-    group: String,
+pub struct Cluster {
+    pub events: String,
+    pub changes: String,
+    pub dead_letters: String,
+    pub group: String,
     /// Configuration for `contactd produce`.
     producer_config: tempfile::NamedTempFile,
 }
 
 impl Cluster {
     /// Creates the test's topics with these numbers of partitions.
-    fn start(events: i32, changes: i32, dead_letters: i32) -> Self {
+    pub fn start(events: i32, changes: i32, dead_letters: i32) -> Self {
         let name = format!("t{:08x}", rand::random::<u32>());
         let cluster = Self {
             events: format!("{name}-contact-events"),
@@ -118,7 +118,7 @@ impl Cluster {
     }
 
     /// The `[kafka]` section of a configuration that reaches the broker at `address`.
-    fn kafka_section(&self, address: &str) -> String {
+    pub fn kafka_section(&self, address: &str) -> String {
         format!(
             "[kafka]\nbrokers = \"{address}\"\nevents_topics = [\"{}\"]\nchanges_topic = \"{}\"\n\
              dead_letter_topic = \"{}\"\ngroup_id = \"{}\"\n",
@@ -126,7 +126,7 @@ impl Cluster {
         )
     }
 
-    fn client(&self) -> ClientConfig {
+    pub fn client(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &servers::kafka().address);
         config
@@ -173,7 +173,7 @@ impl Cluster {
     }
 
     /// Publishes a JSONL file with `contactd produce`.
-    fn produce(&self, file: &Path) -> usize {
+    pub fn produce(&self, file: &Path) -> usize {
         let output = Command::new(env!("CARGO_BIN_EXE_contactd"))
             .arg("--config")
             .arg(self.producer_config.path())
@@ -188,7 +188,7 @@ impl Cluster {
     }
 
     /// The workers' committed offset of each events partition (0 where none).
-    fn committed(&self, partitions: i32) -> Vec<i64> {
+    pub fn committed(&self, partitions: i32) -> Vec<i64> {
         let consumer: BaseConsumer = self.client().set("group.id", &self.group).create().expect("consumer");
         let mut list = TopicPartitionList::new();
         for partition in 0..partitions {
@@ -217,7 +217,48 @@ impl Cluster {
     }
 
     /// Reads `topic` from the beginning until `count` records arrived.
-    fn read(&self, topic: &str, partitions: i32, count: usize) -> Vec<Record> {
+    pub fn read(&self, topic: &str, partitions: i32, count: usize) -> Vec<Record> {
+        let consumer = self.reader(topic, partitions);
+        let mut records = Vec::new();
+        let deadline = Instant::now() + PATIENCE;
+        while records.len() < count {
+            assert!(Instant::now() < deadline, "only {} of {count} records arrived on {topic}", records.len());
+            if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+                records.push(Record::of(&message.expect("a record")));
+            }
+        }
+        records
+    }
+
+    /// Reads every record `topic` holds now, in each partition's order.
+    pub fn read_all(&self, topic: &str, partitions: i32) -> Vec<Record> {
+        let consumer = self.reader(topic, partitions);
+        let mut left: BTreeMap<i32, i64> = (0..partitions)
+            .map(|partition| {
+                let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).expect("watermarks");
+                (partition, high - low)
+            })
+            .filter(|(_, count)| *count > 0)
+            .collect();
+        let mut records = Vec::new();
+        let deadline = Instant::now() + PATIENCE;
+        while !left.is_empty() {
+            assert!(Instant::now() < deadline, "{topic} was not read to its end: {left:?} records left per partition");
+            if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+                let message = message.expect("a record");
+                if let Some(count) = left.get_mut(&message.partition()) {
+                    *count -= 1;
+                    if *count == 0 {
+                        left.remove(&message.partition());
+                    }
+                }
+                records.push(Record::of(&message));
+            }
+        }
+        records
+    }
+
+    fn reader(&self, topic: &str, partitions: i32) -> BaseConsumer {
         let consumer: BaseConsumer =
             self.client().set("group.id", "contactd-test-reader").set("enable.auto.commit", "false").create().expect("consumer");
         let mut list = TopicPartitionList::new();
@@ -225,43 +266,34 @@ impl Cluster {
             list.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
         }
         consumer.assign(&list).expect("assign");
-        let mut records = Vec::new();
-        let deadline = Instant::now() + PATIENCE;
-        while records.len() < count {
-            assert!(Instant::now() < deadline, "only {} of {count} records arrived on {topic}", records.len());
-            if let Some(message) = consumer.poll(Duration::from_millis(200)) {
-                let message = message.expect("a record");
-                let headers = message
-                    .headers()
-                    .map(|headers| {
-                        headers
-                            .iter()
-                            .map(|header| {
-                                (header.key.to_owned(), String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned())
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                records.push(Record {
-                    key: message.key().map(<[u8]>::to_vec),
-                    payload: message.payload().unwrap_or_default().to_vec(),
-                    headers,
-                });
-            }
-        }
-        records
+        consumer
     }
 }
 
-struct Record {
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
-    headers: BTreeMap<String, String>,
+pub struct Record {
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Record {
+    fn of(message: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|header| (header.key.to_owned(), String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self { key: message.key().map(<[u8]>::to_vec), payload: message.payload().unwrap_or_default().to_vec(), headers }
+    }
 }
 
 /// Worker settings for tests: quick commits (unless `extra` sets
 /// `commit_interval_ms`) and failure detection.
-fn write_config(dir: &Path, name: &str, cluster: &Cluster, extra: &str) -> PathBuf {
+pub fn write_config(dir: &Path, name: &str, cluster: &Cluster, extra: &str) -> PathBuf {
     let path = dir.join(name);
     let commit_interval = if extra.contains("commit_interval_ms") { "" } else { "commit_interval_ms = 200\n" };
     let drain_deadline = if extra.contains("drain_deadline_secs") { "" } else { "drain_deadline_secs = 30\n" };
@@ -369,7 +401,7 @@ fn a_worker_on_the_scylla_store_builds_the_same_directory_as_ingest() {
     let data = dir.path().join("data");
     let migrated = Command::new(env!("CARGO_BIN_EXE_contactd")).arg("--config").arg(&config).arg("migrate").output().unwrap();
     assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
-    assert!(String::from_utf8_lossy(&migrated.stdout).contains("schema version 1"));
+    assert!(String::from_utf8_lossy(&migrated.stdout).contains("schema version 2"));
 
     let worker = Service::start(&data, &config, "worker");
     eventually("every offset is committed", || cluster.committed(1) == [produced as i64]);

@@ -11,6 +11,8 @@ mod kafka;
 mod ops;
 mod properties;
 mod rules;
+mod scale;
 mod schemas;
 mod scylla;
 mod servers;
+mod vectors;
