@@ -184,12 +184,14 @@ pub fn normalize_email(raw: &str) -> Option<String> {
         && !local.starts_with('.')
         && !local.ends_with('.')
         && !local.contains("..")
-        && local.chars().all(|c| !c.is_whitespace() && !c.is_control() && !"@<>()[],;:\\\"".contains(c));
+        && local.chars().all(|c| !c.is_whitespace() && !c.is_control() && !is_invisible(c) && !"@<>()[],;:\\\"".contains(c));
     if !local_ok {
         return None;
     }
     let domain = idna::domain_to_ascii(domain).ok()?;
+    let top_level_is_numeric = domain.rsplit('.').next().is_some_and(|label| label.bytes().all(|b| b.is_ascii_digit()));
     let labels_ok = domain.contains('.')
+        && !top_level_is_numeric
         && domain.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
@@ -202,6 +204,14 @@ pub fn normalize_email(raw: &str) -> Option<String> {
     }
     let email = format!("{}@{}", local.to_lowercase(), domain);
     (!JUNK_EMAILS.contains(&email.as_str())).then_some(email)
+}
+
+/// Unicode format characters (bidirectional overrides, zero-width joiners and
+/// spaces, the byte order mark): invisible, so an address holding one looks
+/// like another address, and the e-mail references refuse them.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{ad}' | '\u{61c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
 }
 
 /// Distinct phone spellings remembered per thread; parsing against the metadata
@@ -233,32 +243,62 @@ pub fn normalize_phone(raw: &str, default_region: Option<&str>) -> Option<String
     phone
 }
 
+/// As libphonenumber reads the text (the phonenumber crate's parser, with the
+/// same metadata), under the directory's own rules: junk is never a phone; a
+/// leading `00` is an international prefix whatever the tenant's region; a
+/// number with an extension names a switchboard that many customers share, so
+/// it is no identifier; a national number of one repeated digit is junk.
 fn parse_phone(raw: &str, default_region: Option<&str>) -> Option<String> {
     let trimmed = raw.trim();
     if is_junk(trimmed) {
         return None;
     }
-    let mut digits = String::with_capacity(trimmed.len());
-    for (i, c) in trimmed.chars().enumerate() {
-        match c {
-            '0'..='9' => digits.push(c),
-            '+' if i == 0 => digits.push(c),
-            ' ' | '-' | '.' | '(' | ')' | '/' | '\u{a0}' => {}
-            _ => return None,
-        }
-    }
-    let international = if let Some(rest) = digits.strip_prefix("00") { format!("+{rest}") } else { digits };
-    let national_digits = international.trim_start_matches('+');
-    if national_digits.len() < 4 || national_digits.bytes().all(|b| b == national_digits.as_bytes()[0]) {
+    let text = possible_number(trimmed)?;
+    let text = match text.strip_prefix("00") {
+        Some(rest) => format!("+{rest}"),
+        None => text,
+    };
+    // A number with its country code needs no region, and the crate reads
+    // some such numbers otherwise when given one.
+    let region =
+        default_region.filter(|_| !text.starts_with('+')).and_then(|region| region.parse::<phonenumber::country::Id>().ok());
+    let number = phonenumber::parse(region, &text).ok()?;
+    if number.extension().is_some() || !phonenumber::is_valid(&number) {
         return None;
     }
-    let region =
-        if international.starts_with('+') { None } else { Some(default_region?.parse::<phonenumber::country::Id>().ok()?) };
-    let number = phonenumber::parse(region, &international).ok()?;
-    if !phonenumber::is_valid(&number) {
+    let national = number.national().value().to_string();
+    if national.bytes().all(|digit| digit == national.as_bytes()[0]) {
         return None;
     }
     Some(number.format().mode(phonenumber::Mode::E164).to_string())
+}
+
+/// What libphonenumber reads of a text before parsing it, where the crate
+/// reads otherwise: the number starts at the first `+` or digit (`tel:`, a
+/// leading bracket or words are dropped); the no-break and ideographic spaces
+/// and `/` separate digit groups and the soft hyphen, zero-width space and word
+/// joiner vanish (its punctuation; a thin space is not in it); and letters are
+/// dropped unless there are three or more (a vanity number, which both read as
+/// digits). `None` for a number with an extension (`x12`, `#12`), which
+/// libphonenumber would read as one and the crate would read as digits.
+fn possible_number(text: &str) -> Option<String> {
+    let start = text.find(|c: char| c == '+' || c.is_ascii_digit()).unwrap_or(text.len());
+    let text = &text[start..];
+    let letters = text.chars().filter(char::is_ascii_alphabetic).count();
+    let extension = text.contains('#')
+        || text
+            .char_indices()
+            .any(|(i, c)| c.eq_ignore_ascii_case(&'x') && text[i + 1..].trim_start().starts_with(|d: char| d.is_ascii_digit()));
+    if extension && letters < 3 {
+        return None;
+    }
+    let number = text
+        .chars()
+        .filter(|c| letters >= 3 || !c.is_ascii_alphabetic())
+        .filter(|c| !matches!(c, '\u{ad}' | '\u{200b}' | '\u{2060}'))
+        .map(|c| if matches!(c, '\u{a0}' | '\u{3000}' | '/') { ' ' } else { c })
+        .collect();
+    Some(number)
 }
 
 /// Trimmed, inner white space collapsed, Unicode NFC.

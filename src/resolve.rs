@@ -37,12 +37,17 @@ impl Skip {
 pub enum Unresolvable {
     #[error("contact {0:?} is not in the directory")]
     UnknownContact(String),
+    /// The decoder refuses such events; resolution refuses them again rather
+    /// than trust that.
+    #[error("neither contact_id nor session_id names the contact")]
+    MissingTarget,
 }
 
 impl Unresolvable {
     pub fn code(&self) -> &'static str {
         match self {
             Self::UnknownContact(_) => "unknown_contact",
+            Self::MissingTarget => "missing_field",
         }
     }
 }
@@ -692,13 +697,29 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         Ok(Step::Done)
     }
 
-    /// Erases a contact (CONTRACT 3.8) and leaves tombstones so that older events
-    /// cannot bring any of it back.
+    /// Erases a contact (CONTRACT 3.8), named by `contact_id` or as the
+    /// contact of `session_id`, and leaves tombstones so that older events
+    /// cannot bring any of it back. A session not attached to any contact is
+    /// erased itself: its waiting entries and identifiers.
     fn delete(&mut self) -> StoreResult<Step> {
         let event = self.event;
         let tenant = event.tenant_id.clone();
         let at = event.occurred_at;
-        let requested = event.contact_id.clone().expect("decode requires contact_id for contact.deleted");
+        let requested = match (&event.contact_id, &event.session_id) {
+            (Some(contact_id), _) => contact_id.clone(),
+            (None, Some(session_id)) => match self.view.session(&tenant, session_id)?.and_then(|record| record.contact_id) {
+                Some(contact_id) => contact_id,
+                None => {
+                    self.plan.mutations.push(Mutation::PutSession {
+                        session_id: session_id.clone(),
+                        record: SessionRecord { erased_at: Some(at), ..SessionRecord::default() },
+                    });
+                    self.plan.mutations.push(Mutation::ClearPending { session_id: session_id.clone() });
+                    return Ok(Step::Done);
+                }
+            },
+            (None, None) => return Ok(Step::Reject(Unresolvable::MissingTarget)),
+        };
         let contact_id = match self.follow(&requested)? {
             Target::Active(id) => id,
             Target::Deleted(_) => return Ok(Step::Done),

@@ -228,6 +228,52 @@ fn deletion_erases_and_older_events_never_bring_it_back() {
     assert_eq!(reborn.sessions, ["s10"]);
 }
 
+/// An operator deletes "the contact of this conversation": `contact.deleted`
+/// with `session_id` instead of `contact_id` (resolution step 1).
+#[test]
+fn deletion_by_session_erases_the_sessions_contact_and_a_replay_never_brings_it_back() {
+    let mut directory = Directory::new();
+    let first = [identified("e1", 10, "s1", json!({ "emails": ["gone@example.cz"] })), message("e2", 11, "s1", "secret")];
+    directory.feed(&first);
+    let id = directory.contact_with_email("gone@example.cz").contact_id;
+    let (report, rejected) = directory.feed_lines(&[event("del", "contact.deleted", 20, Some("s1")).to_string()]);
+    assert!(rejected.is_empty(), "deletion by session is not dead-lettered: {rejected:?}");
+    assert_eq!(report.applied, 1);
+    assert!(directory.export().is_empty(), "the session's contact is erased");
+    assert!(directory.store.timeline("acme", &id, None, 10).unwrap().is_empty());
+
+    // The same events redelivered, and an older one arriving late, change nothing.
+    let replayed: Vec<String> = first.iter().map(ToString::to_string).collect();
+    directory.feed_lines(&replayed);
+    directory.feed(&[message("e3", 15, "s1", "late message of the erased conversation")]);
+    assert!(directory.export().is_empty(), "nothing older than the deletion resurrects it");
+
+    directory.feed(&[identified("e4", 30, "s2", json!({ "emails": ["gone@example.cz"] }))]);
+    let reborn = directory.contact_with_email("gone@example.cz");
+    assert_ne!(reborn.contact_id, id, "a newer conversation starts a new contact");
+    assert_eq!(reborn.sessions, ["s2"]);
+}
+
+/// A session that never resolved has no contact to delete: deleting it by
+/// session erases what waits in it, and nothing older brings that back.
+#[test]
+fn deletion_by_an_unresolved_session_erases_what_waits_in_it() {
+    let mut directory = Directory::new();
+    directory.feed(&[
+        with(event("e1", "session.started", 1, Some("s1")), "identity", json!({ "browser_id": "b-1" })),
+        message("e2", 2, "s1", "anonymous words"),
+    ]);
+    assert_eq!(directory.store.pending("acme", "s1").unwrap().len(), 2);
+    directory.feed(&[event("del", "contact.deleted", 5, Some("s1"))]);
+    assert!(directory.store.pending("acme", "s1").unwrap().is_empty());
+    directory.feed(&[
+        message("e3", 3, "s1", "late anonymous words"),
+        identified("e4", 4, "s1", json!({ "emails": ["late@example.cz"] })),
+    ]);
+    assert!(directory.export().is_empty(), "events older than the deletion are dropped");
+    assert!(directory.store.pending("acme", "s1").unwrap().is_empty());
+}
+
 #[test]
 fn a_removed_identifier_is_not_re_added_by_an_older_event() {
     let mut directory = Directory::new();
