@@ -82,19 +82,9 @@ fn same_directory_as_on_sqlite(lines: &[String], batch_size: usize) {
         let on_sqlite = contactd::pipeline::process_batch(&mut sqlite.store, &batch).unwrap();
         assert_eq!(on_scylla.report, on_sqlite.report, "batch {number}");
     }
-    let export = |store: &dyn Store| {
-        let mut contacts = Vec::new();
-        store
-            .export(&mut |c| {
-                contacts.push(serde_json::to_value(c).unwrap());
-                Ok(())
-            })
-            .unwrap();
-        contacts
-    };
-    let expected = export(&sqlite.store);
+    let expected = exported(&sqlite.store);
     assert!(expected.len() >= 2, "the examples make a directory");
-    assert_eq!(export(&scylla), expected);
+    assert_eq!(exported(&scylla), expected);
     assert_eq!(crate::harness::canonical(&scylla), crate::harness::canonical(&sqlite.store));
 }
 
@@ -119,7 +109,8 @@ fn process(store: &mut ScyllaStore, lines: &[String]) -> (Vec<serde_json::Value>
     (exported(store), units.collect())
 }
 
-fn exported(store: &ScyllaStore) -> Vec<serde_json::Value> {
+/// The snapshot of any store, as JSON lines would give it.
+fn exported(store: &dyn Store) -> Vec<serde_json::Value> {
     let mut contacts = Vec::new();
     store
         .export(&mut |c| {
