@@ -1,7 +1,7 @@
 //! Benchmarks of the hot paths and of `ingest` end to end, each reported as
 //! events per second and as a ratio to a baseline measured in the same run
 //! (JSON decoding alone), so the figures compare across machines (though not
-//! across every slow hour of one: the README shows one that slowed the store
+//! across every slow hour of one: docs/benchmarks.md shows one that slowed the store
 //! and not decoding). `cargo bench` runs it; CONTACTD_BENCH_EVENTS sets the
 //! corpus size (default 200000).
 

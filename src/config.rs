@@ -1,6 +1,6 @@
 //! One typed configuration, layered: built-in defaults, then a TOML file, then
 //! `CONTACTD__SECTION__KEY` environment variables, then command-line flags.
-//! Every field's unit and default is documented here and in the README.
+//! Every field's unit and default is documented here and in docs/operations.md.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

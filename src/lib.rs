@@ -1,6 +1,6 @@
 //! contactd turns customer-service conversation events into a living contact
 //! directory: one contact per real customer, a timeline of every interaction and
-//! a full-text index over it. See the README for the architecture.
+//! a full-text index over it. See docs/architecture.md.
 
 #![forbid(unsafe_code)]
 
