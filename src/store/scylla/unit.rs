@@ -130,6 +130,17 @@ impl RowWrite {
     }
 }
 
+/// One write of `statement` per processed event: its tenant and id, then `rest`.
+fn per_event<'s>(statement: &'s super::Statement, seen: &[(String, String)], rest: &[CqlValue]) -> Vec<Write<'s>> {
+    seen.iter()
+        .map(|(tenant, event)| {
+            let mut values = vec![CqlValue::Text(tenant.clone()), CqlValue::Text(event.clone())];
+            values.extend_from_slice(rest);
+            (statement, values, None)
+        })
+        .collect()
+}
+
 /// The rows a unit writes, in effect order.
 fn row_writes(unit: &Unit) -> Vec<RowWrite> {
     let mut rows = Vec::new();
@@ -256,12 +267,15 @@ impl ScyllaStore {
             backend.rows(&backend.statements.unit_read, (seq.cast_signed(),)).await?;
         let Some((state, redo)) = rows.into_iter().next() else { return Ok(None) };
         let state = state.unwrap_or_default();
-        let patience = match parse_state(&state) {
-            Some((WRITING, _)) if asker == Asker::Redelivery => Duration::ZERO,
-            Some((WRITING, _)) => WRITE_GRACE,
-            _ => FINISH_LEASE,
-        };
-        if parse_state(&state).is_some_and(|(_, age)| age < patience) {
+        let held = parse_state(&state).is_some_and(|(kind, age)| {
+            let patience = match kind {
+                WRITING if asker == Asker::Redelivery => Duration::ZERO,
+                WRITING => WRITE_GRACE,
+                _ => FINISH_LEASE,
+            };
+            age < patience
+        });
+        if held {
             return Err(StoreError::Transient(format!("unit {seq} is still being written or finished by another worker")));
         }
         let mine = state_now(FINISHING);
@@ -402,13 +416,8 @@ impl ScyllaStore {
             };
             contact_kept |= record.key.table == Table::Contacts && !went_back;
         }
-        let forget: Vec<Write<'_>> = redo
-            .seen
-            .iter()
-            .map(|(tenant, event)| (&s.forget_seen, vec![CqlValue::Text(tenant.clone()), CqlValue::Text(event.clone())], None))
-            .collect();
         let deleted = async {
-            self.run_all(&forget).await?;
+            self.run_all(&per_event(&s.forget_seen, &redo.seen, &[])).await?;
             backend.execute(&s.outbox_delete, (seq.cast_signed(),)).await?;
             self.release(seq, state).await
         };
@@ -453,15 +462,8 @@ impl ScyllaStore {
     }
 
     async fn mark_seen(&self, seq: u64, seen: &[(String, String)]) -> StoreResult<()> {
-        let s = &self.backend.statements;
-        let unit = CqlValue::BigInt(seq.cast_signed());
-        let writes: Vec<Write<'_>> = seen
-            .iter()
-            .map(|(tenant, event)| {
-                (&s.mark_seen, vec![CqlValue::Text(tenant.clone()), CqlValue::Text(event.clone()), unit.clone()], None)
-            })
-            .collect();
-        self.run_all(&writes).await
+        let unit = [CqlValue::BigInt(seq.cast_signed())];
+        self.run_all(&per_event(&self.backend.statements.mark_seen, seen, &unit)).await
     }
 
     async fn write_rows(&self, rows: &[RowWrite]) -> StoreResult<()> {
