@@ -594,7 +594,13 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         match current {
             Some(current) if current == into => {}
             Some(current) => self.merge(&current, &into, session_id)?,
-            None => self.attach_session(session_id, record, &into, true)?,
+            None => {
+                // The session resolves here: what it waited with attaches as
+                // on any other resolution (CONTRACT 3.3 and 3.4).
+                let waiting = record.waiting_identifiers.clone();
+                self.attach_session(session_id, record, &into, true)?;
+                self.claim_all(&into, &waiting)?;
+            }
         }
         Ok(Step::Done)
     }

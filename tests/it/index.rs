@@ -16,7 +16,7 @@ fn entries_in_store(directory: &Directory) -> u64 {
     directory.export().iter().map(|c| c.timeline_entries).sum()
 }
 
-fn follow(directory: &Directory, index: &SearchIndex) {
+pub(crate) fn follow(directory: &Directory, index: &SearchIndex) {
     let mut log = SqliteStore::open(&directory.path().join("directory.sqlite3"), &SqliteOptions::default()).unwrap();
     let report = follow_changes(&mut log, index, &Config::default().follow_options(), &AtomicBool::new(true)).unwrap();
     assert!(report.indexed);

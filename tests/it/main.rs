@@ -8,6 +8,7 @@ mod conformance;
 mod harness;
 mod index;
 mod kafka;
+mod model;
 mod ops;
 mod properties;
 mod rules;

@@ -188,6 +188,29 @@ fn linking_a_resolved_session_merges_its_contact() {
     assert!(directory.store.timeline("acme", &x, None, 100).unwrap().iter().any(|e| e.text == "note via old id"));
 }
 
+/// Found by the reference model (tests/it/model.rs): an operator resolving an
+/// anonymous session resolves it like any other event would, so the browser
+/// it waited with finds the contact next time.
+#[test]
+fn linking_an_unresolved_session_attaches_what_it_waited_with() {
+    let mut directory = Directory::new();
+    directory.feed(&[
+        identified("e1", 1, "s1", json!({ "emails": ["x@example.cz"] })),
+        with(event("e2", "session.started", 2, Some("s2")), "identity", json!({ "browser_id": "b-9" })),
+        message("e3", 3, "s2", "anonymous question"),
+    ]);
+    let x = directory.contact_with_email("x@example.cz").contact_id;
+    directory.feed(&[with(event("e4", "session.linked", 4, Some("s2")), "contact_id", json!(x))]);
+    let contact = directory.contact_with_email("x@example.cz");
+    assert_eq!(contact.state.channel_ids.browser, ["b-9"]);
+    assert_eq!(contact.sessions, ["s1", "s2"]);
+    directory.feed(&[
+        with(event("e5", "session.started", 5, Some("s3")), "identity", json!({ "browser_id": "b-9" })),
+        message("e6", 6, "s3", "back again"),
+    ]);
+    assert_eq!(directory.contact_with_email("x@example.cz").sessions, ["s1", "s2", "s3"]);
+}
+
 #[test]
 fn unlinking_returns_the_session_entries_to_waiting() {
     let mut directory = Directory::new();

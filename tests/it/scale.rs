@@ -39,12 +39,7 @@ fn three_workers_on_one_sqlite_data_dir_lose_nothing_through_kill_9_and_rescalin
     run.check(&|| SqliteStore::open(&path, &SqliteOptions::default()).unwrap());
 }
 
-/// Not yet passing: on Cassandra, racing workers still end with one e-mail
-/// listed by two contacts in a few of these runs (the Scylla store lets a
-/// worker build on another's provisional state somewhere not yet found; see
-/// docs/testing.md). Run it by hand with `cargo test scale -- --ignored`.
 #[test]
-#[ignore = "finds one identifier with two owners on Cassandra; see docs/testing.md"]
 fn three_workers_on_one_cassandra_keyspace_lose_nothing_through_kill_9_and_rescaling() {
     use contactd::store::scylla::{ScyllaBackend, ScyllaStore};
     let keyspace = crate::scylla::fresh_keyspace();

@@ -177,3 +177,80 @@ fn a_half_written_unit_that_lost_its_race_meanwhile_is_undone_and_its_events_res
     assert_eq!(directory[0]["contact_id"], owner, "the event joined the contact that won");
     assert_eq!(directory[0]["sessions"], serde_json::json!(["s1", "s2"]));
 }
+
+/// What an undone unit can leave behind: a claim naming a contact that went
+/// back. Two workers then take the identifier for their own contacts at once:
+/// one re-creates the named contact (its claim already has the value it
+/// writes), the other founds a new one. Only one of them may win.
+#[test]
+fn a_claim_rewritten_with_the_value_it_holds_still_races_as_a_write() {
+    use contactd::identity::{Identifier, IdentifierKind};
+    use contactd::model::{Claim, Timestamp};
+    use contactd::store::{DirectoryView, Mutation};
+    let options = options(fresh_keyspace());
+    migrate(&options).unwrap();
+    let backend = ScyllaBackend::connect(&options).unwrap();
+    let open = || ScyllaStore::new(std::sync::Arc::clone(&backend));
+    let email = Identifier { kind: IdentifierKind::Email, value: "jana@example.cz".into() };
+    let at = Timestamp::from_micros(1);
+    let owned_by = |id: &str| Mutation::SetClaim { identifier: email.clone(), claim: Claim::Owned { contact_id: id.into() } };
+    let mut leftover = open();
+    leftover.begin().unwrap();
+    leftover.apply("acme", at, &[owned_by("c-a")]).unwrap();
+    leftover.commit().unwrap();
+
+    let mut founder = open();
+    founder.begin().unwrap();
+    assert_eq!(founder.claim("acme", &email).unwrap(), Some(Claim::Owned { contact_id: "c-a".into() }));
+    assert_eq!(founder.contact("acme", "c-a").unwrap(), None, "the claim's contact went back");
+    founder.apply("acme", at, &[owned_by("c-b"), contact_owning("c-b", &email)]).unwrap();
+
+    let mut recreator = open();
+    recreator.begin().unwrap();
+    assert_eq!(recreator.claim("acme", &email).unwrap(), Some(Claim::Owned { contact_id: "c-a".into() }));
+    recreator.apply("acme", at, &[owned_by("c-a"), contact_owning("c-a", &email)]).unwrap();
+    recreator.commit().unwrap();
+
+    let error = founder.commit().expect_err("the founder read the claim before the re-creator wrote it");
+    assert!(error.is_transient(), "{error}");
+    let exported = exported(&open());
+    assert_eq!(exported.len(), 1, "one owner for the e-mail: {exported:?}");
+}
+
+/// A worker that read a contact as absent early in its unit, and meets a
+/// claim naming it after another worker wrote both, must see the contact:
+/// taking the identifier for unowned would give it a second owner.
+#[test]
+fn a_claim_is_checked_against_its_contact_as_stored_now_not_as_read_earlier() {
+    use contactd::identity::{Identifier, IdentifierKind};
+    use contactd::model::{Claim, Timestamp};
+    use contactd::store::{DirectoryView, Mutation};
+    let options = options(fresh_keyspace());
+    migrate(&options).unwrap();
+    let backend = ScyllaBackend::connect(&options).unwrap();
+    let open = || ScyllaStore::new(std::sync::Arc::clone(&backend));
+    let email = Identifier { kind: IdentifierKind::Email, value: "jana@example.cz".into() };
+    let at = Timestamp::from_micros(1);
+
+    let mut reader = open();
+    reader.begin().unwrap();
+    assert_eq!(reader.contact("acme", "c-a").unwrap(), None);
+
+    let mut writer = open();
+    writer.begin().unwrap();
+    let claim = Claim::Owned { contact_id: "c-a".into() };
+    writer.apply("acme", at, &[Mutation::SetClaim { identifier: email.clone(), claim: claim.clone() }]).unwrap();
+    writer.apply("acme", at, &[contact_owning("c-a", &email)]).unwrap();
+    writer.commit().unwrap();
+
+    assert_eq!(reader.claim("acme", &email).unwrap(), Some(claim));
+    assert!(reader.contact("acme", "c-a").unwrap().is_some(), "the claim's contact, read again");
+}
+
+fn contact_owning(id: &str, identifier: &contactd::identity::Identifier) -> contactd::store::Mutation {
+    use contactd::model::{Contact, ContactRecord, OwnedIdentifier, Timestamp};
+    use contactd::store::Mutation;
+    let owned = OwnedIdentifier { identifier: identifier.clone(), added_at: Timestamp::from_micros(1) };
+    let contact = Contact { id: id.into(), name: None, identifiers: vec![owned], created_at: Timestamp::from_micros(1) };
+    Mutation::PutContact { contact_id: id.into(), record: ContactRecord::Active(contact) }
+}

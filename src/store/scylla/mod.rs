@@ -841,6 +841,47 @@ impl ScyllaStore {
     }
 }
 
+impl ScyllaStore {
+    /// A claim naming a contact this unit read as absent. That read may
+    /// predate the claim's unit, which may be still writing, or half written
+    /// by a dead worker. The claim is read again after a scan for its unit
+    /// (finished or undone here once stale), until a version read before the
+    /// scan is still the stored one: its writer had written its `units` row
+    /// before that read and is gone after the scan, so the contact, read again
+    /// from now on, is as that writer left it. An identifier is only ever
+    /// taken for unowned on that read.
+    fn claim_on_missing_contact(&self, key: &RecordKey) -> StoreResult<Option<Claim>> {
+        const SCANS: usize = 3;
+        let backend = &self.backend;
+        let mut before = self.read_again(key)?;
+        for _ in 0..SCANS {
+            if let Some(seq) = backend.block_on(self.unit_writing(key))? {
+                backend.block_on(self.finish_unit(seq, unit::Asker::ClaimReader))?;
+            }
+            let now = self.read_again(key)?;
+            if now.version == before.version {
+                let claim: Option<Claim> = now.stored.as_deref().map(from_json).transpose()?;
+                if let Some(Claim::Owned { contact_id }) = &claim {
+                    self.reads.borrow_mut().remove(&record_key(Table::Contacts, &key.tenant, contact_id.as_bytes()));
+                }
+                return Ok(claim);
+            }
+            before = now;
+        }
+        Err(StoreError::Transient(format!("a claim of tenant {} kept changing while read; resolving again", key.tenant)))
+    }
+
+    /// Reads a record from the database, not from what this unit read before,
+    /// and keeps the read for the unit's commit to check.
+    fn read_again(&self, key: &RecordKey) -> StoreResult<Read> {
+        let read = self.backend.block_on(self.read(key))?;
+        if self.unit.is_some() {
+            self.reads.borrow_mut().insert(key.clone(), read.clone());
+        }
+        Ok(read)
+    }
+}
+
 impl DirectoryView for ScyllaStore {
     fn tenant_config(&self, tenant: &str) -> StoreResult<Option<TenantConfig>> {
         self.record(record_key(Table::Tenants, tenant, b""))
@@ -876,18 +917,11 @@ impl DirectoryView for ScyllaStore {
         let claim: Option<Claim> = self.record(key.clone())?;
         let Some(Claim::Owned { contact_id }) = &claim else { return Ok(claim) };
         let contact = record_key(Table::Contacts, tenant, contact_id.as_bytes());
-        if self.record::<ContactRecord>(contact.clone())?.is_some() {
+        let written_here = self.unit.as_ref().is_some_and(|unit| unit.records.contains_key(&key));
+        if written_here || self.record::<ContactRecord>(contact)?.is_some() {
             return Ok(claim);
         }
-        let backend = &self.backend;
-        let Some(seq) = backend.block_on(self.unit_writing(&key))? else { return Ok(claim) };
-        backend.block_on(self.finish_unit(seq, unit::Asker::ClaimReader))?;
-        // What this unit read of both is stale now.
-        let mut reads = self.reads.borrow_mut();
-        reads.remove(&key);
-        reads.remove(&contact);
-        drop(reads);
-        self.record(key)
+        self.claim_on_missing_contact(&key)
     }
 
     fn contact(&self, tenant: &str, contact_id: &str) -> StoreResult<Option<ContactRecord>> {

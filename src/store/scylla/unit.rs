@@ -25,9 +25,10 @@
 //! An event whose processed-event row names a unit that still has a `units`
 //! row belongs to an unfinished unit. The reader takes the unit over (a
 //! conditional write, `finishing` with a lease) and replays the redo: a record
-//! already holding the unit's value is done, one still at the version the unit
-//! read is written, and one that moved on means another worker built on a
-//! different value, so the unit is undone instead, as if it had lost a race.
+//! still at the version the unit read is written, one that moved on to the
+//! unit's value is done, and one that moved on to another value means another
+//! worker built on a different state, so the unit is undone instead, as if it
+//! had lost a race.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -299,7 +300,7 @@ impl ScyllaStore {
     }
 
     /// The records the unit changes, with what it read of each; records the
-    /// unit read and left as they were are not written.
+    /// unit read and left as they were are not written, claims excepted.
     async fn record_writes(&self, unit: &Unit) -> StoreResult<Vec<RecordWrite>> {
         let mut writes = Vec::with_capacity(unit.records.len());
         for (key, json) in &unit.records {
@@ -308,7 +309,10 @@ impl ScyllaStore {
                 Some(read) => read,
                 None => self.read(key).await?,
             };
-            if read.stored.as_ref() != Some(json) {
+            // A claim is the identifier's lock: writing the value it already
+            // holds (a contact that went back being founded again) must still
+            // race with a worker that read it to take the identifier.
+            if read.stored.as_ref() != Some(json) || key.table == Table::Claims {
                 writes.push(RecordWrite {
                     key: key.clone(),
                     json: json.clone(),
@@ -371,10 +375,12 @@ impl ScyllaStore {
         ordered.sort_by_key(|record| write_order(record.key.table));
         for record in ordered {
             let now = self.read(&record.key).await?;
-            if now.stored.as_deref() == Some(record.json.as_str()) {
-                continue;
-            }
-            if now.version != record.read_version || self.compare_and_set(record).await.is_err() {
+            let written = if now.version == record.read_version {
+                self.compare_and_set(record).await.is_ok()
+            } else {
+                now.stored.as_deref() == Some(record.json.as_str())
+            };
+            if !written {
                 return Ok(false);
             }
         }
@@ -406,9 +412,11 @@ impl ScyllaStore {
                 continue;
             }
             let went_back = match self.read(&record.key).await {
+                // Never written by this unit.
+                Ok(now) if now.version == record.read_version => true,
                 Ok(now) if now.stored.as_deref() == Some(record.json.as_str()) => self.put_back(record, now.version).await,
-                // Never written by this unit, or changed by another since it was.
-                Ok(now) => now.version == record.read_version,
+                // Changed by another since this unit wrote it.
+                Ok(_) => false,
                 Err(error) => {
                     warn!(%error, seq, "could not read a record of a unit being undone");
                     false
