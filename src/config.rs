@@ -72,7 +72,7 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Topics of inbound contact events. Default `["contact-events"]`.
     pub events_topics: Vec<String>,
-    /// Where directory changes (CONTRACT 5) are published. Default `directory-changes`.
+    /// Where directory changes (docs/contract.md 5) are published. Default `directory-changes`.
     pub changes_topic: String,
     /// Where bad input goes unchanged, with the reason in headers. Default `contact-events-dlq`.
     pub dead_letter_topic: String,

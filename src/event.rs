@@ -1,4 +1,4 @@
-//! Event decoding (CONTRACT section 1): bytes from a source become a validated
+//! Event decoding (docs/contract.md section 1): bytes from a source become a validated
 //! `Event`, or a `DecodeError` whose reason code travels with the dead letter.
 
 use std::collections::BTreeMap;
@@ -344,7 +344,7 @@ fn require<'a>(field: &str, value: &'a Option<String>, kind: &str) -> Result<&'a
     value.as_deref().ok_or_else(|| DecodeError::MissingField(format!("{field} (required for {kind})")))
 }
 
-/// Decodes one message value. Unknown extra fields are ignored (CONTRACT 6).
+/// Decodes one message value. Unknown extra fields are ignored (docs/contract.md 6).
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let envelope: Envelope<'_> = serde_json::from_str(text).map_err(DecodeError::from_serde)?;

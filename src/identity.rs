@@ -1,4 +1,4 @@
-//! Identity normalization (CONTRACT section 2): turns what guests, connectors and
+//! Identity normalization (docs/contract.md section 2): turns what guests, connectors and
 //! operators typed into canonical identifiers, so that one customer's email or phone
 //! written two ways is one key in the directory.
 
@@ -11,7 +11,7 @@ use unicode_normalization::UnicodeNormalization;
 use crate::event::RawIdentity;
 use crate::model::TenantConfig;
 
-/// Kinds of identifier, declared in resolution priority order (CONTRACT 3.2):
+/// Kinds of identifier, declared in resolution priority order (docs/contract.md 3.2):
 /// the derived `Ord` is the priority, highest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -43,7 +43,7 @@ impl IdentifierKind {
         }
     }
 
-    /// A browser id may find an existing contact but never founds one (CONTRACT 3.3).
+    /// A browser id may find an existing contact but never founds one (docs/contract.md 3.3).
     pub fn is_strong(self) -> bool {
         self != Self::Browser
     }
@@ -124,7 +124,7 @@ impl NormalizedIdentity {
 }
 
 /// Normalizes an identity under the tenant's configuration. Invalid or junk values
-/// are skipped, never fatal: the event is still processed (CONTRACT 2).
+/// are skipped, never fatal: the event is still processed (docs/contract.md 2).
 pub fn normalize(identity: &RawIdentity, config: &TenantConfig) -> NormalizedIdentity {
     let mut identifiers = Vec::new();
     let region = config.default_phone_region.as_deref();

@@ -101,7 +101,7 @@ pub struct TenantConfig {
     pub version: Option<Version>,
 }
 
-/// Operator names outrank guest names whatever their age (CONTRACT 3.5); within
+/// Operator names outrank guest names whatever their age (docs/contract.md 3.5); within
 /// one source the newer write wins. The derived order encodes exactly that.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -344,7 +344,7 @@ pub struct ChannelIds {
     pub browser: Vec<String>,
 }
 
-/// A contact's fields as outputs show them (CONTRACT 5 and 7).
+/// A contact's fields as outputs show them (docs/contract.md 5 and 7).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContactState {
     pub name: Option<String>,
@@ -428,7 +428,7 @@ pub struct ChangeData {
     pub entry: Option<Box<TimelineEntry>>,
 }
 
-/// One outbound directory change (CONTRACT 5).
+/// One outbound directory change (docs/contract.md 5).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Change {
     pub schema: String,
@@ -442,7 +442,7 @@ pub struct Change {
     pub data: ChangeData,
 }
 
-/// One line of the directory snapshot (CONTRACT 7).
+/// One line of the directory snapshot (docs/contract.md 7).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportedContact {
     pub tenant_id: String,

@@ -1,4 +1,4 @@
-//! Resolution (CONTRACT section 3): decides which contact an event belongs to and
+//! Resolution (docs/contract.md section 3): decides which contact an event belongs to and
 //! what changes, as a plan of mutations plus outbound changes. Pure: it reads
 //! through `DirectoryView` and writes nothing, so it knows no Kafka and no SQL.
 
@@ -20,7 +20,7 @@ const MAX_REDIRECTS: usize = 64;
 /// Why an event was accepted but changed nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Skip {
-    /// It belongs to history that a later `contact.deleted` erased (CONTRACT 3.8).
+    /// It belongs to history that a later `contact.deleted` erased (docs/contract.md 3.8).
     Erased,
 }
 
@@ -302,7 +302,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
     }
 
     /// Attaches identifiers nobody owns; records a conflict for those owned by
-    /// someone else (never moves them, CONTRACT 3.4).
+    /// someone else (never moves them, docs/contract.md 3.4).
     fn claim_all(&mut self, contact_id: &str, identifiers: &[Identifier]) -> StoreResult<()> {
         let occurred_at = self.event.occurred_at;
         for identifier in identifiers {
@@ -451,7 +451,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
                 Target::Deleted(_) | Target::Unknown => {}
             }
         }
-        // E-mail threads (CONTRACT 3.6): the first participant already in the
+        // E-mail threads (docs/contract.md 3.6): the first participant already in the
         // directory takes the message; otherwise the first participant founds one.
         let mut founding = identity.clone();
         if target.is_none() {
@@ -596,7 +596,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             Some(current) => self.merge(&current, &into, session_id)?,
             None => {
                 // The session resolves here: what it waited with attaches as
-                // on any other resolution (CONTRACT 3.3 and 3.4).
+                // on any other resolution (docs/contract.md 3.3 and 3.4).
                 let waiting = record.waiting_identifiers.clone();
                 self.attach_session(session_id, record, &into, true)?;
                 self.claim_all(&into, &waiting)?;
@@ -605,7 +605,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         Ok(Step::Done)
     }
 
-    /// Merges `from` into `into` (CONTRACT 3.7): identifiers, sessions and timeline
+    /// Merges `from` into `into` (docs/contract.md 3.7): identifiers, sessions and timeline
     /// move; `from` becomes a redirect.
     fn merge(&mut self, from: &str, into: &str, session_id: &str) -> StoreResult<()> {
         let tenant = self.tenant().to_owned();
@@ -703,7 +703,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         Ok(Step::Done)
     }
 
-    /// Erases a contact (CONTRACT 3.8), named by `contact_id` or as the
+    /// Erases a contact (docs/contract.md 3.8), named by `contact_id` or as the
     /// contact of `session_id`, and leaves tombstones so that older events
     /// cannot bring any of it back. A session not attached to any contact is
     /// erased itself: its waiting entries and identifiers.
@@ -756,7 +756,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
     }
 
     /// Writes the touched contacts once and stamps contact changes with the state
-    /// after the event (CONTRACT 5).
+    /// after the event (docs/contract.md 5).
     fn finish(mut self) -> Plan {
         for (id, contact) in &self.contacts {
             let mut changes = self.plan.changes.iter_mut().filter(|c| &c.contact_id == id && carries_state(c.kind)).peekable();

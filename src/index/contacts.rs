@@ -211,7 +211,7 @@ impl ContactWriter {
         self.writing.replace(f.key, &key, doc)
     }
 
-    /// Contact changes carry the contact's state after the change (CONTRACT 5),
+    /// Contact changes carry the contact's state after the change (docs/contract.md 5),
     /// so the document is replaced at the next commit by one built from the
     /// latest state; a deleted or merged-away contact's document goes, and one
     /// that goes before the commit is never written.

@@ -1,4 +1,4 @@
-//! Property tests of the guarantees in CONTRACT section 3: redeliveries change
+//! Property tests of the guarantees in docs/contract.md 3.9: redeliveries change
 //! nothing, and a session's entries and a contact's name do not depend on the
 //! order in which events arrive.
 

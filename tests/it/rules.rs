@@ -1,4 +1,4 @@
-//! CONTRACT sections 2-4, rule by rule, through the real pipeline and store.
+//! docs/contract.md sections 2-4, rule by rule, through the real pipeline and store.
 
 use contactd::model::ChangeKind;
 use contactd::store::DirectoryView;
