@@ -4,7 +4,7 @@
 //! a reading thread and `apply_batch` on the writing one. `follow_changes` keeps
 //! the index current from the outbox.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use crate::model::Timestamp;
 use crate::publish::{ChangeLog, ChangeSink, DeadLetter};
 use crate::resolve::{self, Resolution};
 use crate::source::RawRecord;
-use crate::store::{Store, StoreError};
+use crate::store::{ReadAhead, Store, StoreError};
 
 /// What a batch did, summed over a run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -122,10 +122,11 @@ pub fn apply_batch<S: Store + ChangeSink>(store: &mut S, decoded: &DecodedBatch)
     store.begin()?;
     // A failed commit leaves the unit open just like a failed write: either way
     // it is rolled back, so a retry starts clean.
-    let applied = apply_events(store, &decoded.events, &mut outcome).and_then(|()| {
-        outcome.units.extend(store.open_unit());
-        store.commit()
-    });
+    let applied =
+        read_ahead(store, &decoded.events).and_then(|()| apply_events(store, &decoded.events, &mut outcome)).and_then(|()| {
+            outcome.units.extend(store.open_unit());
+            store.commit()
+        });
     if let Err(error) = applied {
         if let Err(rollback) = store.rollback() {
             warn!(error = %rollback, "rollback failed");
@@ -138,6 +139,30 @@ pub fn apply_batch<S: Store + ChangeSink>(store: &mut S, decoded: &DecodedBatch)
     }
     outcome.rejections.sort_by_key(|r| r.index);
     Ok(outcome)
+}
+
+/// Reads what the events will read first, in two rounds: the tenants'
+/// configurations, which normalizing identities needs, then the rest.
+fn read_ahead<S: Store>(store: &S, events: &[(usize, Event)]) -> Result<(), StoreError> {
+    if !store.reads_ahead() || events.is_empty() {
+        return Ok(());
+    }
+    let tenants: BTreeSet<&str> = events.iter().map(|(_, event)| event.tenant_id.as_str()).collect();
+    store.read_ahead(&ReadAhead { tenants: tenants.iter().map(|t| (*t).to_owned()).collect(), ..ReadAhead::default() })?;
+    let mut configs = HashMap::new();
+    for tenant in tenants {
+        configs.insert(tenant, store.tenant_config(tenant)?.unwrap_or_default());
+    }
+    let mut keys = ReadAhead::default();
+    for (_, event) in events {
+        let tenant = &event.tenant_id;
+        keys.events.push((tenant.clone(), event.event_id.clone()));
+        keys.sessions.extend(event.session_id.iter().map(|session| (tenant.clone(), session.clone())));
+        keys.contacts.extend(event.contact_id.iter().map(|contact| (tenant.clone(), contact.clone())));
+        let looked_up = resolve::identifiers_looked_up(event, &configs[tenant.as_str()]);
+        keys.claims.extend(looked_up.into_iter().map(|identifier| (tenant.clone(), identifier)));
+    }
+    store.read_ahead(&keys)
 }
 
 fn apply_events<S: Store + ChangeSink>(

@@ -100,6 +100,38 @@ pub fn resolve<V: DirectoryView + ?Sized>(event: &Event, view: &V) -> StoreResul
     })
 }
 
+/// The identity an event brings: its own, and what an operator's edit adds.
+fn provided_identity(event: &Event, config: &TenantConfig) -> NormalizedIdentity {
+    let mut identity = event.identity.as_ref().map(|i| identity::normalize(i, config)).unwrap_or_default();
+    if let EventBody::ContactUpdated { add: Some(add), .. } = &event.body {
+        let added = identity::normalize(add, config);
+        identity.identifiers.extend(added.identifiers);
+        identity.identifiers.sort_by_key(|i| i.kind);
+        identity.identifiers.dedup();
+        identity.name = identity.name.or(added.name);
+    }
+    identity
+}
+
+/// An e-mail's participants that are addresses, in thread order.
+fn participants(event: &Event) -> Vec<Identifier> {
+    match &event.body {
+        EventBody::Email { participants, .. } => participants
+            .iter()
+            .filter_map(|p| identity::normalize_email(p))
+            .map(|value| Identifier { kind: IdentifierKind::Email, value })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The identifiers whose claims resolving `event` may read, for reading ahead.
+pub fn identifiers_looked_up(event: &Event, config: &TenantConfig) -> Vec<Identifier> {
+    let mut identifiers = provided_identity(event, config).identifiers;
+    identifiers.extend(participants(event));
+    identifiers
+}
+
 /// Details of a message entry; messages are most of the traffic, so they skip
 /// the intermediate JSON tree the other kinds build.
 #[derive(serde::Serialize)]
@@ -387,7 +419,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         let event = self.event;
         let tenant = event.tenant_id.clone();
         let operator_edit = matches!(event.body, EventBody::ContactCreated | EventBody::ContactUpdated { .. });
-        let mut identity = event.identity.as_ref().map(|i| identity::normalize(i, &self.config)).unwrap_or_default();
+        let identity = provided_identity(event, &self.config);
         let name_source = if operator_edit
             || event.channel == crate::event::Channel::Operator
             || event.identity.as_ref().and_then(|i| i.source) == Some(IdentitySource::Operator)
@@ -397,27 +429,13 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             NameSource::Guest
         };
         let (removed, set_name) = match &event.body {
-            EventBody::ContactUpdated { set_name, add, remove } => {
-                if let Some(add) = add {
-                    let added = identity::normalize(add, &self.config);
-                    identity.identifiers.extend(added.identifiers);
-                    identity.identifiers.sort_by_key(|i| i.kind);
-                    identity.identifiers.dedup();
-                    identity.name = identity.name.or(added.name);
-                }
+            EventBody::ContactUpdated { set_name, remove, .. } => {
                 let removed = remove.as_ref().map(|r| identity::normalize(r, &self.config).identifiers).unwrap_or_default();
                 (removed, set_name.as_deref().and_then(identity::normalize_name))
             }
             _ => (Vec::new(), None),
         };
-        let participants: Vec<Identifier> = match &event.body {
-            EventBody::Email { participants, .. } => participants
-                .iter()
-                .filter_map(|p| identity::normalize_email(p))
-                .map(|value| Identifier { kind: IdentifierKind::Email, value })
-                .collect(),
-            _ => Vec::new(),
-        };
+        let participants = participants(event);
 
         let session = match &event.session_id {
             Some(id) => {

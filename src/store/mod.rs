@@ -34,8 +34,31 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// The keys a write unit's events will read first: whether each event was
+/// processed, each tenant's configuration, each session, each identifier's
+/// claim and each named contact. A store with a network round trip per read
+/// reads them all at once instead of one after another.
+#[derive(Debug, Default)]
+pub struct ReadAhead {
+    pub tenants: Vec<String>,
+    pub events: Vec<(String, String)>,
+    pub sessions: Vec<(String, String)>,
+    pub claims: Vec<(String, Identifier)>,
+    pub contacts: Vec<(String, String)>,
+}
+
 /// Reads by partition key only: no joins, no scans on the hot path.
 pub trait DirectoryView {
+    /// Whether [`DirectoryView::read_ahead`] is worth computing its keys for.
+    fn reads_ahead(&self) -> bool {
+        false
+    }
+    /// Reads `keys` into the open unit, so that the unit's later reads of
+    /// them cost nothing. What a unit read is what it read, whenever it read
+    /// it: the commit checks it the same way.
+    fn read_ahead(&self, _keys: &ReadAhead) -> StoreResult<()> {
+        Ok(())
+    }
     fn tenant_config(&self, tenant: &str) -> StoreResult<Option<TenantConfig>>;
     /// The change unit an event was recorded in, if it was processed before: a
     /// redelivery republishes that unit when it is still undelivered.

@@ -254,3 +254,45 @@ fn contact_owning(id: &str, identifier: &contactd::identity::Identifier) -> cont
     let contact = Contact { id: id.into(), name: None, identifiers: vec![owned], created_at: Timestamp::from_micros(1) };
     Mutation::PutContact { contact_id: id.into(), record: ContactRecord::Active(contact) }
 }
+
+/// A unit reads ahead what its events will read; a record read ahead is a
+/// read like any other, checked at commit: a claim another worker took
+/// after it was read ahead makes the commit a lost race.
+#[test]
+fn a_claim_read_ahead_is_checked_at_commit_like_any_read() {
+    use contactd::identity::{Identifier, IdentifierKind};
+    use contactd::model::{Claim, Timestamp};
+    use contactd::store::{DirectoryView, Mutation, ReadAhead};
+    let options = options(fresh_keyspace());
+    migrate(&options).unwrap();
+    let backend = ScyllaBackend::connect(&options).unwrap();
+    let open = || ScyllaStore::new(std::sync::Arc::clone(&backend));
+    let email = Identifier { kind: IdentifierKind::Email, value: "jana@example.cz".into() };
+    let at = Timestamp::from_micros(1);
+    let owned_by = |id: &str| Mutation::SetClaim { identifier: email.clone(), claim: Claim::Owned { contact_id: id.into() } };
+
+    let mut late = open();
+    late.begin().unwrap();
+    assert!(late.reads_ahead());
+    let keys = ReadAhead {
+        claims: vec![("acme".into(), email.clone())],
+        events: vec![("acme".into(), "e1".into())],
+        ..ReadAhead::default()
+    };
+    late.read_ahead(&keys).unwrap();
+
+    let mut first = open();
+    first.begin().unwrap();
+    first
+        .apply("acme", at, &[Mutation::MarkSeen { event_id: "e2".into() }, owned_by("c-b"), contact_owning("c-b", &email)])
+        .unwrap();
+    first.commit().unwrap();
+
+    assert_eq!(late.claim("acme", &email).unwrap(), None, "what was read ahead");
+    assert_eq!(late.event_unit("acme", "e1").unwrap(), None);
+    late.apply("acme", at, &[Mutation::MarkSeen { event_id: "e1".into() }, owned_by("c-a"), contact_owning("c-a", &email)])
+        .unwrap();
+    let error = late.commit().expect_err("the claim moved on after it was read ahead");
+    assert!(error.is_transient(), "{error}");
+    assert_eq!(exported(&open()).len(), 1, "one owner for the e-mail");
+}

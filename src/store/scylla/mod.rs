@@ -9,7 +9,7 @@
 //! worker's lane threads, so the store blocks on its own small runtime.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,7 +34,7 @@ mod unit;
 
 pub use unit::CommitStep;
 
-use super::{DirectoryView, Mutation, Store, StoreError, StoreResult, identifier_hash};
+use super::{DirectoryView, Mutation, ReadAhead, Store, StoreError, StoreResult, identifier_hash};
 use crate::identity::Identifier;
 use crate::model::{
     Change, Claim, ContactRecord, ExportedContact, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry, Timestamp,
@@ -643,6 +643,8 @@ pub struct ScyllaStore {
     /// Records read in the open unit, whose versions its commit checks. Reads
     /// outside a unit (the API, export) are not kept.
     reads: RefCell<BTreeMap<RecordKey, Read>>,
+    /// Events of the open unit read ahead and found unprocessed.
+    unprocessed: RefCell<HashSet<(String, String)>>,
     crash: Option<CommitStep>,
 }
 
@@ -689,7 +691,7 @@ fn bind_key(key: &RecordKey, rest: Vec<CqlValue>) -> StoreResult<Vec<CqlValue>> 
 
 impl ScyllaStore {
     pub fn new(backend: Arc<ScyllaBackend>) -> Self {
-        Self { backend, unit: None, reads: RefCell::new(BTreeMap::new()), crash: None }
+        Self { backend, unit: None, reads: RefCell::new(BTreeMap::new()), unprocessed: RefCell::new(HashSet::new()), crash: None }
     }
 
     fn record<T: DeserializeOwned>(&self, key: RecordKey) -> StoreResult<Option<T>> {
@@ -871,6 +873,38 @@ impl ScyllaStore {
         Err(StoreError::Transient(format!("a claim of tenant {} kept changing while read; resolving again", key.tenant)))
     }
 
+    /// Reads the records at `keys` that the unit has not read, concurrently,
+    /// and keeps them for its commit to check; answers the keys of the
+    /// contacts that the claims and sessions among them name.
+    fn read_records(&self, mut keys: Vec<RecordKey>) -> StoreResult<Vec<RecordKey>> {
+        keys.sort();
+        keys.dedup();
+        keys.retain(|key| !self.reads.borrow().contains_key(key));
+        let backend = &self.backend;
+        let reads: Vec<(RecordKey, Read)> = backend.block_on(
+            futures::stream::iter(keys.into_iter().map(|key| async move {
+                let read = self.read(&key).await?;
+                StoreResult::Ok((key, read))
+            }))
+            .buffer_unordered(backend.max_concurrency)
+            .try_collect(),
+        )?;
+        let mut named = Vec::new();
+        for (key, read) in &reads {
+            let contact = match (key.table, read.stored.as_deref()) {
+                (Table::Claims, Some(json)) => match from_json(json)? {
+                    Claim::Owned { contact_id } => Some(contact_id),
+                    Claim::Released { .. } => None,
+                },
+                (Table::Sessions, Some(json)) => from_json::<SessionRecord>(json)?.contact_id,
+                _ => None,
+            };
+            named.extend(contact.map(|id| record_key(Table::Contacts, &key.tenant, id.as_bytes())));
+        }
+        self.reads.borrow_mut().extend(reads);
+        Ok(named)
+    }
+
     /// Reads a record from the database, not from what this unit read before,
     /// and keeps the read for the unit's commit to check.
     fn read_again(&self, key: &RecordKey) -> StoreResult<Read> {
@@ -883,6 +917,39 @@ impl ScyllaStore {
 }
 
 impl DirectoryView for ScyllaStore {
+    fn reads_ahead(&self) -> bool {
+        true
+    }
+
+    /// Reads concurrently what the unit has not read yet, then the contacts
+    /// that the claims and sessions just read name.
+    fn read_ahead(&self, keys: &ReadAhead) -> StoreResult<()> {
+        if self.unit.is_none() {
+            return Ok(());
+        }
+        let mut records: Vec<RecordKey> = keys.tenants.iter().map(|t| record_key(Table::Tenants, t, b"")).collect();
+        records.extend(keys.sessions.iter().map(|(t, session)| record_key(Table::Sessions, t, session.as_bytes())));
+        records.extend(keys.claims.iter().map(|(t, identifier)| record_key(Table::Claims, t, &identifier_hash(identifier))));
+        records.extend(keys.contacts.iter().map(|(t, contact)| record_key(Table::Contacts, t, contact.as_bytes())));
+        let named = self.read_records(records)?;
+        self.read_records(named)?;
+        let backend = &self.backend;
+        let unread: Vec<&(String, String)> = {
+            let unprocessed = self.unprocessed.borrow();
+            keys.events.iter().filter(|event| !unprocessed.contains(*event)).collect()
+        };
+        let found: Vec<((String, String), bool)> = backend.block_on(
+            futures::stream::iter(unread.into_iter().map(|(tenant, event)| async move {
+                let rows: Vec<(Option<i64>,)> = backend.rows(&backend.statements.event_unit, (tenant, event)).await?;
+                StoreResult::Ok(((tenant.clone(), event.clone()), rows.into_iter().any(|(unit,)| unit.is_some())))
+            }))
+            .buffer_unordered(backend.max_concurrency)
+            .try_collect(),
+        )?;
+        self.unprocessed.borrow_mut().extend(found.into_iter().filter(|(_, processed)| !processed).map(|(event, _)| event));
+        Ok(())
+    }
+
     fn tenant_config(&self, tenant: &str) -> StoreResult<Option<TenantConfig>> {
         self.record(record_key(Table::Tenants, tenant, b""))
     }
@@ -892,6 +959,9 @@ impl DirectoryView for ScyllaStore {
             && unit.seen.iter().any(|(t, e)| t == tenant && e == event_id)
         {
             return Ok(Some(unit.seq));
+        }
+        if self.unprocessed.borrow().contains(&(tenant.to_owned(), event_id.to_owned())) {
+            return Ok(None);
         }
         let backend = &self.backend;
         let rows: Vec<(Option<i64>,)> = backend.block_on(backend.rows(&backend.statements.event_unit, (tenant, event_id)))?;
@@ -1014,6 +1084,7 @@ impl DirectoryView for ScyllaStore {
 impl Store for ScyllaStore {
     fn begin(&mut self) -> StoreResult<()> {
         self.reads.borrow_mut().clear();
+        self.unprocessed.borrow_mut().clear();
         self.unit = Some(Unit { seq: self.backend.next_seq(), ..Unit::default() });
         Ok(())
     }
