@@ -117,7 +117,7 @@ pub struct SearchArgs {
     pub contact: Option<String>,
     #[arg(long, default_value_t = 10)]
     pub limit: usize,
-    /// Words must all match; supports "exact phrases", OR, -exclusion and "phrase prefixes"*.
+    /// Words must all match; supports "exact phrases", OR, -exclusion and prefixes (refu*, "the refu"*); anything else is text.
     pub query: String,
 }
 

@@ -329,6 +329,13 @@ fn param_value(name: &str, value: &str) -> Option<String> {
     Some(format!("{name}={}", normalize_opaque(value)?))
 }
 
+/// A normalized phone's number within its country (`+420777123456` gives
+/// `777123456`): what people type who leave the country code out.
+pub fn national_number(e164: &str) -> Option<String> {
+    let number = phonenumber::parse(None, e164).ok()?;
+    Some(number.national().value().to_string())
+}
+
 /// Validates a tenant's default region the same way phones use it.
 pub fn is_known_region(region: &str) -> bool {
     region.parse::<phonenumber::country::Id>().is_ok()

@@ -67,7 +67,24 @@ fn searchable_text(state: &ContactState) -> String {
         parts.extend(list.iter().map(String::as_str));
     }
     parts.extend(state.params.values().map(String::as_str));
+    let national: Vec<String> = state.phones.iter().filter_map(|phone| crate::identity::national_number(phone)).collect();
+    parts.extend(national.iter().map(String::as_str));
     parts.join("\n")
+}
+
+/// A query that is only a phone number, in any format people write one,
+/// becomes its digits: with the country code (`+420 777 123 456`, `00420…`)
+/// or without it and any trunk zero (`777 123 456`, `030 123457`), which the
+/// index holds for every phone. Anything else is left as typed.
+fn phone_digits(text: &str) -> std::borrow::Cow<'_, str> {
+    const PUNCTUATION: &str = "+-./()";
+    let phone_like = text.chars().all(|c| c.is_ascii_digit() || c.is_whitespace() || PUNCTUATION.contains(c));
+    let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+    if !phone_like || digits.len() < 6 {
+        return text.into();
+    }
+    // Both a `00` international prefix and a trunk zero go.
+    digits.trim_start_matches('0').to_owned().into()
 }
 
 /// A directory search, always within one tenant.
@@ -130,7 +147,7 @@ impl ContactIndex {
     /// Matching contacts, best first, always within the query's tenant.
     pub fn search(&self, query: &ContactQuery) -> Result<Vec<ContactHit>, IndexError> {
         let fields = self.fields;
-        let user_query = self.store.user_query(fields.text, &query.text)?;
+        let user_query = self.store.user_query(fields.text, &phone_digits(&query.text), super::query::Words::Prefixes)?;
         let mut clauses = vec![(Occur::Must, term_query(fields.tenant, &query.tenant)), (Occur::Must, user_query)];
         for kind in &query.has {
             clauses.push((Occur::Must, term_query(fields.has, kind)));

@@ -4,6 +4,7 @@
 //! indexer resumes exactly where its durable state ends.
 
 pub mod contacts;
+pub mod query;
 pub mod timeline;
 
 use std::collections::BTreeMap;
@@ -11,7 +12,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tantivy::indexer::LogMergePolicy;
-use tantivy::query::{AllQuery, Query, QueryParser, TermQuery};
+use tantivy::query::{Query, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, Schema};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
@@ -140,15 +141,11 @@ impl Store {
         self.reader.searcher().num_docs()
     }
 
-    /// The user's words over `field` (all must match), or every document when
-    /// there are none; the caller scopes it to a tenant.
-    fn user_query(&self, field: Field, text: &str) -> Result<Box<dyn Query>, IndexError> {
-        if text.trim().is_empty() {
-            return Ok(Box::new(AllQuery));
-        }
-        let mut parser = QueryParser::for_index(&self.index, vec![field]);
-        parser.set_conjunction_by_default();
-        parser.parse_query(text).map_err(|e| IndexError::BadQuery(e.to_string()))
+    /// What the user typed, over `field` ([`query`]), or every document when
+    /// nothing searchable was typed; the caller scopes it to a tenant.
+    fn user_query(&self, field: Field, text: &str, words: query::Words) -> Result<Box<dyn Query>, IndexError> {
+        let mut analyzer = self.index.tokenizer_for_field(field)?;
+        query::parse(text, field, &mut analyzer, words)
     }
 }
 

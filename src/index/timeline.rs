@@ -85,7 +85,7 @@ pub enum SortOrder {
 #[derive(Clone, Debug, Default)]
 pub struct TimelineQuery {
     pub tenant: String,
-    /// Words must all match; "phrases", OR, -exclusion and "phrase prefixes"* work.
+    /// What the user typed, in the search language of [`super::query`].
     pub text: String,
     pub contact_id: Option<String>,
     pub channel: Option<Channel>,
@@ -134,7 +134,7 @@ impl TimelineIndex {
     /// Matching entries, always within the query's tenant whatever its text says.
     pub fn search(&self, query: &TimelineQuery) -> Result<Vec<Hit>, IndexError> {
         let fields = self.fields;
-        let user_query = self.store.user_query(fields.text, &query.text)?;
+        let user_query = self.store.user_query(fields.text, &query.text, super::query::Words::Whole)?;
         let mut clauses = vec![(Occur::Must, term_query(fields.tenant, &query.tenant)), (Occur::Must, user_query.box_clone())];
         if let Some(contact_id) = &query.contact_id {
             clauses.push((Occur::Must, term_query(fields.contact, &scoped(&query.tenant, contact_id))));

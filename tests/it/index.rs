@@ -199,3 +199,27 @@ fn a_contact_deleted_after_changes_between_two_commits_is_not_indexed() {
     assert_eq!(contacts_matching(&index, "Olga"), 0);
     assert_eq!(contacts_matching(&index, "y@example.cz"), 1);
 }
+
+/// Directory search is a lookup as people type: a phone in any format the
+/// normalizer accepts, with or without the country code, and the start of a
+/// name or address.
+#[test]
+fn the_directory_finds_phones_as_written_and_names_by_their_start() {
+    let mut directory = Directory::new();
+    directory.feed(&[
+        crate::harness::configure("e0", 0),
+        identified("e1", 1, "s1", json!({ "phones": ["+420 777 123 456"], "name": "Jana Nováková" })),
+        identified("e2", 2, "s2", json!({ "emails": ["petr@example.cz"], "name": "Petr Dvořák" })),
+    ]);
+    let index = SearchIndex::open_or_create(&directory.path().join("index")).unwrap();
+    follow(&directory, &index);
+    for phone in ["777 123 456", "+420 777 123 456", "00420777123456", "(+420) 777-123-456", "777.123.456", "0777 123 456"] {
+        assert_eq!(contacts_matching(&index, phone), 1, "{phone}");
+    }
+    assert_eq!(contacts_matching(&index, "777 123 999"), 0);
+    assert_eq!(contacts_matching(&index, "nov"), 1, "a name's start");
+    assert_eq!(contacts_matching(&index, "Jana Nov"), 1);
+    assert_eq!(contacts_matching(&index, "petr@exa"), 1, "an address's start");
+    assert_eq!(contacts_matching(&index, "dvořák"), 1);
+    assert_eq!(contacts_matching(&index, "\"Nov\""), 0, "a quoted word is whole");
+}
