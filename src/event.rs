@@ -11,6 +11,15 @@ use crate::model::{Timestamp, valid_tenant_id};
 
 pub const SCHEMA_V1: &str = "contact-event/v1";
 
+/// The most bytes one event may take: Kafka's default message size limit, so a
+/// file replays what a broker would have accepted (docs/contract.md 6).
+pub const MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// The most identifier values one event may carry in `identity`, `add` and
+/// `remove` together, and apart from those, the most e-mail participants: a
+/// bound on the work and the writes one event can cause (docs/contract.md 6).
+pub const MAX_IDENTIFIERS_PER_EVENT: usize = 100;
+
 /// Why an event cannot be processed. The `code` is stable: it names the reason
 /// in dead-letter headers and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,6 +36,8 @@ pub enum DecodeError {
     UnknownType(String),
     #[error("invalid value: {0}")]
     InvalidValue(String),
+    #[error("too large: {0}")]
+    TooLarge(String),
 }
 
 impl DecodeError {
@@ -38,6 +49,7 @@ impl DecodeError {
             Self::UnknownSchema(_) => "unknown_schema",
             Self::UnknownType(_) => "unknown_type",
             Self::InvalidValue(_) => "invalid_value",
+            Self::TooLarge(_) => "too_large",
         }
     }
 
@@ -126,6 +138,14 @@ pub struct RawIdentity {
     pub params: BTreeMap<String, String>,
     #[serde(default)]
     pub source: Option<IdentitySource>,
+}
+
+impl RawIdentity {
+    /// How many identifier values it carries, valid or not.
+    pub fn values(&self) -> usize {
+        let single = [&self.browser_id, &self.whatsapp_id, &self.apple_id, &self.vk_id].iter().filter(|v| v.is_some()).count();
+        self.emails.len() + self.phones.len() + self.params.len() + single + usize::from(self.facebook_psid.is_some())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -340,12 +360,32 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), DecodeError> {
     Ok(())
 }
 
+fn check_identifier_count(identity: Option<&RawIdentity>, body: &EventBody) -> Result<(), DecodeError> {
+    let mut carried = identity.map_or(0, RawIdentity::values);
+    if let EventBody::ContactUpdated { add, remove, .. } = body {
+        carried += add.as_deref().map_or(0, RawIdentity::values) + remove.as_deref().map_or(0, RawIdentity::values);
+    }
+    if carried > MAX_IDENTIFIERS_PER_EVENT {
+        return Err(DecodeError::TooLarge(format!("{carried} identifier values, at most {MAX_IDENTIFIERS_PER_EVENT}")));
+    }
+    if let EventBody::Email { participants, .. } = body
+        && participants.len() > MAX_IDENTIFIERS_PER_EVENT
+    {
+        let count = participants.len();
+        return Err(DecodeError::TooLarge(format!("{count} participants, at most {MAX_IDENTIFIERS_PER_EVENT}")));
+    }
+    Ok(())
+}
+
 fn require<'a>(field: &str, value: &'a Option<String>, kind: &str) -> Result<&'a str, DecodeError> {
     value.as_deref().ok_or_else(|| DecodeError::MissingField(format!("{field} (required for {kind})")))
 }
 
 /// Decodes one message value. Unknown extra fields are ignored (docs/contract.md 6).
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    if bytes.len() > MAX_EVENT_BYTES {
+        return Err(DecodeError::TooLarge(format!("more than {MAX_EVENT_BYTES} bytes")));
+    }
     let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let envelope: Envelope<'_> = serde_json::from_str(text).map_err(DecodeError::from_serde)?;
     if envelope.schema != SCHEMA_V1 {
@@ -438,6 +478,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         EventBody::TenantConfigured { .. } | EventBody::ContactCreated => {}
     }
+    check_identifier_count(envelope.identity.as_ref(), &body)?;
     Ok(Event {
         event_id: envelope.event_id,
         tenant_id: envelope.tenant_id,
@@ -487,6 +528,35 @@ mod tests {
         for (input, code) in cases {
             assert_eq!(decode(input.as_bytes()).unwrap_err().code(), code, "{input}");
         }
+    }
+
+    #[test]
+    fn an_event_over_the_size_or_identifier_limits_is_too_large() {
+        let padded = line(&format!(r#","type":"session.started","pad":"{}""#, "x".repeat(MAX_EVENT_BYTES)));
+        let emails: Vec<String> = (0..=MAX_IDENTIFIERS_PER_EVENT).map(|n| format!("u{n}@example.com")).collect();
+        let identity = serde_json::json!({ "emails": emails }).to_string();
+        let many = line(&format!(r#","type":"identity.provided","identity":{identity}"#));
+        let split = line(&format!(
+            r#","type":"contact.updated","identity":{{"phones":["1"]}},"payload":{{"add":{identity},"remove":{{}}}}"#
+        ));
+        let participants = serde_json::json!(emails).to_string();
+        let thread = line(&format!(
+            r#","type":"email.received","payload":{{"thread_id":"t","message_id":"m","subject":"s","text":"x","participants":{participants}}}"#
+        ));
+        for (input, detail) in [
+            (padded, "more than 1048576 bytes"),
+            (many, "101 identifier values, at most 100"),
+            (split, "102 identifier values, at most 100"),
+            (thread, "101 participants, at most 100"),
+        ] {
+            let error = decode(input.as_bytes()).unwrap_err();
+            assert_eq!((error.code(), error.to_string()), ("too_large", format!("too large: {detail}")));
+        }
+        let at_the_limit = line(&format!(
+            r#","type":"identity.provided","identity":{}"#,
+            serde_json::json!({ "emails": &emails[..MAX_IDENTIFIERS_PER_EVENT] })
+        ));
+        assert!(decode(at_the_limit.as_bytes()).is_ok());
     }
 
     #[test]

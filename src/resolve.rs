@@ -17,6 +17,11 @@ use crate::store::{DirectoryView, Mutation, StoreResult};
 /// Redirect chains longer than this mean corrupt data, not a real merge history.
 const MAX_REDIRECTS: usize = 64;
 
+/// The most identifiers one contact holds by resolution and operator edits; a
+/// merge may join two contacts past it (docs/contract.md 3.4). It bounds what
+/// every later event of the contact reads and writes back.
+pub const MAX_IDENTIFIERS_PER_CONTACT: usize = 1000;
+
 /// Why an event was accepted but changed nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Skip {
@@ -339,6 +344,14 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         let occurred_at = self.event.occurred_at;
         for identifier in identifiers {
             if self.contact(contact_id).owns(identifier) {
+                continue;
+            }
+            if self.contact(contact_id).identifiers.len() >= MAX_IDENTIFIERS_PER_CONTACT {
+                let details = ChangeData { identifier: Some(identifier.to_string()), ..ChangeData::default() };
+                let text = format!(
+                    "{identifier} not added: the contact holds {MAX_IDENTIFIERS_PER_CONTACT} identifiers, the most one contact may"
+                );
+                self.record(contact_id, ChangeKind::IdentityConflict, EntryKind::IdentityConflict, text, details);
                 continue;
             }
             match self.view.claim(self.tenant(), identifier)? {
@@ -773,18 +786,16 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         Ok(Step::Done)
     }
 
-    /// Writes the touched contacts once and stamps contact changes with the state
-    /// after the event (docs/contract.md 5).
+    /// Writes the touched contacts once and stamps the last contact change of
+    /// each with its state after the event (docs/contract.md 5): once, not per
+    /// change, so an event's changes grow with what it changed, not with that
+    /// times the contact's size.
     fn finish(mut self) -> Plan {
         for (id, contact) in &self.contacts {
-            let mut changes = self.plan.changes.iter_mut().filter(|c| &c.contact_id == id && carries_state(c.kind)).peekable();
-            if changes.peek().is_none() {
+            let Some(last) = self.plan.changes.iter_mut().rev().find(|c| &c.contact_id == id && carries_state(c.kind)) else {
                 continue;
-            }
-            let state = contact.state();
-            for change in changes {
-                change.data.contact = Some(Box::new(state.clone()));
-            }
+            };
+            last.data.contact = Some(Box::new(contact.state()));
             self.plan
                 .mutations
                 .push(Mutation::PutContact { contact_id: id.clone(), record: ContactRecord::Active(contact.clone()) });

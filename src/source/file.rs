@@ -1,9 +1,12 @@
 //! JSONL events from a file or standard input, one event per line. Blank lines
-//! are skipped; every other line is a record, valid or not.
+//! are skipped; every other line is a record, valid or not. A line longer than
+//! an event may be keeps only its first `MAX_EVENT_BYTES + 1` bytes, so that the
+//! decoder refuses it as too large while the rest is read past, never held.
 
 use std::io::{self, BufRead};
 
 use super::{EventSource, Origin, RawRecord};
+use crate::event::MAX_EVENT_BYTES;
 
 pub struct JsonlSource<R> {
     reader: R,
@@ -21,20 +24,44 @@ impl<R: BufRead> JsonlSource<R> {
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read
     }
+
+    /// Reads one line into `buffer`, keeping at most `MAX_EVENT_BYTES + 1`
+    /// bytes of it; returns the bytes consumed (0 at the end) and whether the
+    /// line was cut.
+    fn read_line(&mut self) -> io::Result<(usize, bool)> {
+        self.buffer.clear();
+        let keep = MAX_EVENT_BYTES + 1;
+        let mut consumed = 0;
+        loop {
+            let available = self.reader.fill_buf()?;
+            if available.is_empty() {
+                return Ok((consumed, self.buffer.len() == keep));
+            }
+            let newline = available.iter().position(|b| *b == b'\n');
+            let taken = newline.map_or(available.len(), |at| at + 1);
+            let room = keep - self.buffer.len();
+            self.buffer.extend_from_slice(&available[..taken.min(room)]);
+            self.reader.consume(taken);
+            consumed += taken;
+            if newline.is_some() {
+                return Ok((consumed, self.buffer.len() == keep && taken > room));
+            }
+        }
+    }
 }
 
 impl<R: BufRead> EventSource for JsonlSource<R> {
     fn next_batch(&mut self, max: usize) -> io::Result<Vec<RawRecord>> {
         let mut batch = Vec::with_capacity(max.min(4096));
         while batch.len() < max {
-            self.buffer.clear();
-            let read = self.reader.read_until(b'\n', &mut self.buffer)?;
+            let (read, cut) = self.read_line()?;
             if read == 0 {
                 break;
             }
             self.bytes_read += read as u64;
             self.line += 1;
-            let payload = self.buffer.trim_ascii();
+            // A cut line stays as long as it was read, so it cannot pass for a short one.
+            let payload = if cut { &self.buffer[..] } else { self.buffer.trim_ascii() };
             if payload.is_empty() {
                 continue;
             }
@@ -59,5 +86,23 @@ mod tests {
         assert_eq!(positions, [1, 4, 5]);
         assert_eq!(batch[1].payload, b"not json");
         assert!(source.next_batch(10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_line_longer_than_an_event_is_cut_and_reading_goes_on_at_the_next() {
+        let mut input = vec![b' '; 3 * MAX_EVENT_BYTES];
+        input[MAX_EVENT_BYTES] = b'x';
+        input.extend_from_slice(b"\n{\"b\":2}\n");
+        input.extend(std::iter::repeat_n(b'y', MAX_EVENT_BYTES + 1));
+        // A small buffer makes the long lines arrive in many reads.
+        let mut source = JsonlSource::new(io::BufReader::with_capacity(4096, &input[..]), "mem");
+        let batch = source.next_batch(10).unwrap();
+        let lengths: Vec<usize> = batch.iter().map(|r| r.payload.len()).collect();
+        assert_eq!(lengths, [MAX_EVENT_BYTES + 1, 7, MAX_EVENT_BYTES + 1]);
+        assert_eq!(batch[1].payload, b"{\"b\":2}");
+        assert_eq!(source.bytes_read(), input.len() as u64);
+        let event_sized = format!("{}\n", "z".repeat(MAX_EVENT_BYTES));
+        let batch = JsonlSource::new(event_sized.as_bytes(), "mem").next_batch(10).unwrap();
+        assert_eq!(batch[0].payload.len(), MAX_EVENT_BYTES, "an event of the largest size is whole");
     }
 }

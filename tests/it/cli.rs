@@ -41,6 +41,26 @@ fn ingest_reports_and_dead_letters_bad_lines_with_their_reason() {
 }
 
 #[test]
+fn an_over_long_line_is_dead_lettered_with_its_start_and_the_next_line_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = std::fs::read_to_string(EXAMPLES).unwrap();
+    let (first, rest) = examples.split_once('\n').unwrap();
+    let long = format!("{{\"schema\":\"contact-event/v1\",\"padding\":\"{}\"}}", "x".repeat(3 << 20));
+    let file = dir.path().join("events.jsonl");
+    std::fs::write(&file, format!("{first}\n{long}\n{rest}")).unwrap();
+    let summary = stdout_ok(contactd(&dir.path().join("data"), &["ingest", file.to_str().unwrap()]));
+    assert!(summary.contains("lines read         20"), "{summary}");
+    assert!(summary.contains("contacts created   3"), "the lines after it were applied: {summary}");
+    let letters = json_lines(&std::fs::read_to_string(dir.path().join("data/dead-letter.jsonl")).unwrap());
+    let too_large: Vec<&Value> = letters.iter().filter(|l| l["reason"] == "too_large").collect();
+    assert_eq!(too_large.len(), 1, "{letters:?}");
+    assert_eq!(too_large[0]["position"], 2);
+    let kept = too_large[0]["payload"].as_str().unwrap();
+    assert!(kept.starts_with("{\"schema\":\"contact-event/v1\",\"padding\":\"xxx"));
+    assert_eq!(kept.len(), (1 << 20) + 1, "the dead letter keeps the start, not the whole line");
+}
+
+#[test]
 fn export_is_sorted_by_tenant_then_contact() {
     let dir = ingested();
     let contacts = json_lines(&stdout_ok(contactd(dir.path(), &["export"])));

@@ -363,6 +363,9 @@ impl Run<'_> {
         {
             claims.append(&mut self.session(session_id).waiting);
             claims.sort_by_key(|(kind, _)| *kind);
+            // An identifier both in the event and waiting with its session is one claim, one conflict at most.
+            let mut unique = HashSet::new();
+            claims.retain(|id| unique.insert(id.clone()));
             self.attach(session_id, &contact, false);
         }
         for id in &removed {

@@ -1,8 +1,9 @@
 //! docs/contract.md sections 2-4, rule by rule, through the real pipeline and store.
 
-use contactd::model::ChangeKind;
+use contactd::model::{Change, ChangeKind};
+use contactd::resolve::MAX_IDENTIFIERS_PER_CONTACT;
 use contactd::store::DirectoryView;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::harness::{Directory, configure, event, identified, message, with};
 
@@ -329,9 +330,36 @@ fn operators_create_contacts_and_the_changes_carry_state() {
     let changes = directory.changes();
     let kinds: Vec<ChangeKind> = changes.iter().map(|c| c.kind).collect();
     assert!(kinds.contains(&ChangeKind::ContactCreated) && kinds.contains(&ChangeKind::IdentifierAdded));
-    let created = changes.iter().find(|c| c.kind == ChangeKind::ContactCreated).unwrap();
-    assert_eq!(created.data.contact.as_ref().unwrap().emails, ["dana@example.cz"], "state after the event");
+    let with_state: Vec<&Change> = changes.iter().filter(|c| c.data.contact.is_some()).collect();
+    assert_eq!(with_state.len(), 1, "the state travels once per event and contact: {changes:?}");
+    let last_contact_change = changes.iter().rfind(|c| c.kind != ChangeKind::TimelineAppended).unwrap();
+    assert_eq!(with_state[0], last_contact_change);
+    let state = with_state[0].data.contact.as_ref().unwrap();
+    assert_eq!((state.name.as_deref(), &state.emails[..]), (Some("Dana"), &["dana@example.cz".to_owned()][..]));
     assert!(changes.iter().all(|c| c.caused_by == "op-1" && c.contact_id == dana.contact_id));
+}
+
+#[test]
+fn a_contact_takes_identifiers_up_to_its_limit_and_records_each_it_refuses() {
+    let mut directory = Directory::new();
+    let events: Vec<Value> = (0..11)
+        .map(|batch| {
+            let emails: Vec<String> = (0..100).map(|n| format!("u{}@example.cz", batch * 100 + n)).collect();
+            identified(&format!("e{batch}"), batch + 1, "s1", json!({ "emails": emails }))
+        })
+        .collect();
+    let report = directory.feed(&events);
+    assert_eq!(report.rejected_total(), 0);
+    let contact = directory.contact_with_email("u0@example.cz");
+    assert_eq!(contact.state.emails.len(), MAX_IDENTIFIERS_PER_CONTACT);
+    let changes = directory.changes();
+    let refused: Vec<&Change> =
+        changes.iter().filter(|c| c.kind == ChangeKind::IdentityConflict && c.data.owner_contact_id.is_none()).collect();
+    assert_eq!(refused.len(), 100, "each identifier past the limit is refused in the open");
+    assert!(refused.iter().all(|c| c.caused_by == "e10" && c.data.identifier.as_deref().unwrap().starts_with("email:u10")));
+    let entries = directory.store.timeline("acme", &contact.contact_id, None, 5000).unwrap();
+    let noted = entries.iter().filter(|e| e.text.contains("not added: the contact holds 1000 identifiers")).count();
+    assert_eq!(noted, 100);
 }
 
 #[test]

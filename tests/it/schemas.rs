@@ -55,6 +55,9 @@ fn the_event_schema_rejects_what_the_decoder_dead_letters() {
         ("identity", json!({ "source": "telepathy" })),
         ("extra_field", json!("ignored")),
         ("identity", json!({ "name": "Ann", "params": { "crm_id": "C-1" } })),
+        ("identity", json!({ "emails": (0..100).map(|n| format!("u{n}@example.cz")).collect::<Vec<_>>() })),
+        ("identity", json!({ "phones": (0..101).map(|n| format!("+420777000{n:03}")).collect::<Vec<_>>() })),
+        ("identity", json!({ "params": (0..101).map(|n| (format!("p{n}"), json!("v"))).collect::<serde_json::Map<_, _>>() })),
     ];
     assert_schema_agrees_with_decoder(&events, &base.to_string());
     for (field, value) in mutations {
