@@ -10,6 +10,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::model::valid_tenant_id;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -309,6 +311,11 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+fn is_tenant_tokens_key(key: &str) -> bool {
+    const TOKENS: &str = "API__TOKENS__";
+    key.len() > TOKENS.len() && key.get(..TOKENS.len()).is_some_and(|start| start.eq_ignore_ascii_case(TOKENS))
+}
+
 /// Overrides given on the command line; `None` leaves the lower layers' value.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct FlagOverrides {
@@ -356,19 +363,34 @@ impl Config {
             Some(path) if !path.exists() => {
                 return Err(ConfigError::Invalid(format!("config file {} does not exist", path.display())));
             }
+            Some(path) if !path.is_file() => {
+                return Err(ConfigError::Invalid(format!("config file {} is not a file", path.display())));
+            }
             Some(path) => figment = figment.merge(Toml::file(path)),
             None => figment = figment.merge(Toml::file("contactd.toml")),
         }
-        let config: Config = figment
-            .merge(Env::prefixed("CONTACTD__").split("__"))
-            .merge(Serialized::defaults(flags))
-            .extract()
-            .map_err(Box::new)?;
+        // Tenant ids are case-sensitive, and figment lower-cases the keys it
+        // reads from the environment: per-tenant token variables are read
+        // apart, keeping the tenant as written.
+        let settings = Env::prefixed("CONTACTD__").filter(|key| !is_tenant_tokens_key(key.as_str())).split("__");
+        let tenant_tokens =
+            Env::prefixed("CONTACTD__API__TOKENS__").map(|tenant| format!("api.tokens.{tenant}").into()).lowercase(false);
+        let config: Config =
+            figment.merge(settings).merge(tenant_tokens).merge(Serialized::defaults(flags)).extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid("data_dir must not be empty".into()));
+        }
+        for (name, listen) in [("worker.listen", &self.worker.listen), ("indexer.listen", &self.indexer.listen)] {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::Invalid(format!("{name} {listen:?} is not an IP address and port")));
+            }
+        }
+        self.validate_tokens()?;
         let positive = [
             ("ingest.batch_size", self.ingest.batch_size as u64),
             ("ingest.max_attempts", u64::from(self.ingest.max_attempts)),
@@ -396,6 +418,30 @@ impl Config {
             return Err(ConfigError::Invalid("scylla.max_concurrency and scylla.request_timeout_ms must be at least 1".into()));
         }
         self.store_location().map(drop)
+    }
+
+    /// Each token names one tenant: a token given to two would let the one
+    /// read the other's directory, whichever the server happened to keep.
+    fn validate_tokens(&self) -> Result<(), ConfigError> {
+        let mut tenant_of: BTreeMap<&str, &str> = BTreeMap::new();
+        for (tenant, tokens) in &self.api.tokens {
+            if !valid_tenant_id(tenant) {
+                return Err(ConfigError::Invalid(format!("api.tokens: {tenant:?} is not a tenant id")));
+            }
+            for token in tokens {
+                if token.trim().is_empty() {
+                    return Err(ConfigError::Invalid(format!("api.tokens.{tenant}: a token is empty")));
+                }
+                if let Some(other) = tenant_of.insert(token, tenant)
+                    && other != tenant
+                {
+                    return Err(ConfigError::Invalid(format!(
+                        "api.tokens: one token is given to tenants {other} and {tenant}; a token names one tenant"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn store_location(&self) -> Result<StoreLocation, ConfigError> {
@@ -495,21 +541,30 @@ mod tests {
     use super::*;
 
     #[test]
+    #[expect(clippy::result_large_err, reason = "figment::Jail's closure must return figment's own Result")]
     fn defaults_run_locally() {
-        let config = Config::load(None, &FlagOverrides::default()).unwrap();
-        assert_eq!(config.data_dir, PathBuf::from("contactd-data"));
-        assert_eq!(config.ingest.batch_size, 20_000);
+        // In a jail: other tests set the environment, and the jail serializes them.
+        figment::Jail::expect_with(|_| {
+            let config = Config::load(None, &FlagOverrides::default()).unwrap();
+            assert_eq!(config.data_dir, PathBuf::from("contactd-data"));
+            assert_eq!(config.ingest.batch_size, 20_000);
+            Ok(())
+        });
     }
 
     #[test]
+    #[expect(clippy::result_large_err, reason = "figment::Jail's closure must return figment's own Result")]
     fn file_then_flags_override_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("c.toml");
-        std::fs::write(&file, "data_dir = \"from-file\"\n[ingest]\nbatch_size = 7\n").unwrap();
-        let from_file = Config::load(Some(&file), &FlagOverrides::default()).unwrap();
-        assert_eq!((from_file.data_dir.to_str(), from_file.ingest.batch_size), (Some("from-file"), 7));
-        let flags = FlagOverrides { data_dir: Some("from-flag".into()), ..FlagOverrides::default() };
-        assert_eq!(Config::load(Some(&file), &flags).unwrap().data_dir, PathBuf::from("from-flag"));
+        figment::Jail::expect_with(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("c.toml");
+            std::fs::write(&file, "data_dir = \"from-file\"\n[ingest]\nbatch_size = 7\n").unwrap();
+            let from_file = Config::load(Some(&file), &FlagOverrides::default()).unwrap();
+            assert_eq!((from_file.data_dir.to_str(), from_file.ingest.batch_size), (Some("from-file"), 7));
+            let flags = FlagOverrides { data_dir: Some("from-flag".into()), ..FlagOverrides::default() };
+            assert_eq!(Config::load(Some(&file), &flags).unwrap().data_dir, PathBuf::from("from-flag"));
+            Ok(())
+        });
     }
 
     #[test]
@@ -559,6 +614,47 @@ mod tests {
 
     #[test]
     #[expect(clippy::result_large_err, reason = "figment::Jail's closure must return figment's own Result")]
+    fn a_tenant_named_in_a_token_variable_keeps_its_case() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CONTACTD__API__TOKENS__AcmeEU", r#"["t1"]"#);
+            jail.set_env("CONTACTD__API__TOKENS__globex", r#"["t2"]"#);
+            jail.set_env("CONTACTD__DATA_DIR", "from-env");
+            let config = Config::load(None, &FlagOverrides::default()).expect("loads");
+            assert_eq!(config.api.tokens.keys().collect::<Vec<_>>(), ["AcmeEU", "globex"]);
+            assert_eq!(config.data_dir, PathBuf::from("from-env"), "other settings are read as before");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[expect(clippy::result_large_err, reason = "figment::Jail's closure must return figment's own Result")]
+    fn settings_that_would_run_on_something_else_are_refused_by_name() {
+        figment::Jail::expect_with(|jail| {
+            let refused = |expected: &str| {
+                let error = Config::load(None, &FlagOverrides::default()).expect_err(expected).to_string();
+                assert!(error.contains(expected), "{error} does not name {expected}");
+            };
+            jail.set_env("CONTACTD__DATA_DIR", "");
+            refused("data_dir must not be empty");
+            jail.set_env("CONTACTD__DATA_DIR", "data");
+            jail.set_env("CONTACTD__INDEXER__LISTEN", "localhost:99999");
+            refused("indexer.listen");
+            jail.set_env("CONTACTD__INDEXER__LISTEN", "127.0.0.1:9465");
+            jail.set_env("CONTACTD__API__TOKENS", r#"{acme=["same"], globex=["same"]}"#);
+            refused("one token is given to tenants acme and globex");
+            jail.set_env("CONTACTD__API__TOKENS", r#"{acme=[" "]}"#);
+            refused("api.tokens.acme: a token is empty");
+            jail.set_env("CONTACTD__API__TOKENS", r#"{"ac me"=["t"]}"#);
+            refused("is not a tenant id");
+            jail.set_env("CONTACTD__API__TOKENS", "{}");
+            let error = Config::load(Some(jail.directory()), &FlagOverrides::default()).unwrap_err().to_string();
+            assert!(error.contains("is not a file"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[expect(clippy::result_large_err, reason = "figment::Jail's closure must return figment's own Result")]
     fn a_kafka_secret_from_the_environment_joins_the_files_properties() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("contactd.toml", "[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n")?;
@@ -588,13 +684,17 @@ mod tests {
     }
 
     #[test]
+    #[expect(clippy::result_large_err, reason = "figment::Jail's closure must return figment's own Result")]
     fn unknown_keys_and_bad_values_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("c.toml");
-        std::fs::write(&file, "[ingest]\nbatch_sise = 7\n").unwrap();
-        assert!(Config::load(Some(&file), &FlagOverrides::default()).is_err());
-        std::fs::write(&file, "[ingest]\nbatch_size = 0\n").unwrap();
-        assert!(Config::load(Some(&file), &FlagOverrides::default()).is_err());
-        assert!(Config::load(Some(&dir.path().join("missing.toml")), &FlagOverrides::default()).is_err());
+        figment::Jail::expect_with(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("c.toml");
+            std::fs::write(&file, "[ingest]\nbatch_sise = 7\n").unwrap();
+            assert!(Config::load(Some(&file), &FlagOverrides::default()).is_err());
+            std::fs::write(&file, "[ingest]\nbatch_size = 0\n").unwrap();
+            assert!(Config::load(Some(&file), &FlagOverrides::default()).is_err());
+            assert!(Config::load(Some(&dir.path().join("missing.toml")), &FlagOverrides::default()).is_err());
+            Ok(())
+        });
     }
 }

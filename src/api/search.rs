@@ -64,7 +64,50 @@ pub fn routes(state: SearchState) -> Router {
         .route("/v1/tenants/{tenant}/contacts/search", get(search_contacts))
         .route("/v1/tenants/{tenant}/contacts/{contact_id}", get(contact))
         .route("/v1/tenants/{tenant}/contacts/{contact_id}/timeline", get(timeline))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response(errors_as_json))
         .with_state(state)
+}
+
+async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError { status: StatusCode::NOT_FOUND, error: "not_found", detail: format!("no route for {}", uri.path()) }
+}
+
+async fn method_not_allowed(method: axum::http::Method) -> Response {
+    let detail = format!("{method} is not allowed here; the API is read-only (GET)");
+    let mut response = ApiError { status: StatusCode::METHOD_NOT_ALLOWED, error: "method_not_allowed", detail }.into_response();
+    response.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET,HEAD"));
+    response
+}
+
+/// Refusals made before a handler runs (a path that is not UTF-8, a request
+/// body over the framework's limit) come from the framework as plain text;
+/// the API answers every refusal in its JSON error shape, keeping the headers.
+async fn errors_as_json(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let error = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::URI_TOO_LONG | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "too_large",
+        status if status.is_server_error() => "internal",
+        _ => "refused",
+    };
+    let detail = String::from_utf8_lossy(&text).trim().to_owned();
+    let mut json = ApiError { status, error, detail }.into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.headers_mut().insert(name, value.clone());
+        }
+    }
+    json
 }
 
 /// A refused request: status plus a JSON body `{"error": ..., "detail": ...}`.

@@ -264,15 +264,23 @@ impl Service {
 
     /// Status and body of a GET with a bearer token.
     pub fn get_with(&self, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+        let authorization = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let (status, _, body) = self.request(&format!("GET {path} HTTP/1.1\r\n{authorization}"))?;
+        Some((status, body))
+    }
+
+    /// Status, head and body of a request given as its first lines (request
+    /// line and headers, each ending in CRLF); `Host` and `Connection: close` are added.
+    pub fn request(&self, lines: &str) -> Option<(u16, String, String)> {
         let mut stream = TcpStream::connect(&self.probes).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        let authorization = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: {}\r\n{authorization}Connection: close\r\n\r\n", self.probes).ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
+        write!(stream, "{lines}Host: {}\r\nConnection: close\r\n\r\n", self.probes).ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).ok()?;
+        let response = String::from_utf8(response).ok()?;
         let status = response.split_whitespace().nth(1)?.parse().ok()?;
-        let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-        Some((status, body))
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        Some((status, head.to_owned(), body.to_owned()))
     }
 
     pub fn ready(&self) -> Option<bool> {
