@@ -126,6 +126,17 @@ fn open_store(config: &Config) -> anyhow::Result<Box<dyn Store + Send>> {
     })
 }
 
+/// The store, for commands that only read it: a mistyped `--data-dir` is an
+/// error, not a new empty directory that answers "no such contact".
+fn open_existing_store(config: &Config) -> anyhow::Result<Box<dyn Store + Send>> {
+    if let StoreLocation::Sqlite(path) = config.store_location()?
+        && !path.is_file()
+    {
+        bail!("no directory at {}; run `contactd ingest` first, or check --data-dir", path.display());
+    }
+    open_store(config)
+}
+
 fn connect_scylla(options: &ScyllaOptions) -> anyhow::Result<Arc<ScyllaBackend>> {
     ScyllaBackend::connect(options)
         .with_context(|| format!("connecting to Scylla {} keyspace {}", options.nodes.join(","), options.keyspace))
@@ -308,7 +319,7 @@ fn output(path: Option<&Path>) -> anyhow::Result<Box<dyn Write>> {
 }
 
 pub fn export(args: &ExportArgs, config: &Config) -> anyhow::Result<()> {
-    let store = open_store(config)?;
+    let store = open_existing_store(config)?;
     let mut out = output(args.out.as_deref())?;
     let mut write_error = None;
     store.export(&mut |contact| {
@@ -347,7 +358,7 @@ pub fn search(args: &SearchArgs, config: &Config) -> anyhow::Result<()> {
 }
 
 pub fn contact(args: &ContactArgs, config: &Config) -> anyhow::Result<()> {
-    let store = open_store(config)?;
+    let store = open_existing_store(config)?;
     let tenant = &args.tenant;
     let requested = match (&args.id, &args.identifier) {
         (Some(id), _) => id.clone(),

@@ -115,9 +115,11 @@ pub struct SearchArgs {
     /// Only this contact's history.
     #[arg(long)]
     pub contact: Option<String>,
-    #[arg(long, default_value_t = 10)]
+    /// Hits to print, 1 to 100.
+    #[arg(long, default_value_t = 10, value_parser = page_size)]
     pub limit: usize,
     /// Words must all match; supports "exact phrases", OR, -exclusion and prefixes (refu*, "the refu"*); anything else is text.
+    #[arg(value_parser = non_blank)]
     pub query: String,
 }
 
@@ -131,11 +133,12 @@ pub struct ContactArgs {
     /// Find the contact by an identifier, e.g. email:jana@example.cz or phone:+420777123456.
     #[arg(long)]
     pub identifier: Option<String>,
-    /// Timeline entries per page.
-    #[arg(long, default_value_t = 20)]
+    /// Timeline entries per page, 1 to 100.
+    #[arg(long, default_value_t = 20, value_parser = page_size)]
     pub limit: usize,
-    /// Continue after this cursor (the `next_cursor` of the previous page).
-    #[arg(long)]
+    /// Continue after this cursor (the `next_cursor` of the previous page;
+    /// one for entries before 1970 starts with `-`).
+    #[arg(long, allow_hyphen_values = true)]
     pub cursor: Option<String>,
 }
 
@@ -150,4 +153,20 @@ pub struct GenArgs {
     /// Write here instead of standard output.
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+/// The page sizes the API takes, so the CLI answers the same request the same way.
+fn page_size(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n @ 1..=100) => Ok(n),
+        _ => Err("must be a number from 1 to 100".into()),
+    }
+}
+
+/// A query of nothing would match nothing in particular; the API refuses it too.
+fn non_blank(text: &str) -> Result<String, String> {
+    match text.trim() {
+        "" => Err("must not be empty".into()),
+        _ => Ok(text.to_owned()),
+    }
 }

@@ -11,6 +11,9 @@ use crate::model::{Timestamp, valid_tenant_id};
 
 pub const SCHEMA_V1: &str = "contact-event/v1";
 
+/// What some Windows tools put before a UTF-8 text.
+pub const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// The most bytes one event may take: Kafka's default message size limit, so a
 /// file replays what a broker would have accepted (docs/contract.md 6).
 pub const MAX_EVENT_BYTES: usize = 1 << 20;
@@ -24,7 +27,7 @@ pub const MAX_IDENTIFIERS_PER_EVENT: usize = 100;
 /// in dead-letter headers and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    #[error("not valid UTF-8 JSON: {0}")]
+    #[error("not JSON: {0}")]
     NotJson(String),
     #[error("missing required field: {0}")]
     MissingField(String),
@@ -386,7 +389,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     if bytes.len() > MAX_EVENT_BYTES {
         return Err(DecodeError::TooLarge(format!("more than {MAX_EVENT_BYTES} bytes")));
     }
-    let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    if bytes.starts_with(UTF8_BOM) {
+        return Err(DecodeError::NotJson("starts with a byte order mark (U+FEFF), which JSON text must not".into()));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotJson(format!("not UTF-8: {e}")))?;
     let envelope: Envelope<'_> = serde_json::from_str(text).map_err(DecodeError::from_serde)?;
     if envelope.schema != SCHEMA_V1 {
         return Err(DecodeError::UnknownSchema(envelope.schema));
@@ -568,5 +574,14 @@ mod tests {
     #[test]
     fn invalid_utf8_is_rejected_not_panicking() {
         assert_eq!(decode(&[0xff, 0xfe, b'{']).unwrap_err().code(), "not_json");
+    }
+
+    #[test]
+    fn a_not_json_detail_says_what_is_wrong() {
+        let detail = |bytes: &[u8]| decode(bytes).unwrap_err().to_string();
+        assert!(detail(&[0xff, b'{']).starts_with("not JSON: not UTF-8: "), "{}", detail(&[0xff, b'{']));
+        assert!(detail(b"{\"schema\":").starts_with("not JSON: EOF while parsing"), "{}", detail(b"{\"schema\":"));
+        let with_bom = [UTF8_BOM, line(r#","type":"session.started""#).as_bytes()].concat();
+        assert_eq!(detail(&with_bom), "not JSON: starts with a byte order mark (U+FEFF), which JSON text must not");
     }
 }

@@ -357,7 +357,21 @@ mod tests {
 
     #[test]
     fn invalid_and_junk_emails_are_not_identifiers() {
-        for junk in ["", "null", "n/a", "test@test.com", "no-at-sign", "a@b", "a b@c.cz", "@x.cz", "a@-x.cz", "a..b@x.cz"] {
+        for junk in [
+            "",
+            "null",
+            "n/a",
+            "test@test.com",
+            "no-at-sign",
+            "a@b",
+            "a b@c.cz",
+            "@x.cz",
+            "a@-x.cz",
+            "a..b@x.cz",
+            "ann\u{202e}zc.elpmaxe@example.cz",
+            "ann@exa\u{202e}mple.cz",
+            "ann@example.cz\u{2066}",
+        ] {
             assert_eq!(normalize_email(junk), None, "{junk:?}");
         }
     }

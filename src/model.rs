@@ -31,8 +31,13 @@ impl Timestamp {
     }
 
     /// Requires an explicit offset, as the contract does.
+    /// RFC 3339's grammar, as JSON Schema's `date-time` reads it: `T` between
+    /// date and time (the parser would take a space too) and a year from 1.
     pub fn parse_rfc3339(text: &str) -> Option<Self> {
-        let parsed = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+        if !matches!(text.as_bytes().get(10), Some(b'T' | b't')) {
+            return None;
+        }
+        let parsed = OffsetDateTime::parse(text, &Rfc3339).ok().filter(|t| t.year() >= 1)?;
         i64::try_from(parsed.unix_timestamp_nanos() / 1_000).ok().map(Self)
     }
 

@@ -6,7 +6,7 @@
 use std::io::{self, BufRead};
 
 use super::{EventSource, Origin, RawRecord};
-use crate::event::MAX_EVENT_BYTES;
+use crate::event::{MAX_EVENT_BYTES, UTF8_BOM};
 
 pub struct JsonlSource<R> {
     reader: R,
@@ -61,7 +61,11 @@ impl<R: BufRead> EventSource for JsonlSource<R> {
             self.bytes_read += read as u64;
             self.line += 1;
             // A cut line stays as long as it was read, so it cannot pass for a short one.
-            let payload = if cut { &self.buffer[..] } else { self.buffer.trim_ascii() };
+            let mut payload = if cut { &self.buffer[..] } else { self.buffer.trim_ascii() };
+            // Files saved by some Windows tools start with a byte order mark.
+            if self.line == 1 {
+                payload = payload.strip_prefix(UTF8_BOM).unwrap_or(payload);
+            }
             if payload.is_empty() {
                 continue;
             }
@@ -86,6 +90,14 @@ mod tests {
         assert_eq!(positions, [1, 4, 5]);
         assert_eq!(batch[1].payload, b"not json");
         assert!(source.next_batch(10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_line_is_not_part_of_it() {
+        let mut source = JsonlSource::new(&b"\xEF\xBB\xBF{\"a\":1}\n\xEF\xBB\xBF{\"b\":2}\n"[..], "mem");
+        let batch = source.next_batch(10).unwrap();
+        assert_eq!(batch[0].payload, b"{\"a\":1}");
+        assert_eq!(batch[1].payload, b"\xEF\xBB\xBF{\"b\":2}", "only a file's first bytes can be its mark");
     }
 
     #[test]

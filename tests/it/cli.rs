@@ -135,6 +135,46 @@ fn what_people_type_is_text_and_only_an_overlong_query_is_refused() {
 }
 
 #[test]
+fn the_cli_refuses_what_the_api_refuses_and_never_invents_a_directory() {
+    let dir = ingested();
+    let refused = |args: &[&str], says: &str| {
+        let output = contactd(dir.path(), args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    };
+    refused(&["search", "--tenant", "acme", "--limit", "0", "refund"], "from 1 to 100");
+    refused(&["search", "--tenant", "acme", "--limit", "101", "refund"], "from 1 to 100");
+    refused(&["search", "--tenant", "acme", "  "], "must not be empty");
+    refused(&["contact", "--tenant", "acme", "--identifier", "email:jana.novakova@example.cz", "--limit", "0"], "from 1 to 100");
+    // A cursor for entries before 1970 starts with `-`: a value, not a flag.
+    let output = contactd(
+        dir.path(),
+        &["contact", "--tenant", "acme", "--identifier", "email:jana.novakova@example.cz", "--cursor", "-5"],
+    );
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("unexpected argument"), "{output:?}");
+    let missing = dir.path().join("mistyped");
+    for args in [&["export"][..], &["contact", "--tenant", "acme", "c-1"]] {
+        let output = contactd(&missing, args);
+        assert!(!output.status.success());
+        assert!(String::from_utf8_lossy(&output.stderr).contains("no directory at"), "{args:?}: {output:?}");
+    }
+    assert!(!missing.exists(), "a read-only command created the data dir it was given");
+}
+
+#[test]
+fn a_file_saved_with_a_byte_order_mark_ingests_from_its_first_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    std::fs::write(&file, [&b"\xEF\xBB\xBF"[..], &std::fs::read(EXAMPLES).unwrap()].concat()).unwrap();
+    let summary = stdout_ok(contactd(&dir.path().join("data"), &["ingest", file.to_str().unwrap()]));
+    assert!(summary.contains("contacts created   3"), "{summary}");
+    let letters = json_lines(&std::fs::read_to_string(dir.path().join("data/dead-letter.jsonl")).unwrap());
+    let reasons: Vec<&str> = letters.iter().map(|l| l["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, ["not_json", "missing_field"], "the same as without the mark");
+}
+
+#[test]
 fn contact_lookup_by_identifier_pages_the_timeline_newest_first() {
     let dir = ingested();
     let first: Value = serde_json::from_str(&stdout_ok(contactd(
