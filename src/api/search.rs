@@ -271,9 +271,8 @@ async fn search_timeline(
             Some(other) => return Err(ApiError::bad_request(format!("order must be best or newest, not {other:?}"))),
         };
         let text = params.q.unwrap_or_default();
-        if text.trim().is_empty() && order == SortOrder::Best {
-            return Err(ApiError::bad_request("q is required unless order=newest"));
-        }
+        // Without words every entry is as relevant as the next: best is newest.
+        let order = if text.trim().is_empty() { SortOrder::Newest } else { order };
         let (limit, offset) = (page_limit(params.limit)?, offset_of(params.cursor.as_deref())?);
         let search = TimelineQuery {
             tenant,
