@@ -12,10 +12,7 @@ use crate::model::{
     CHANGE_SCHEMA_V1, Change, ChangeData, ChangeKind, Claim, Contact, ContactRecord, Details, EntryKind, LinkedBy, NameField,
     NameSource, OwnedIdentifier, SessionRecord, TenantConfig, TimelineEntry, Timestamp, Version, derived_id,
 };
-use crate::store::{DirectoryView, Mutation, StoreResult};
-
-/// Redirect chains longer than this mean corrupt data, not a real merge history.
-const MAX_REDIRECTS: usize = 64;
+use crate::store::{DirectoryView, Followed, Mutation, StoreResult, follow_merges};
 
 /// The most identifiers one contact holds by resolution and operator edits; a
 /// merge may join two contacts past it (docs/contract.md 3.4). It bounds what
@@ -197,22 +194,17 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
 
     /// Follows merge redirects to the live contact, if any.
     fn follow(&mut self, contact_id: &str) -> StoreResult<Target> {
-        let mut id = contact_id.to_owned();
-        for _ in 0..MAX_REDIRECTS {
-            if self.contacts.contains_key(&id) {
-                return Ok(Target::Active(id));
-            }
-            match self.view.contact(self.tenant(), &id)? {
-                Some(ContactRecord::Active(contact)) => {
+        let contacts = &self.contacts;
+        Ok(match follow_merges(self.view, &self.event.tenant_id, contact_id, |id| contacts.contains_key(id))? {
+            Followed::Active(id, read) => {
+                if let Some(contact) = read {
                     self.contacts.insert(id.clone(), contact);
-                    return Ok(Target::Active(id));
                 }
-                Some(ContactRecord::Merged { into }) => id = into,
-                Some(ContactRecord::Deleted { at }) => return Ok(Target::Deleted(at)),
-                None => return Ok(Target::Unknown),
+                Target::Active(id)
             }
-        }
-        Err(crate::store::StoreError::Corrupt(format!("redirect loop from contact {contact_id}")))
+            Followed::Deleted(at) => Target::Deleted(at),
+            Followed::Unknown => Target::Unknown,
+        })
     }
 
     fn contact(&mut self, id: &str) -> &mut Contact {

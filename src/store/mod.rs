@@ -114,6 +114,51 @@ pub trait Store: DirectoryView {
     fn export(&self, visit: &mut dyn FnMut(ExportedContact) -> StoreResult<()>) -> StoreResult<()>;
 }
 
+/// Both backends keep records as JSON text: what one writes the other reads.
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("records serialize to JSON")
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Redirect chains longer than this mean corrupt data, not a real merge history.
+const MAX_REDIRECTS: usize = 64;
+
+/// Where a contact id leads once merges are followed.
+pub enum Followed {
+    /// The live contact, read unless `known_live` already knew it.
+    Active(String, Option<crate::model::Contact>),
+    Deleted(Timestamp),
+    Unknown,
+}
+
+/// Follows merge redirects from `contact_id` to the live contact, a tombstone
+/// or nothing; `known_live` stops the walk at an id the caller holds already.
+/// The one walk resolution and the read views share: a redirect loop in
+/// corrupt data is an error after `MAX_REDIRECTS` hops, never a hang.
+pub fn follow_merges<V: DirectoryView + ?Sized>(
+    view: &V,
+    tenant: &str,
+    contact_id: &str,
+    known_live: impl Fn(&str) -> bool,
+) -> StoreResult<Followed> {
+    let mut id = contact_id.to_owned();
+    for _ in 0..MAX_REDIRECTS {
+        if known_live(&id) {
+            return Ok(Followed::Active(id, None));
+        }
+        match view.contact(tenant, &id)? {
+            Some(ContactRecord::Active(contact)) => return Ok(Followed::Active(id, Some(contact))),
+            Some(ContactRecord::Merged { into }) => id = into,
+            Some(ContactRecord::Deleted { at }) => return Ok(Followed::Deleted(at)),
+            None => return Ok(Followed::Unknown),
+        }
+    }
+    Err(StoreError::Corrupt(format!("redirect loop from contact {contact_id} of tenant {tenant}")))
+}
+
 /// Claims are keyed by a hash of the identifier, so an erased customer's e-mail or
 /// phone does not stay readable in the tombstone that outlives them.
 pub(crate) fn identifier_hash(identifier: &Identifier) -> [u8; 16] {

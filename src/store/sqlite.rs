@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
 
 use super::encoder::ChangeEncoder;
-use super::{DirectoryView, Mutation, Store, StoreError, StoreResult, identifier_hash};
+use super::{DirectoryView, Mutation, Store, StoreError, StoreResult, from_json, identifier_hash, to_json};
 use crate::identity::Identifier;
 use crate::model::{
     Change, Claim, ContactRecord, ExportedContact, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry, Timestamp,
@@ -249,14 +249,6 @@ where
         }
     }
     Ok(())
-}
-
-fn to_json<T: Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("records serialize to JSON")
-}
-
-fn from_json<T: DeserializeOwned>(text: &str) -> StoreResult<T> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 /// WAL is persistent, so only the process that creates the file switches it.

@@ -3,8 +3,8 @@
 
 use serde_json::{Value, json};
 
-use super::{DirectoryView, StoreError};
-use crate::model::{ContactRecord, TimelineCursor, TimelineEntry};
+use super::{DirectoryView, Followed, StoreError, follow_merges};
+use crate::model::{TimelineCursor, TimelineEntry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
@@ -20,13 +20,11 @@ pub enum ViewError {
 
 /// The live contact `requested` is or was merged into, with its id.
 fn live_contact(view: &dyn DirectoryView, tenant: &str, requested: &str) -> Result<(String, crate::model::Contact), ViewError> {
-    let mut id = requested.to_owned();
-    loop {
-        match view.contact(tenant, &id)? {
-            Some(ContactRecord::Active(contact)) => return Ok((id, contact)),
-            Some(ContactRecord::Merged { into }) => id = into,
-            Some(ContactRecord::Deleted { .. }) => return Err(ViewError::Deleted(requested.to_owned())),
-            None => return Err(ViewError::NotFound { tenant: tenant.to_owned(), contact_id: requested.to_owned() }),
+    match follow_merges(view, tenant, requested, |_| false)? {
+        Followed::Active(id, Some(contact)) => Ok((id, contact)),
+        Followed::Deleted(_) => Err(ViewError::Deleted(requested.to_owned())),
+        Followed::Active(_, None) | Followed::Unknown => {
+            Err(ViewError::NotFound { tenant: tenant.to_owned(), contact_id: requested.to_owned() })
         }
     }
 }

@@ -373,3 +373,23 @@ fn a_redelivered_event_changes_nothing() {
     assert_eq!(directory.export(), before);
     assert_eq!(directory.changes().len(), changes);
 }
+
+#[test]
+fn a_merge_loop_in_corrupt_data_is_an_error_not_a_hang() {
+    use contactd::model::{ContactRecord, Timestamp};
+    use contactd::store::view::{self, ViewError};
+    use contactd::store::{Mutation, Store, StoreError};
+
+    let mut directory = Directory::new();
+    let redirect = |from: &str, into: &str| Mutation::PutContact {
+        contact_id: from.into(),
+        record: ContactRecord::Merged { into: into.into() },
+    };
+    directory.store.begin().unwrap();
+    directory.store.apply("acme", Timestamp::from_micros(0), &[redirect("c-a", "c-b"), redirect("c-b", "c-a")]).unwrap();
+    directory.store.commit().unwrap();
+    let shown = view::contact_view(&directory.store, "acme", "c-a");
+    assert!(matches!(shown, Err(ViewError::Store(StoreError::Corrupt(_)))), "{shown:?}");
+    let page = view::timeline_page(&directory.store, "acme", "c-b", None, 10);
+    assert!(matches!(page, Err(ViewError::Store(StoreError::Corrupt(_)))), "{page:?}");
+}

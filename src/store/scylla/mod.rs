@@ -34,7 +34,7 @@ mod unit;
 
 pub use unit::CommitStep;
 
-use super::{DirectoryView, Mutation, ReadAhead, Store, StoreError, StoreResult, identifier_hash};
+use super::{DirectoryView, Mutation, ReadAhead, Store, StoreError, StoreResult, from_json, identifier_hash, to_json};
 use crate::identity::Identifier;
 use crate::model::{
     Change, Claim, ContactRecord, ExportedContact, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry, Timestamp,
@@ -99,14 +99,6 @@ fn execution_error(error: ExecutionError) -> StoreError {
 
 fn corrupt(error: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(error.to_string())
-}
-
-fn to_json<T: Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("records serialize to JSON")
-}
-
-fn from_json<T: DeserializeOwned>(text: &str) -> StoreResult<T> {
-    serde_json::from_str(text).map_err(corrupt)
 }
 
 /// Keyspace names are spliced into CQL, so only plain identifiers are accepted.
