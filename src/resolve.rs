@@ -41,7 +41,7 @@ pub enum Unresolvable {
     UnknownContact(String),
     /// The decoder refuses such events; resolution refuses them again rather
     /// than trust that.
-    #[error("neither contact_id nor session_id names the contact")]
+    #[error("the event lacks the contact_id or session_id its type needs")]
     MissingTarget,
 }
 
@@ -596,7 +596,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         let event = self.event;
         let tenant = event.tenant_id.clone();
         let (Some(session_id), Some(contact_id)) = (&event.session_id, &event.contact_id) else {
-            unreachable!("decode requires session_id and contact_id for session.linked")
+            return Ok(Step::Reject(Unresolvable::MissingTarget));
         };
         let into = match self.follow(contact_id)? {
             Target::Active(id) => id,
@@ -687,7 +687,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
     fn unlink(&mut self) -> StoreResult<Step> {
         let event = self.event;
         let tenant = event.tenant_id.clone();
-        let session_id = event.session_id.clone().expect("decode requires session_id for session.unlinked");
+        let Some(session_id) = event.session_id.clone() else { return Ok(Step::Reject(Unresolvable::MissingTarget)) };
         let Some(record) = self.view.session(&tenant, &session_id)? else { return Ok(Step::Done) };
         let Some(attached) = record.contact_id.clone() else { return Ok(Step::Done) };
         let Target::Active(contact_id) = self.follow(&attached)? else { return Ok(Step::Done) };

@@ -393,3 +393,31 @@ fn a_merge_loop_in_corrupt_data_is_an_error_not_a_hang() {
     let page = view::timeline_page(&directory.store, "acme", "c-b", None, 10);
     assert!(matches!(page, Err(ViewError::Store(StoreError::Corrupt(_)))), "{page:?}");
 }
+
+/// Resolution does not trust the decoder to have checked an event's ids: an
+/// event built without them is refused with a reason, never a panic.
+#[test]
+fn operator_events_without_the_ids_their_type_needs_are_refused_not_panicking() {
+    use contactd::event::{Channel, Event, EventBody};
+    use contactd::model::Timestamp;
+    use contactd::resolve::{self, Resolution};
+
+    let directory = Directory::new();
+    for body in [EventBody::SessionLinked, EventBody::SessionUnlinked, EventBody::ContactDeleted] {
+        let event = Event {
+            event_id: "e1".into(),
+            tenant_id: "acme".into(),
+            occurred_at: Timestamp::from_micros(0),
+            channel: Channel::Operator,
+            session_id: None,
+            contact_id: None,
+            identity: None,
+            body: body.clone(),
+        };
+        let resolution = resolve::resolve(&event, &directory.store).unwrap();
+        assert!(
+            matches!(&resolution, Resolution::Rejected(reason) if reason.code() == "missing_field"),
+            "{body:?}: {resolution:?}"
+        );
+    }
+}
