@@ -167,9 +167,13 @@ pub fn migrate(options: &ScyllaOptions) -> StoreResult<i32> {
     let runtime = runtime()?;
     runtime.block_on(async {
         let session = connect(options).await?;
+        let keyspace_options = keyspace_options(&options.keyspace, tablets(&session, &options.keyspace).await?)?;
         let current = schema_version(&session, &options.keyspace).await.unwrap_or(0);
         for (version, script) in MIGRATIONS.iter().filter(|(version, _)| *version > current) {
-            let script = script.replace("{keyspace}", &options.keyspace).replace("{replication}", &options.replication);
+            let script = script
+                .replace("{keyspace}", &options.keyspace)
+                .replace("{replication}", &options.replication)
+                .replace("{keyspace_options}", keyspace_options);
             for statement in statements(&script) {
                 session.query_unpaged(statement, ()).await.map_err(execution_error)?;
             }
@@ -184,6 +188,50 @@ pub fn migrate(options: &ScyllaOptions) -> StoreResult<i32> {
         }
         Ok(current.max(SCHEMA_VERSION))
     })
+}
+
+/// What the server says about tablets, ScyllaDB's data distribution that
+/// (through 2025.3 at least) refuses lightweight transactions, which every
+/// claim and record write of this store is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tablets {
+    /// Apache Cassandra, or a ScyllaDB from before tablets: nothing to say.
+    Unknown,
+    /// A ScyllaDB that has tablets; whether the keyspace exists and uses them.
+    Available { keyspace: Option<bool> },
+}
+
+/// ScyllaDB describes its keyspaces' tablets in `system_schema.scylla_keyspaces`
+/// (`initial_tablets` is null when they are off); Cassandra has no such table.
+async fn tablets(session: &Session, keyspace: &str) -> StoreResult<Tablets> {
+    let query = "SELECT * FROM system_schema.scylla_keyspaces WHERE keyspace_name = ?";
+    let result = match session.query_unpaged(query, (keyspace,)).await {
+        Ok(result) => result,
+        // "unconfigured table": not a ScyllaDB.
+        Err(ExecutionError::LastAttemptError(RequestAttemptError::DbError(DbError::Invalid, _))) => return Ok(Tablets::Unknown),
+        Err(other) => return Err(execution_error(other)),
+    };
+    let rows = result.into_rows_result().map_err(corrupt)?;
+    let Some(column) = rows.column_specs().as_slice().iter().position(|spec| spec.name() == "initial_tablets") else {
+        return Ok(Tablets::Unknown);
+    };
+    let row = rows.maybe_first_row::<scylla::value::Row>().map_err(corrupt)?;
+    Ok(Tablets::Available { keyspace: row.map(|row| row.columns.get(column).is_some_and(Option::is_some)) })
+}
+
+/// What `CREATE KEYSPACE` adds after the replication: tablets off where the
+/// server has them. A keyspace that already uses them is refused, with how to
+/// make one that works: tablets cannot be turned off in place.
+fn keyspace_options(keyspace: &str, tablets: Tablets) -> StoreResult<&'static str> {
+    match tablets {
+        Tablets::Unknown => Ok(""),
+        Tablets::Available { keyspace: Some(true) } => Err(StoreError::Fatal(format!(
+            "keyspace {keyspace} uses tablets, and ScyllaDB refuses lightweight transactions there; every claim needs \
+             one. Let `contactd migrate` create a new keyspace (it turns tablets off), or create it yourself WITH \
+             tablets = {{'enabled': false}} (docs/operations.md)"
+        ))),
+        Tablets::Available { .. } => Ok(" AND tablets = {'enabled': false}"),
+    }
 }
 
 /// The statements of a CQL script: `;`-terminated, `--` comments dropped.
@@ -1167,11 +1215,28 @@ mod tests {
 
     #[test]
     fn the_schema_script_splits_into_its_statements() {
-        let script = MIGRATIONS[0].1.replace("{keyspace}", "ks").replace("{replication}", "{'class': 'SimpleStrategy'}");
+        let script = MIGRATIONS[0]
+            .1
+            .replace("{keyspace}", "ks")
+            .replace("{replication}", "{'class': 'SimpleStrategy'}")
+            .replace("{keyspace_options}", "");
         let statements = statements(&script);
         assert_eq!(statements.len(), 11, "keyspace, schema version and nine tables");
         assert!(statements.iter().all(|s| s.starts_with("CREATE ")), "{statements:?}");
         assert!(statements.iter().all(|s| !s.contains("--")));
+    }
+
+    #[test]
+    fn a_keyspace_turns_tablets_off_where_the_server_has_them_and_one_using_them_is_refused() {
+        assert_eq!(keyspace_options("ks", Tablets::Unknown).unwrap(), "");
+        for keyspace in [None, Some(false)] {
+            let options = keyspace_options("ks", Tablets::Available { keyspace }).unwrap();
+            assert_eq!(options, " AND tablets = {'enabled': false}");
+        }
+        let refused = keyspace_options("ks", Tablets::Available { keyspace: Some(true) }).unwrap_err().to_string();
+        assert!(refused.contains("keyspace ks uses tablets") && refused.contains("'enabled': false"), "{refused}");
+        let script = MIGRATIONS[0].1.replace("{keyspace_options}", " AND tablets = {'enabled': false}");
+        assert!(script.contains("WITH replication = {replication} AND tablets = {'enabled': false};"));
     }
 
     #[test]
