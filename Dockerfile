@@ -30,9 +30,9 @@ COPY --from=build /usr/local/bin/contactd /usr/local/bin/contactd
 COPY examples/events.jsonl /usr/share/contactd/examples/events.jsonl
 USER 10001:10001
 WORKDIR /var/lib/contactd
-ENV CONTACTD__DATA_DIR=/var/lib/contactd \
-    CONTACTD__LOG__FORMAT=json \
-    CONTACTD__LOG__FILTER=info
+# No CONTACTD__ settings here: environment variables outrank the config file,
+# so any set by the image would silently override what the Helm chart and
+# docker-compose write into contactd.toml (data_dir, log format and filter).
 # 9464: worker metrics and probes; 9465: indexer search API, metrics and probes.
 EXPOSE 9464 9465
 ENTRYPOINT ["/usr/local/bin/contactd"]

@@ -98,3 +98,19 @@ fn the_dashboard_shows_every_metric_the_binaries_export() {
         .collect();
     assert!(missing.is_empty(), "metrics no dashboard panel shows: {missing:?}");
 }
+
+/// Environment variables outrank the config file, so a setting baked into the
+/// image would silently override the one the chart or compose file writes.
+#[test]
+fn the_image_sets_no_setting_the_config_file_would_lose_to() {
+    let dockerfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
+    let baked: Vec<&str> =
+        dockerfile.lines().filter(|line| !line.trim_start().starts_with('#') && line.contains("CONTACTD__")).collect();
+    assert!(baked.is_empty(), "the Dockerfile sets {baked:?}");
+    for config in ["deploy/compose/contactd.toml"] {
+        let text = std::fs::read_to_string(format!("{}/{config}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        for key in ["data_dir", "format", "filter"] {
+            assert!(text.lines().any(|line| line.starts_with(&format!("{key} = "))), "{config} does not set {key}");
+        }
+    }
+}
