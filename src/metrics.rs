@@ -50,9 +50,29 @@ fn register_all<const N: usize>(registry: &Registry, collectors: [Box<dyn promet
     names
 }
 
+/// What every process exports beside its own metrics: the build it runs in
+/// which role (its presence says the process is up, so an alert can see the
+/// whole fleet gone) and the process collector's CPU, memory, descriptors and
+/// start time (`process_*`, whose start time counts restarts). Returns the
+/// names of contactd's own: the process collector's are standard.
+fn register_process(registry: &Registry, role: &'static str) -> Vec<String> {
+    let build = IntGaugeVec::new(
+        Opts::new("contactd_build_info", "The running build, 1 per process, by role and version"),
+        &["role", "version"],
+    )
+    .expect("valid metric");
+    build.with_label_values(&[role, env!("CARGO_PKG_VERSION")]).set(1);
+    #[cfg(target_os = "linux")]
+    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).expect("metric names are unique");
+    register_all(registry, [Box::new(build)])
+}
+
 fn render(registry: &Registry) -> String {
     TextEncoder::new().encode_to_string(&registry.gather()).unwrap_or_default()
 }
+
+/// The `result` label of `contactd_store_unit_seconds`.
+pub const STORE_RESULTS: [&str; 3] = ["ok", "transient", "fatal"];
 
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 const AGE_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 21_600.0, 86_400.0];
@@ -129,6 +149,12 @@ impl WorkerMetrics {
             Box::new(metrics.offset_gaps.clone()),
         ];
         metrics.names = register_all(&metrics.registry, collectors);
+        metrics.names.extend(register_process(&metrics.registry, "worker"));
+        // Every result's series exists from the start, so a rate or increase
+        // sees the first fatal unit of a worker that exits right after it.
+        for result in STORE_RESULTS {
+            metrics.store_seconds.with_label_values(&[result]);
+        }
         metrics
     }
 
@@ -219,6 +245,7 @@ impl IndexerMetrics {
             Box::new(metrics.request_seconds.clone()),
         ];
         metrics.names = register_all(&metrics.registry, collectors);
+        metrics.names.extend(register_process(&metrics.registry, "indexer"));
         metrics
     }
 
@@ -236,5 +263,25 @@ impl IndexerMetrics {
 impl Default for IndexerMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_process_says_what_build_runs_and_how_the_process_fares() {
+        let worker = WorkerMetrics::new().render();
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(worker.contains(&format!("contactd_build_info{{role=\"worker\",version=\"{version}\"}} 1")), "{worker}");
+        assert!(worker.contains("contactd_store_unit_seconds_count{result=\"fatal\"} 0"), "{worker}");
+        let indexer = IndexerMetrics::new().render();
+        assert!(indexer.contains("contactd_build_info{role=\"indexer\""), "{indexer}");
+        if cfg!(target_os = "linux") {
+            for text in [&worker, &indexer] {
+                assert!(text.contains("process_start_time_seconds ") && text.contains("process_resident_memory_bytes "));
+            }
+        }
     }
 }
