@@ -26,6 +26,8 @@ const METADATA_REFRESH: Duration = Duration::from_secs(30);
 /// fetch only after this wait (librdkafka's default is 500 ms).
 pub const CONSUMER_SETTINGS: &[(&str, &str)] = &[("fetch.wait.max.ms", "100")];
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// How often the replica asks the broker how far behind the topic it is.
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,19 @@ impl Positions {
         consumer.assign(&list)?;
         info!(topic = %self.topic, partitions = self.partitions, "assigned from the index's checkpoint");
         Ok(())
+    }
+
+    /// The next offset to apply in `partition`, given its low watermark.
+    fn next_in(&self, partition: i32, low: i64) -> i64 {
+        self.next.get(&Checkpoint::partition_key(&self.topic, partition)).copied().unwrap_or(low).max(low)
+    }
+
+    /// Each partition's high watermark, as the broker says it now; none for a
+    /// partition it did not answer for.
+    fn watermarks(&self, consumer: &BaseConsumer) -> BTreeMap<i32, (i64, i64)> {
+        (0..self.partitions)
+            .filter_map(|partition| Some((partition, consumer.fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT).ok()?)))
+            .collect()
     }
 
     fn mirror(&self, consumer: &BaseConsumer, metrics: &IndexerMetrics) {
@@ -114,10 +129,16 @@ pub fn run(
     let mut writer = index.writer(config.index.writer_memory_mb << 20)?;
     let topic = config.kafka.changes_topic.clone();
     let consumer: BaseConsumer = consumer_config(&config.kafka, &config.indexer.group_id, CONSUMER_SETTINGS).create()?;
+    health.set_catching_up(true);
     let Some(partitions) = partition_count(&consumer, &topic, health, shutdown) else { return Ok(()) };
     let mut positions = Positions { topic: topic.clone(), partitions, next: index.checkpoint()?.offsets };
     positions.assign(&consumer)?;
     report_documents(index, metrics);
+    // Ready once what the topic held at the start is applied and committed:
+    // until then a search would answer from part of the history.
+    let mut catching_up = true;
+    let mut catch_up_to: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+    let mut last_lag_check: Option<Instant> = None;
     let commit_interval = Duration::from_millis(config.indexer.commit_interval_ms);
     let mut last_commit = Instant::now();
     let mut last_refresh = Instant::now();
@@ -172,6 +193,26 @@ pub fn run(
             commit(&mut writer, &positions, &mut uncommitted)?;
             dirty = false;
             last_commit = Instant::now();
+        }
+        if last_lag_check.is_none_or(|at| at.elapsed() >= LAG_INTERVAL) {
+            last_lag_check = Some(Instant::now());
+            for (partition, (low, high)) in positions.watermarks(&consumer) {
+                let lag = (high - positions.next_in(partition, low)).max(0);
+                metrics.lag.with_label_values(&[&partition.to_string()]).set(lag);
+                if catching_up {
+                    catch_up_to.entry(partition).or_insert((low, high));
+                }
+            }
+        }
+        if catching_up
+            && !dirty
+            && (0..positions.partitions).all(|partition| {
+                catch_up_to.get(&partition).is_some_and(|(low, high)| positions.next_in(partition, *low) >= *high)
+            })
+        {
+            info!("caught up with the changes topic; serving searches");
+            catching_up = false;
+            health.set_catching_up(false);
         }
         if last_refresh.elapsed() >= METADATA_REFRESH {
             last_refresh = Instant::now();

@@ -190,6 +190,8 @@ pub struct IndexerMetrics {
     pub freshness_seconds: Histogram,
     /// Searchable documents, by `index` (timeline, contacts).
     pub documents: IntGaugeVec,
+    /// Changes on the topic not yet in this replica's index, by `partition`.
+    pub lag: IntGaugeVec,
     /// Offset commits mirroring the index's checkpoint to Kafka, by `result`.
     pub offset_mirrors: IntCounterVec,
     /// API requests by `route` and `status`.
@@ -220,6 +222,11 @@ impl IndexerMetrics {
             .expect("valid metric"),
             documents: IntGaugeVec::new(Opts::new("contactd_index_documents", "Searchable documents"), &["index"])
                 .expect("valid metric"),
+            lag: IntGaugeVec::new(
+                Opts::new("contactd_index_lag", "Changes on the topic not yet applied to this replica's index"),
+                &["partition"],
+            )
+            .expect("valid metric"),
             offset_mirrors: IntCounterVec::new(
                 Opts::new("contactd_index_offset_mirrors_total", "Offset commits mirroring the index checkpoint"),
                 &["result"],
@@ -235,11 +242,12 @@ impl IndexerMetrics {
             registry,
             names: Vec::new(),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 7] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
             Box::new(metrics.changes.clone()),
             Box::new(metrics.commit_seconds.clone()),
             Box::new(metrics.freshness_seconds.clone()),
             Box::new(metrics.documents.clone()),
+            Box::new(metrics.lag.clone()),
             Box::new(metrics.offset_mirrors.clone()),
             Box::new(metrics.requests.clone()),
             Box::new(metrics.request_seconds.clone()),

@@ -26,6 +26,9 @@ pub struct Health {
     /// Lanes waiting out a store or broker failure.
     stalled_lanes: AtomicUsize,
     draining: AtomicBool,
+    /// An indexer that has not yet applied what the changes topic held when
+    /// it started: it would answer searches from a partial index.
+    catching_up: AtomicBool,
     /// How long the poll loop may be silent before the process counts as hung.
     liveness_window_ms: AtomicU64,
 }
@@ -62,6 +65,10 @@ impl Health {
         self.draining.store(true, Ordering::Relaxed);
     }
 
+    pub fn set_catching_up(&self, catching_up: bool) {
+        self.catching_up.store(catching_up, Ordering::Relaxed);
+    }
+
     pub fn is_live(&self) -> bool {
         now_ms().saturating_sub(self.last_poll_ms.load(Ordering::Relaxed)) <= self.liveness_window_ms.load(Ordering::Relaxed)
     }
@@ -74,6 +81,8 @@ impl Health {
             Some("no broker reachable")
         } else if self.stalled_lanes.load(Ordering::Relaxed) > 0 {
             Some("waiting out a store or broker failure")
+        } else if self.catching_up.load(Ordering::Relaxed) {
+            Some("catching up with the changes topic")
         } else {
             None
         }

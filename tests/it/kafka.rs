@@ -686,6 +686,11 @@ fn the_indexer_resumes_from_its_index_after_kill_9_with_no_missing_or_duplicate_
 
     let documents = |indexer: &Service, index: &str| indexer.metric("contactd_index_documents", &format!("index=\"{index}\""));
     let mut indexer = Service::start(&data, &config, "indexer");
+    // Read in this order, a ready replica must already show documents: it is
+    // never ready on an empty index while the topic holds changes.
+    if indexer.ready() == Some(true) {
+        assert!(documents(&indexer, "timeline") > 0.0, "ready before applying what the topic held");
+    }
     eventually("the first indexer commits", || documents(&indexer, "timeline") > 0.0);
     for pause_ms in [0, 150, 400] {
         std::thread::sleep(Duration::from_millis(pause_ms));
@@ -694,6 +699,11 @@ fn the_indexer_resumes_from_its_index_after_kill_9_with_no_missing_or_duplicate_
     }
     eventually("the indexer catches up", || {
         documents(&indexer, "timeline") == entries && documents(&indexer, "contacts") == contacts
+    });
+    eventually("the caught-up indexer is ready", || indexer.ready() == Some(true));
+    eventually("and reports no lag", || {
+        indexer.get("/metrics").is_some_and(|(_, body)| body.contains("contactd_index_lag{partition=\"0\"} 0"))
+            && indexer.metric("contactd_index_lag", "") == 0.0
     });
     let replayed = indexer.metric("contactd_index_changes_total", "");
     assert!(replayed < changes, "the last indexer resumed from its index ({replayed} of {changes} changes)");
