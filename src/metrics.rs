@@ -18,6 +18,9 @@ pub struct WorkerMetrics {
     /// One write unit in the store, by `result` (ok, transient, fatal).
     pub store_seconds: HistogramVec,
     pub store_retries: IntCounter,
+    /// Errors that stop the worker, by `stage` (`store`: writing a unit or
+    /// reading its changes back).
+    pub fatal_errors: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
     pub in_flight: IntGauge,
     pub pauses: IntCounter,
@@ -100,6 +103,11 @@ impl WorkerMetrics {
             .expect("valid metric"),
             store_retries: IntCounter::new("contactd_store_retries_total", "Write units retried after a transient failure")
                 .expect("valid metric"),
+            fatal_errors: IntCounterVec::new(
+                Opts::new("contactd_fatal_errors_total", "Errors that stop the worker, by stage"),
+                &["stage"],
+            )
+            .expect("valid metric"),
             consumer_lag: IntGaugeVec::new(
                 Opts::new("contactd_consumer_lag", "High watermark minus committed offset"),
                 &["topic", "partition"],
@@ -131,12 +139,13 @@ impl WorkerMetrics {
             registry,
             names: Vec::new(),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
             Box::new(metrics.events.clone()),
             Box::new(metrics.processing_seconds.clone()),
             Box::new(metrics.event_age_seconds.clone()),
             Box::new(metrics.store_seconds.clone()),
             Box::new(metrics.store_retries.clone()),
+            Box::new(metrics.fatal_errors.clone()),
             Box::new(metrics.consumer_lag.clone()),
             Box::new(metrics.in_flight.clone()),
             Box::new(metrics.pauses.clone()),
@@ -155,6 +164,7 @@ impl WorkerMetrics {
         for result in STORE_RESULTS {
             metrics.store_seconds.with_label_values(&[result]);
         }
+        metrics.fatal_errors.with_label_values(&["store"]);
         metrics
     }
 
@@ -284,6 +294,7 @@ mod tests {
         let version = env!("CARGO_PKG_VERSION");
         assert!(worker.contains(&format!("contactd_build_info{{role=\"worker\",version=\"{version}\"}} 1")), "{worker}");
         assert!(worker.contains("contactd_store_unit_seconds_count{result=\"fatal\"} 0"), "{worker}");
+        assert!(worker.contains("contactd_fatal_errors_total{stage=\"store\"} 0"), "{worker}");
         let indexer = IndexerMetrics::new().render();
         assert!(indexer.contains("contactd_build_info{role=\"indexer\""), "{indexer}");
         if cfg!(target_os = "linux") {

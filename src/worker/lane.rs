@@ -264,7 +264,10 @@ impl<S: Store + ChangeSink + Outbox> Lane<S> {
         let result = loop {
             match attempt(self) {
                 Attempt::Done(value) => break Ok(value),
-                Attempt::Fatal(error) => break Err(Stop::Fatal(error)),
+                Attempt::Fatal(error) => {
+                    self.shared.metrics.fatal_errors.with_label_values(&[what]).inc();
+                    break Err(Stop::Fatal(error));
+                }
                 Attempt::Retry(reason) => {
                     if self.shared.give_up.load(Ordering::Relaxed) {
                         break Err(Stop::GaveUp);
