@@ -192,7 +192,7 @@ pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummar
         let size = file.metadata().ok().map(|m| m.len());
         (Box::new(BufReader::with_capacity(1 << 20, file)), size, args.file.display().to_string())
     };
-    let mut source = JsonlSource::new(reader, name);
+    let mut source = JsonlSource::new(reader, name).with_max_event_bytes(config.limits.event_bytes);
     let (mut store, store_path) = open_sqlite(config)?;
     let index = SearchIndex::open_or_create(&config.index_path()).context("opening the index")?;
     let mut dead_letters = JsonlDeadLetters::open(&config.dead_letter_path()).context("opening the dead-letter file")?;
@@ -227,7 +227,7 @@ pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummar
                 loop {
                     spent_batches.try_iter().for_each(drop);
                     let read = source.next_batch(batch_size).map(|batch| {
-                        let decoded = pipeline::decode_batch(&batch);
+                        let decoded = pipeline::decode_batch_within(&batch, &config.limits);
                         (batch, decoded, source.bytes_read())
                     });
                     let last = read.as_ref().map_or(true, |(batch, _, _)| batch.is_empty());

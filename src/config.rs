@@ -10,7 +10,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::model::valid_tenant_id;
+use crate::model::{Limits, valid_tenant_id};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -29,6 +29,7 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub indexer: IndexerConfig,
     pub api: ApiConfig,
+    pub limits: Limits,
     pub log: LogConfig,
 }
 
@@ -232,6 +233,7 @@ impl Default for Config {
             worker: WorkerConfig::default(),
             indexer: IndexerConfig::default(),
             api: ApiConfig::default(),
+            limits: Limits::default(),
             log: LogConfig::default(),
         }
     }
@@ -391,6 +393,14 @@ impl Config {
             }
         }
         self.validate_tokens()?;
+        if !(1024..=64 << 20).contains(&self.limits.event_bytes) {
+            return Err(ConfigError::Invalid("limits.event_bytes must be within 1024..=67108864".into()));
+        }
+        if self.limits.identifiers_per_event == 0 || self.limits.identifiers_per_contact == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.identifiers_per_event and limits.identifiers_per_contact must be at least 1".into(),
+            ));
+        }
         let positive = [
             ("ingest.batch_size", self.ingest.batch_size as u64),
             ("ingest.max_attempts", u64::from(self.ingest.max_attempts)),
@@ -647,6 +657,12 @@ mod tests {
             jail.set_env("CONTACTD__API__TOKENS", r#"{"ac me"=["t"]}"#);
             refused("is not a tenant id");
             jail.set_env("CONTACTD__API__TOKENS", "{}");
+            jail.set_env("CONTACTD__LIMITS__EVENT_BYTES", "10");
+            refused("limits.event_bytes must be within");
+            jail.set_env("CONTACTD__LIMITS__EVENT_BYTES", "2048");
+            jail.set_env("CONTACTD__LIMITS__IDENTIFIERS_PER_CONTACT", "0");
+            refused("limits.identifiers_per_contact must be at least 1");
+            jail.set_env("CONTACTD__LIMITS__IDENTIFIERS_PER_CONTACT", "10");
             let error = Config::load(Some(jail.directory()), &FlagOverrides::default()).unwrap_err().to_string();
             assert!(error.contains("is not a file"), "{error}");
             Ok(())

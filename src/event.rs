@@ -7,21 +7,12 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::model::{Timestamp, valid_tenant_id};
+use crate::model::{Limits, Timestamp, valid_tenant_id};
 
 pub const SCHEMA_V1: &str = "contact-event/v1";
 
 /// What some Windows tools put before a UTF-8 text.
 pub const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
-
-/// The most bytes one event may take: Kafka's default message size limit, so a
-/// file replays what a broker would have accepted (docs/contract.md 6).
-pub const MAX_EVENT_BYTES: usize = 1 << 20;
-
-/// The most identifier values one event may carry in `identity`, `add` and
-/// `remove` together, and apart from those, the most e-mail participants: a
-/// bound on the work and the writes one event can cause (docs/contract.md 6).
-pub const MAX_IDENTIFIERS_PER_EVENT: usize = 100;
 
 /// Why an event cannot be processed. The `code` is stable: it names the reason
 /// in dead-letter headers and metrics.
@@ -363,19 +354,20 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), DecodeError> {
     Ok(())
 }
 
-fn check_identifier_count(identity: Option<&RawIdentity>, body: &EventBody) -> Result<(), DecodeError> {
+fn check_identifier_count(identity: Option<&RawIdentity>, body: &EventBody, limits: &Limits) -> Result<(), DecodeError> {
+    let most = limits.identifiers_per_event;
     let mut carried = identity.map_or(0, RawIdentity::values);
     if let EventBody::ContactUpdated { add, remove, .. } = body {
         carried += add.as_deref().map_or(0, RawIdentity::values) + remove.as_deref().map_or(0, RawIdentity::values);
     }
-    if carried > MAX_IDENTIFIERS_PER_EVENT {
-        return Err(DecodeError::TooLarge(format!("{carried} identifier values, at most {MAX_IDENTIFIERS_PER_EVENT}")));
+    if carried > most {
+        return Err(DecodeError::TooLarge(format!("{carried} identifier values, at most {most}")));
     }
     if let EventBody::Email { participants, .. } = body
-        && participants.len() > MAX_IDENTIFIERS_PER_EVENT
+        && participants.len() > most
     {
         let count = participants.len();
-        return Err(DecodeError::TooLarge(format!("{count} participants, at most {MAX_IDENTIFIERS_PER_EVENT}")));
+        return Err(DecodeError::TooLarge(format!("{count} participants, at most {most}")));
     }
     Ok(())
 }
@@ -384,10 +376,15 @@ fn require<'a>(field: &str, value: &'a Option<String>, kind: &str) -> Result<&'a
     value.as_deref().ok_or_else(|| DecodeError::MissingField(format!("{field} (required for {kind})")))
 }
 
-/// Decodes one message value. Unknown extra fields are ignored (docs/contract.md 6).
+/// Decodes one message value within the default limits.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
-    if bytes.len() > MAX_EVENT_BYTES {
-        return Err(DecodeError::TooLarge(format!("more than {MAX_EVENT_BYTES} bytes")));
+    decode_within(bytes, &Limits::default())
+}
+
+/// Decodes one message value. Unknown extra fields are ignored (docs/contract.md 6).
+pub fn decode_within(bytes: &[u8], limits: &Limits) -> Result<Event, DecodeError> {
+    if bytes.len() > limits.event_bytes {
+        return Err(DecodeError::TooLarge(format!("more than {} bytes", limits.event_bytes)));
     }
     if bytes.starts_with(UTF8_BOM) {
         return Err(DecodeError::NotJson("starts with a byte order mark (U+FEFF), which JSON text must not".into()));
@@ -484,7 +481,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         EventBody::TenantConfigured { .. } | EventBody::ContactCreated => {}
     }
-    check_identifier_count(envelope.identity.as_ref(), &body)?;
+    check_identifier_count(envelope.identity.as_ref(), &body, limits)?;
     Ok(Event {
         event_id: envelope.event_id,
         tenant_id: envelope.tenant_id,
@@ -538,8 +535,9 @@ mod tests {
 
     #[test]
     fn an_event_over_the_size_or_identifier_limits_is_too_large() {
-        let padded = line(&format!(r#","type":"session.started","pad":"{}""#, "x".repeat(MAX_EVENT_BYTES)));
-        let emails: Vec<String> = (0..=MAX_IDENTIFIERS_PER_EVENT).map(|n| format!("u{n}@example.com")).collect();
+        let limits = Limits::default();
+        let padded = line(&format!(r#","type":"session.started","pad":"{}""#, "x".repeat(limits.event_bytes)));
+        let emails: Vec<String> = (0..=limits.identifiers_per_event).map(|n| format!("u{n}@example.com")).collect();
         let identity = serde_json::json!({ "emails": emails }).to_string();
         let many = line(&format!(r#","type":"identity.provided","identity":{identity}"#));
         let split = line(&format!(
@@ -550,8 +548,8 @@ mod tests {
             r#","type":"email.received","payload":{{"thread_id":"t","message_id":"m","subject":"s","text":"x","participants":{participants}}}"#
         ));
         for (input, detail) in [
-            (padded, "more than 1048576 bytes"),
-            (many, "101 identifier values, at most 100"),
+            (padded.clone(), "more than 1048576 bytes"),
+            (many.clone(), "101 identifier values, at most 100"),
             (split, "102 identifier values, at most 100"),
             (thread, "101 participants, at most 100"),
         ] {
@@ -560,9 +558,12 @@ mod tests {
         }
         let at_the_limit = line(&format!(
             r#","type":"identity.provided","identity":{}"#,
-            serde_json::json!({ "emails": &emails[..MAX_IDENTIFIERS_PER_EVENT] })
+            serde_json::json!({ "emails": &emails[..limits.identifiers_per_event] })
         ));
         assert!(decode(at_the_limit.as_bytes()).is_ok());
+        let raised = Limits { event_bytes: 2 << 20, identifiers_per_event: 200, ..limits };
+        assert!(decode_within(many.as_bytes(), &raised).is_ok(), "a configured limit is the one applied");
+        assert!(decode_within(padded.as_bytes(), &raised).is_ok());
     }
 
     #[test]

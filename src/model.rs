@@ -98,6 +98,26 @@ pub struct Version {
     pub event_id: String,
 }
 
+/// Bounds on what one input may cost (docs/contract.md 1 and 3.4); the
+/// `[limits]` section of the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// The most bytes one event may take. Default 1048576 (1 MiB), Kafka's default message size.
+    pub event_bytes: usize,
+    /// The most identifier values one event carries in `identity`, `add` and
+    /// `remove` together, and the most e-mail participants. Default 100.
+    pub identifiers_per_event: usize,
+    /// The most identifiers a contact takes by resolution and operator edits. Default 1000.
+    pub identifiers_per_contact: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { event_bytes: 1 << 20, identifiers_per_event: 100, identifiers_per_contact: 1000 }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantConfig {
     pub identifying_params: Vec<String>,

@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 
 use crate::event::{self, Event};
 use crate::index::{Checkpoint, Delivery, IndexError, IndexWriters, SearchIndex};
-use crate::model::Timestamp;
+use crate::model::{Limits, Timestamp};
 use crate::publish::{ChangeLog, ChangeSink, DeadLetter};
 use crate::resolve::{self, Resolution};
 use crate::source::RawRecord;
@@ -90,13 +90,19 @@ pub struct DecodedBatch {
     events: Vec<(usize, Event)>,
     rejections: Vec<Rejection>,
     records: usize,
+    /// The limits decoding applied, which resolution applies too.
+    limits: Limits,
 }
 
 pub fn decode_batch(batch: &[RawRecord]) -> DecodedBatch {
-    let mut decoded = DecodedBatch { records: batch.len(), ..DecodedBatch::default() };
+    decode_batch_within(batch, &Limits::default())
+}
+
+pub fn decode_batch_within(batch: &[RawRecord], limits: &Limits) -> DecodedBatch {
+    let mut decoded = DecodedBatch { records: batch.len(), limits: *limits, ..DecodedBatch::default() };
     decoded.events.reserve(batch.len());
     for (index, record) in batch.iter().enumerate() {
-        match event::decode(&record.payload) {
+        match event::decode_within(&record.payload, limits) {
             Ok(event) => decoded.events.push((index, event)),
             Err(error) => decoded.rejections.push(Rejection { index, reason: error.code(), detail: error.to_string() }),
         }
@@ -111,6 +117,15 @@ pub fn process_batch<S: Store + ChangeSink>(store: &mut S, batch: &[RawRecord]) 
     apply_batch(store, &decode_batch(batch))
 }
 
+/// [`process_batch`] within configured limits.
+pub fn process_batch_within<S: Store + ChangeSink>(
+    store: &mut S,
+    batch: &[RawRecord],
+    limits: &Limits,
+) -> Result<BatchOutcome, StoreError> {
+    apply_batch(store, &decode_batch_within(batch, limits))
+}
+
 /// Resolves and applies a decoded batch's events in order inside one write
 /// unit; see [`process_batch`].
 pub fn apply_batch<S: Store + ChangeSink>(store: &mut S, decoded: &DecodedBatch) -> Result<BatchOutcome, StoreError> {
@@ -122,8 +137,9 @@ pub fn apply_batch<S: Store + ChangeSink>(store: &mut S, decoded: &DecodedBatch)
     store.begin()?;
     // A failed commit leaves the unit open just like a failed write: either way
     // it is rolled back, so a retry starts clean.
-    let applied =
-        read_ahead(store, &decoded.events).and_then(|()| apply_events(store, &decoded.events, &mut outcome)).and_then(|()| {
+    let applied = read_ahead(store, &decoded.events)
+        .and_then(|()| apply_events(store, &decoded.events, &decoded.limits, &mut outcome))
+        .and_then(|()| {
             outcome.units.extend(store.open_unit());
             store.commit()
         });
@@ -168,13 +184,14 @@ fn read_ahead<S: Store>(store: &S, events: &[(usize, Event)]) -> Result<(), Stor
 fn apply_events<S: Store + ChangeSink>(
     store: &mut S,
     events: &[(usize, Event)],
+    limits: &Limits,
     outcome: &mut BatchOutcome,
 ) -> Result<(), StoreError> {
     for (index, event) in events {
         let span =
             tracing::debug_span!("event", tenant = %event.tenant_id, event_id = %event.event_id, kind = event.body.type_name());
         let _entered = span.enter();
-        let result = match resolve::resolve(event, &*store)? {
+        let result = match resolve::resolve_within(event, &*store, limits)? {
             Resolution::Duplicate { unit } => {
                 outcome.report.duplicates += 1;
                 outcome.units.insert(unit);

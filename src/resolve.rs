@@ -9,15 +9,10 @@ use serde_json::json;
 use crate::event::{EmailDirection, Event, EventBody, IdentitySource};
 use crate::identity::{self, Identifier, IdentifierKind, NormalizedIdentity};
 use crate::model::{
-    CHANGE_SCHEMA_V1, Change, ChangeData, ChangeKind, Claim, Contact, ContactRecord, Details, EntryKind, LinkedBy, NameField,
-    NameSource, OwnedIdentifier, SessionRecord, TenantConfig, TimelineEntry, Timestamp, Version, derived_id,
+    CHANGE_SCHEMA_V1, Change, ChangeData, ChangeKind, Claim, Contact, ContactRecord, Details, EntryKind, Limits, LinkedBy,
+    NameField, NameSource, OwnedIdentifier, SessionRecord, TenantConfig, TimelineEntry, Timestamp, Version, derived_id,
 };
 use crate::store::{DirectoryView, Followed, Mutation, StoreResult, follow_merges};
-
-/// The most identifiers one contact holds by resolution and operator edits; a
-/// merge may join two contacts past it (docs/contract.md 3.4). It bounds what
-/// every later event of the contact reads and writes back.
-pub const MAX_IDENTIFIERS_PER_CONTACT: usize = 1000;
 
 /// Why an event was accepted but changed nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,12 +70,22 @@ pub enum Resolution {
     Applied(Plan),
 }
 
+/// Resolves within the default limits.
 pub fn resolve<V: DirectoryView + ?Sized>(event: &Event, view: &V) -> StoreResult<Resolution> {
+    resolve_within(event, view, &Limits::default())
+}
+
+/// A contact takes at most `limits.identifiers_per_contact` identifiers;
+/// past that they are refused in the open (docs/contract.md 3.4), which bounds
+/// what every later event of the contact reads and writes back. A merge may
+/// join two contacts past it.
+pub fn resolve_within<V: DirectoryView + ?Sized>(event: &Event, view: &V, limits: &Limits) -> StoreResult<Resolution> {
     if let Some(unit) = view.event_unit(&event.tenant_id, &event.event_id)? {
         return Ok(Resolution::Duplicate { unit });
     }
     let config = view.tenant_config(&event.tenant_id)?.unwrap_or_default();
-    let mut resolver = Resolver { event, view, config, plan: Plan::default(), contacts: HashMap::new(), entries: 0 };
+    let mut resolver =
+        Resolver { event, view, config, limits: *limits, plan: Plan::default(), contacts: HashMap::new(), entries: 0 };
     resolver.plan.mutations.push(Mutation::MarkSeen { event_id: event.event_id.clone() });
     let step = match &event.body {
         EventBody::TenantConfigured { identifying_params, default_phone_region } => {
@@ -165,6 +170,7 @@ struct Resolver<'a, V: ?Sized> {
     event: &'a Event,
     view: &'a V,
     config: TenantConfig,
+    limits: Limits,
     plan: Plan,
     /// Working copies of the live contacts this event touches, written once in `finish`.
     contacts: HashMap<String, Contact>,
@@ -338,11 +344,10 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             if self.contact(contact_id).owns(identifier) {
                 continue;
             }
-            if self.contact(contact_id).identifiers.len() >= MAX_IDENTIFIERS_PER_CONTACT {
+            let most = self.limits.identifiers_per_contact;
+            if self.contact(contact_id).identifiers.len() >= most {
                 let details = ChangeData { identifier: Some(identifier.to_string()), ..ChangeData::default() };
-                let text = format!(
-                    "{identifier} not added: the contact holds {MAX_IDENTIFIERS_PER_CONTACT} identifiers, the most one contact may"
-                );
+                let text = format!("{identifier} not added: the contact holds {most} identifiers, the most one contact may");
                 self.record(contact_id, ChangeKind::IdentityConflict, EntryKind::IdentityConflict, text, details);
                 continue;
             }

@@ -1,12 +1,13 @@
 //! JSONL events from a file or standard input, one event per line. Blank lines
 //! are skipped; every other line is a record, valid or not. A line longer than
-//! an event may be keeps only its first `MAX_EVENT_BYTES + 1` bytes, so that the
+//! an event may be keeps only its first `max_event_bytes + 1` bytes, so that the
 //! decoder refuses it as too large while the rest is read past, never held.
 
 use std::io::{self, BufRead};
 
 use super::{EventSource, Origin, RawRecord};
-use crate::event::{MAX_EVENT_BYTES, UTF8_BOM};
+use crate::event::UTF8_BOM;
+use crate::model::Limits;
 
 pub struct JsonlSource<R> {
     reader: R,
@@ -14,23 +15,37 @@ pub struct JsonlSource<R> {
     line: u64,
     buffer: Vec<u8>,
     bytes_read: u64,
+    max_event_bytes: usize,
 }
 
 impl<R: BufRead> JsonlSource<R> {
     pub fn new(reader: R, name: impl Into<String>) -> Self {
-        Self { reader, name: name.into(), line: 0, buffer: Vec::new(), bytes_read: 0 }
+        Self {
+            reader,
+            name: name.into(),
+            line: 0,
+            buffer: Vec::new(),
+            bytes_read: 0,
+            max_event_bytes: Limits::default().event_bytes,
+        }
+    }
+
+    /// Lines longer than `bytes` are cut (the default is `Limits`').
+    pub fn with_max_event_bytes(mut self, bytes: usize) -> Self {
+        self.max_event_bytes = bytes;
+        self
     }
 
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read
     }
 
-    /// Reads one line into `buffer`, keeping at most `MAX_EVENT_BYTES + 1`
+    /// Reads one line into `buffer`, keeping at most `max_event_bytes + 1`
     /// bytes of it; returns the bytes consumed (0 at the end) and whether the
     /// line was cut.
     fn read_line(&mut self) -> io::Result<(usize, bool)> {
         self.buffer.clear();
-        let keep = MAX_EVENT_BYTES + 1;
+        let keep = self.max_event_bytes + 1;
         let mut consumed = 0;
         loop {
             let available = self.reader.fill_buf()?;
@@ -102,19 +117,22 @@ mod tests {
 
     #[test]
     fn a_line_longer_than_an_event_is_cut_and_reading_goes_on_at_the_next() {
-        let mut input = vec![b' '; 3 * MAX_EVENT_BYTES];
-        input[MAX_EVENT_BYTES] = b'x';
+        let max = Limits::default().event_bytes;
+        let mut input = vec![b' '; 3 * max];
+        input[max] = b'x';
         input.extend_from_slice(b"\n{\"b\":2}\n");
-        input.extend(std::iter::repeat_n(b'y', MAX_EVENT_BYTES + 1));
+        input.extend(std::iter::repeat_n(b'y', max + 1));
         // A small buffer makes the long lines arrive in many reads.
         let mut source = JsonlSource::new(io::BufReader::with_capacity(4096, &input[..]), "mem");
         let batch = source.next_batch(10).unwrap();
         let lengths: Vec<usize> = batch.iter().map(|r| r.payload.len()).collect();
-        assert_eq!(lengths, [MAX_EVENT_BYTES + 1, 7, MAX_EVENT_BYTES + 1]);
+        assert_eq!(lengths, [max + 1, 7, max + 1]);
         assert_eq!(batch[1].payload, b"{\"b\":2}");
         assert_eq!(source.bytes_read(), input.len() as u64);
-        let event_sized = format!("{}\n", "z".repeat(MAX_EVENT_BYTES));
+        let event_sized = format!("{}\n", "z".repeat(max));
         let batch = JsonlSource::new(event_sized.as_bytes(), "mem").next_batch(10).unwrap();
-        assert_eq!(batch[0].payload.len(), MAX_EVENT_BYTES, "an event of the largest size is whole");
+        assert_eq!(batch[0].payload.len(), max, "an event of the largest size is whole");
+        let batch = JsonlSource::new(event_sized.as_bytes(), "mem").with_max_event_bytes(10).next_batch(10).unwrap();
+        assert_eq!(batch[0].payload.len(), 11, "a configured limit is the one applied");
     }
 }

@@ -7,7 +7,6 @@ use rdkafka::statistics::Statistics;
 
 use super::{Origin, RawRecord};
 use crate::config::{KafkaConfig, WorkerConfig};
-use crate::event::MAX_EVENT_BYTES;
 
 /// A consumer in `group_id` whose offsets move only when its owner commits
 /// them, after the effects are durable; a new group starts from the earliest
@@ -33,10 +32,10 @@ pub fn worker_consumer_config(kafka: &KafkaConfig, worker: &WorkerConfig) -> Cli
 /// The record of a fetched message. Of a message larger than an event may be,
 /// only enough is copied for the decoder to refuse it and the dead letter to
 /// show how it starts.
-pub fn record_of(message: &BorrowedMessage<'_>) -> RawRecord {
+pub fn record_of(message: &BorrowedMessage<'_>, max_event_bytes: usize) -> RawRecord {
     let payload = message.payload().unwrap_or_default();
     RawRecord {
-        payload: payload[..payload.len().min(MAX_EVENT_BYTES + 1)].to_vec(),
+        payload: payload[..payload.len().min(max_event_bytes + 1)].to_vec(),
         origin: Origin {
             source: message.topic().to_owned(),
             partition: Some(message.partition()),

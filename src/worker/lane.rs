@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 
 use super::Shared;
 use super::tracker::PartitionKey;
-use crate::model::Timestamp;
+use crate::model::{Limits, Timestamp};
 use crate::pipeline::{self, BatchOutcome};
 use crate::publish::kafka::{KafkaPublisher, Pending, PublishError};
 use crate::publish::{ChangeSink, DeadLetter, EncodedUnit, Outbox};
@@ -33,6 +33,7 @@ pub(super) struct Lane<S> {
     pub shared: Arc<Shared>,
     pub batch_size: usize,
     pub max_backoff: Duration,
+    pub limits: Limits,
 }
 
 /// One try of a step that may be retried.
@@ -124,7 +125,7 @@ impl<S: Store + ChangeSink + Outbox> Lane<S> {
         let records: Vec<RawRecord> = jobs.iter().map(|job| job.record.clone()).collect();
         let outcome = self.retry("store", |lane| {
             let started = Instant::now();
-            let result = pipeline::process_batch(&mut lane.store, &records);
+            let result = pipeline::process_batch_within(&mut lane.store, &records, &lane.limits);
             let label = match &result {
                 Ok(_) => "ok",
                 Err(error) if error.is_transient() => "transient",

@@ -305,6 +305,7 @@ where
             shared: Arc::clone(&shared),
             batch_size: worker.batch_size,
             max_backoff: Duration::from_millis(worker.max_backoff_ms),
+            limits: config.limits,
         };
         senders.push(sender);
         handles.push(std::thread::Builder::new().name(format!("contactd-lane-{number}")).spawn(move || lane.run())?);
@@ -337,7 +338,7 @@ where
                 }
                 let generation = dispatched.generation;
                 let job = Job {
-                    record: kafka::record_of(&message),
+                    record: kafka::record_of(&message, config.limits.event_bytes),
                     key: message.key().map(<[u8]>::to_vec),
                     partition: key,
                     generation,

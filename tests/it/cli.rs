@@ -3,7 +3,7 @@
 
 use std::process::{Command, Output, Stdio};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::harness::{EXAMPLES, contactd};
 
@@ -58,6 +58,29 @@ fn an_over_long_line_is_dead_lettered_with_its_start_and_the_next_line_applies()
     let kept = too_large[0]["payload"].as_str().unwrap();
     assert!(kept.starts_with("{\"schema\":\"contact-event/v1\",\"padding\":\"xxx"));
     assert_eq!(kept.len(), (1 << 20) + 1, "the dead letter keeps the start, not the whole line");
+}
+
+#[test]
+fn ingest_applies_the_configured_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    let wide = json!({ "schema": "contact-event/v1", "event_id": "e1", "tenant_id": "acme", "type": "identity.provided",
+        "occurred_at": "2026-11-02T09:00:00Z", "channel": "chat", "session_id": "s1",
+        "identity": { "emails": ["a@example.cz", "b@example.cz", "c@example.cz"] } });
+    std::fs::write(&file, format!("{wide}\n")).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_contactd"))
+        .args(["--data-dir", dir.path().join("data").to_str().unwrap(), "ingest", file.to_str().unwrap()])
+        .env_remove("CONTACTD_CONFIG")
+        .env("CONTACTD__LIMITS__IDENTIFIERS_PER_EVENT", "2")
+        .output()
+        .unwrap();
+    stdout_ok(output);
+    let letters = json_lines(&std::fs::read_to_string(dir.path().join("data/dead-letter.jsonl")).unwrap());
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        (letters[0]["reason"].as_str(), letters[0]["detail"].as_str()),
+        (Some("too_large"), Some("too large: 3 identifier values, at most 2"))
+    );
 }
 
 #[test]

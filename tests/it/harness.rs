@@ -42,6 +42,19 @@ impl Directory {
         (outcome.report, outcome.rejections.iter().map(|r| r.reason).collect())
     }
 
+    /// Feeds events as one batch within `limits`.
+    pub fn feed_within(&mut self, events: &[Value], limits: &contactd::model::Limits) -> Report {
+        let batch: Vec<RawRecord> = events
+            .iter()
+            .enumerate()
+            .map(|(i, event)| RawRecord {
+                payload: event.to_string().into_bytes(),
+                origin: Origin { source: "test".into(), partition: None, position: i as u64 + 1 },
+            })
+            .collect();
+        pipeline::process_batch_within(&mut self.store, &batch, limits).expect("batch applies").report
+    }
+
     /// Feeds events one batch each, so every event sees the previous ones committed.
     pub fn feed(&mut self, events: &[Value]) -> Report {
         let mut total = Report::default();

@@ -1,7 +1,6 @@
 //! docs/contract.md sections 2-4, rule by rule, through the real pipeline and store.
 
 use contactd::model::{Change, ChangeKind};
-use contactd::resolve::MAX_IDENTIFIERS_PER_CONTACT;
 use contactd::store::DirectoryView;
 use serde_json::{Value, json};
 
@@ -351,7 +350,7 @@ fn a_contact_takes_identifiers_up_to_its_limit_and_records_each_it_refuses() {
     let report = directory.feed(&events);
     assert_eq!(report.rejected_total(), 0);
     let contact = directory.contact_with_email("u0@example.cz");
-    assert_eq!(contact.state.emails.len(), MAX_IDENTIFIERS_PER_CONTACT);
+    assert_eq!(contact.state.emails.len(), contactd::model::Limits::default().identifiers_per_contact);
     let changes = directory.changes();
     let refused: Vec<&Change> =
         changes.iter().filter(|c| c.kind == ChangeKind::IdentityConflict && c.data.owner_contact_id.is_none()).collect();
@@ -360,6 +359,12 @@ fn a_contact_takes_identifiers_up_to_its_limit_and_records_each_it_refuses() {
     let entries = directory.store.timeline("acme", &contact.contact_id, None, 5000).unwrap();
     let noted = entries.iter().filter(|e| e.text.contains("not added: the contact holds 1000 identifiers")).count();
     assert_eq!(noted, 100);
+
+    let mut configured = Directory::new();
+    let limits = contactd::model::Limits { identifiers_per_contact: 5, ..contactd::model::Limits::default() };
+    let emails: Vec<String> = (0..8).map(|n| format!("v{n}@example.cz")).collect();
+    configured.feed_within(&[identified("e1", 1, "s1", json!({ "emails": emails }))], &limits);
+    assert_eq!(configured.contact_with_email("v0@example.cz").state.emails.len(), 5, "a configured limit is the one applied");
 }
 
 #[test]
