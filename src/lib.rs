@@ -4,21 +4,19 @@
 
 #![forbid(unsafe_code)]
 
+pub use contactd_core::{event, identity, model, resolve};
+
 pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod corpus;
-pub mod event;
-pub mod identity;
 pub mod index;
 pub mod indexer;
 pub mod metrics;
-pub mod model;
 pub mod pipeline;
 pub mod priority;
 pub mod publish;
-pub mod resolve;
 pub mod source;
 pub mod store;
 pub mod telemetry;

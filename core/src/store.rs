@@ -1,0 +1,146 @@
+//! The store seam. Resolution reads through `DirectoryView` and answers with
+//! `Mutation`s; a `Store` (the `contactd` crate has SQLite and ScyllaDB) applies them. Every read and write names its partition
+//! (tenant plus one key), so the same trait fits SQLite and a wide-column store.
+
+use crate::identity::Identifier;
+use crate::model::{
+    Claim, ContactRecord, ExportedContact, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry, Timestamp,
+};
+
+/// What a store failure means to the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Worth retrying with backoff: the store was busy or unreachable.
+    #[error("store temporarily unavailable: {0}")]
+    Transient(String),
+    /// Stored data could not be read back: stop and page someone.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// Anything else the backend reports: stop.
+    #[error("store failure: {0}")]
+    Fatal(String),
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The keys a write unit's events will read first: whether each event was
+/// processed, each tenant's configuration, each session, each identifier's
+/// claim and each named contact. A store with a network round trip per read
+/// reads them all at once instead of one after another.
+#[derive(Debug, Default)]
+pub struct ReadAhead {
+    pub tenants: Vec<String>,
+    pub events: Vec<(String, String)>,
+    pub sessions: Vec<(String, String)>,
+    pub claims: Vec<(String, Identifier)>,
+    pub contacts: Vec<(String, String)>,
+}
+
+/// Reads by partition key only: no joins, no scans on the hot path.
+pub trait DirectoryView {
+    /// Whether [`DirectoryView::read_ahead`] is worth computing its keys for.
+    fn reads_ahead(&self) -> bool {
+        false
+    }
+    /// Reads `keys` into the open unit, so that the unit's later reads of
+    /// them cost nothing. What a unit read is what it read, whenever it read
+    /// it: the commit checks it the same way.
+    fn read_ahead(&self, _keys: &ReadAhead) -> StoreResult<()> {
+        Ok(())
+    }
+    fn tenant_config(&self, tenant: &str) -> StoreResult<Option<TenantConfig>>;
+    /// The change unit an event was recorded in, if it was processed before: a
+    /// redelivery republishes that unit when it is still undelivered.
+    fn event_unit(&self, tenant: &str, event_id: &str) -> StoreResult<Option<u64>>;
+    fn session(&self, tenant: &str, session_id: &str) -> StoreResult<Option<SessionRecord>>;
+    fn claim(&self, tenant: &str, identifier: &Identifier) -> StoreResult<Option<Claim>>;
+    fn contact(&self, tenant: &str, contact_id: &str) -> StoreResult<Option<ContactRecord>>;
+    /// The contact's sessions, sorted.
+    fn contact_sessions(&self, tenant: &str, contact_id: &str) -> StoreResult<Vec<String>>;
+    /// Newest first, strictly older than `before`, at most `limit` entries.
+    fn timeline(
+        &self,
+        tenant: &str,
+        contact_id: &str,
+        before: Option<&TimelineCursor>,
+        limit: usize,
+    ) -> StoreResult<Vec<TimelineEntry>>;
+    fn timeline_len(&self, tenant: &str, contact_id: &str) -> StoreResult<u64>;
+    /// Entries of a session that has not resolved to a contact yet.
+    fn pending(&self, tenant: &str, session_id: &str) -> StoreResult<Vec<TimelineEntry>>;
+}
+
+/// One write, within one tenant. A plan's mutations are applied in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mutation {
+    MarkSeen { event_id: String },
+    PutTenantConfig(TenantConfig),
+    PutSession { session_id: String, record: SessionRecord },
+    PutContact { contact_id: String, record: ContactRecord },
+    LinkSession { contact_id: String, session_id: String },
+    UnlinkSession { contact_id: String, session_id: String },
+    SetClaim { identifier: Identifier, claim: Claim },
+    PutEntry { contact_id: String, entry: TimelineEntry },
+    DeleteEntry { contact_id: String, occurred_at: Timestamp, entry_id: String },
+    DeleteTimeline { contact_id: String },
+    PutPending { session_id: String, entry: TimelineEntry },
+    ClearPending { session_id: String },
+}
+
+/// A directory backend. Writes happen in units opened by `begin` and closed by
+/// `commit`; backends without transactions make them no-ops and rely on the
+/// mutations being idempotent.
+pub trait Store: DirectoryView {
+    fn begin(&mut self) -> StoreResult<()>;
+    /// Applies one event's mutations. `at` is when that event happened: a store
+    /// that orders concurrent writes by timestamp writes with it, so an erasure's
+    /// tombstones shadow whatever an older event writes after them.
+    fn apply(&mut self, tenant: &str, at: Timestamp, mutations: &[Mutation]) -> StoreResult<()>;
+    fn commit(&mut self) -> StoreResult<()>;
+    fn rollback(&mut self) -> StoreResult<()>;
+    /// Every live contact, ordered by tenant then contact id. A batch job, not a
+    /// hot path: backends may scan.
+    fn export(&self, visit: &mut dyn FnMut(ExportedContact) -> StoreResult<()>) -> StoreResult<()>;
+}
+
+/// Redirect chains longer than this mean corrupt data, not a real merge history.
+const MAX_REDIRECTS: usize = 64;
+
+/// Where a contact id leads once merges are followed.
+pub enum Followed {
+    /// The live contact, read unless `known_live` already knew it.
+    Active(String, Option<crate::model::Contact>),
+    Deleted(Timestamp),
+    Unknown,
+}
+
+/// Follows merge redirects from `contact_id` to the live contact, a tombstone
+/// or nothing; `known_live` stops the walk at an id the caller holds already.
+/// The one walk resolution and the read views share: a redirect loop in
+/// corrupt data is an error after `MAX_REDIRECTS` hops, never a hang.
+pub fn follow_merges<V: DirectoryView + ?Sized>(
+    view: &V,
+    tenant: &str,
+    contact_id: &str,
+    known_live: impl Fn(&str) -> bool,
+) -> StoreResult<Followed> {
+    let mut id = contact_id.to_owned();
+    for _ in 0..MAX_REDIRECTS {
+        if known_live(&id) {
+            return Ok(Followed::Active(id, None));
+        }
+        match view.contact(tenant, &id)? {
+            Some(ContactRecord::Active(contact)) => return Ok(Followed::Active(id, Some(contact))),
+            Some(ContactRecord::Merged { into }) => id = into,
+            Some(ContactRecord::Deleted { at }) => return Ok(Followed::Deleted(at)),
+            None => return Ok(Followed::Unknown),
+        }
+    }
+    Err(StoreError::Corrupt(format!("redirect loop from contact {contact_id} of tenant {tenant}")))
+}
