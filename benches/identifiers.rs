@@ -1,6 +1,7 @@
 //! What one event costs as the identifiers it carries grow: the same number of
 //! identifiers (CONTACTD_BENCH_IDENTIFIERS, default 20000) arrives as events of
-//! 1, 10 and 100 e-mails each (100 is the most an event may carry), each event
+//! 1, 10, 100 and 1,000 e-mails each (past 100, the default most an event may
+//! carry, with `limits.identifiers_per_event` raised as an operator would), each event
 //! a new customer, into a fresh SQLite store in units of the same number of
 //! identifiers. Per identifier: store bytes written, change bytes published,
 //! peak heap while a unit is processed, and time. A cost that grows with the
@@ -9,6 +10,7 @@
 
 use std::time::Instant;
 
+use contactd::model::Limits;
 use contactd::pipeline;
 use contactd::publish::ChangeLog;
 use contactd::source::{Origin, RawRecord};
@@ -55,12 +57,13 @@ fn measure(per_event: usize, total: usize) -> Cost {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut store = SqliteStore::open(&dir.path().join("bench.sqlite3"), &SqliteOptions::default()).expect("store");
     let empty = directory_bytes(dir.path());
+    let limits = Limits { identifiers_per_event: per_event.max(Limits::default().identifiers_per_event), ..Limits::default() };
     let mut peak_heap = 0;
     let started = Instant::now();
     for unit in records.chunks(UNIT_IDENTIFIERS / per_event) {
         // The peak counts from the reset: what the unit added to the heap at most.
         ALLOCATOR.reset_peak_memory();
-        pipeline::process_batch(&mut store, unit).expect("unit");
+        pipeline::process_batch_within(&mut store, unit, &limits).expect("unit");
         peak_heap = peak_heap.max(ALLOCATOR.get_peak_memory());
     }
     let elapsed = started.elapsed();
@@ -83,7 +86,8 @@ fn measure(per_event: usize, total: usize) -> Cost {
 
 fn main() {
     let total = std::env::var("CONTACTD_BENCH_IDENTIFIERS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    let costs: Vec<(usize, Cost)> = [1, 10, 100].into_iter().map(|per_event| (per_event, measure(per_event, total))).collect();
+    let costs: Vec<(usize, Cost)> =
+        [1, 10, 100, 1_000].into_iter().map(|per_event| (per_event, measure(per_event, total))).collect();
     let base = &costs[0].1;
     println!(
         "contactd identifiers benchmark, {total} identifiers, units of {UNIT_IDENTIFIERS}; per identifier, and ratio to 1 per event"

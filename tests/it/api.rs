@@ -138,6 +138,8 @@ fn every_refusal_is_json_and_hostile_requests_leave_the_server_answering() {
     let (_dir, service) = served();
     let auth = "Authorization: Bearer acme-token\r\n";
     let nested = format!("/v1/tenants/acme/search?q={}", "%28".repeat(30_000));
+    // The report's 6 KB URL that once overflowed a worker's stack: past the query bound.
+    let deep = format!("/v1/tenants/acme/search?q={}", "%28".repeat(3_000));
     for (lines, status, error) in [
         (format!("GET /nowhere HTTP/1.1\r\n{auth}"), 404, "not_found"),
         (format!("POST /nowhere HTTP/1.1\r\n{auth}"), 404, "not_found"),
@@ -146,6 +148,8 @@ fn every_refusal_is_json_and_hostile_requests_leave_the_server_answering() {
         (format!("GET /v1/tenants/%FF/search?q=a HTTP/1.1\r\n{auth}"), 400, "bad_request"),
         (format!("GET /v1/tenants/acme/contacts/%C3%28/timeline HTTP/1.1\r\n{auth}"), 400, "bad_request"),
         (format!("GET {nested} HTTP/1.1\r\n{auth}"), 414, ""),
+        (format!("GET {deep} HTTP/1.1\r\n{auth}"), 400, "bad_request"),
+        (format!("GET /v1/tenants/acme/search?q={}refund HTTP/1.1\r\n{auth}", "%28".repeat(900)), 200, ""),
     ] {
         let (answered, head, body) = service.request(&lines).expect("the server answers");
         assert_eq!(answered, status, "{}: {head} {body}", &lines[..lines.len().min(80)]);
@@ -156,8 +160,12 @@ fn every_refusal_is_json_and_hostile_requests_leave_the_server_answering() {
         // it, with no body (schemas/openapi.json, `NoBody`).
         if status != 414 {
             let body: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {head} {body}"));
-            assert_eq!(body["error"], error, "{body}");
-            assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
+            if status == 200 {
+                assert!(!body["hits"].as_array().unwrap().is_empty(), "brackets are text around the word: {body}");
+            } else {
+                assert_eq!(body["error"], error, "{body}");
+                assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
+            }
         }
     }
     let huge_header = format!("GET /healthz HTTP/1.1\r\nX-Filler: {}\r\n", "a".repeat(1 << 20));

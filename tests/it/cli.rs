@@ -352,3 +352,33 @@ fn a_reader_that_stops_early_ends_the_command_quietly() {
         assert!(stderr.is_empty(), "{args:?} printed to stderr: {stderr}");
     }
 }
+
+/// What a refactoring must leave byte for byte as it was: the examples' export,
+/// every contact with its whole timeline, and the dead letters. After an intended
+/// change of output, `CONTACTD_BLESS=1 cargo test --test it cli::the_examples` rewrites
+/// `tests/golden/examples.txt`, and the diff is reviewed with the change.
+#[test]
+fn the_examples_give_the_outputs_recorded_in_the_golden_file() {
+    let dir = ingested();
+    let export = stdout_ok(contactd(dir.path(), &["export"]));
+    let mut outputs = format!("# export\n{export}");
+    for contact in json_lines(&export) {
+        let (tenant, id) = (contact["tenant_id"].as_str().unwrap(), contact["contact_id"].as_str().unwrap());
+        let shown = stdout_ok(contactd(dir.path(), &["contact", "--tenant", tenant, id, "--limit", "100"]));
+        outputs.push_str(&format!("# contact {tenant} {id}\n{shown}"));
+    }
+    outputs.push_str("# dead letters\n");
+    for mut letter in json_lines(&std::fs::read_to_string(dir.path().join("dead-letter.jsonl")).unwrap()) {
+        letter.as_object_mut().unwrap().remove("source");
+        outputs.push_str(&format!("{letter}\n"));
+    }
+    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/examples.txt");
+    if std::env::var_os("CONTACTD_BLESS").is_some() {
+        std::fs::write(&golden, &outputs).unwrap();
+    }
+    let recorded = std::fs::read_to_string(&golden).expect("tests/golden/examples.txt");
+    if outputs != recorded {
+        let first = outputs.lines().zip(recorded.lines()).position(|(now, then)| now != then);
+        panic!("outputs differ from tests/golden/examples.txt (first differing line {first:?}); now:\n{outputs}");
+    }
+}

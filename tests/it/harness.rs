@@ -287,9 +287,15 @@ impl Service {
     pub fn request(&self, lines: &str) -> Option<(u16, String, String)> {
         let mut stream = TcpStream::connect(&self.probes).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(stream, "{lines}Host: {}\r\nConnection: close\r\n\r\n", self.probes).ok()?;
+        // A server refusing an oversized head answers and closes before it has
+        // read the rest, so the write may fail; its answer is still there to read.
+        let written = write!(stream, "{lines}Host: {}\r\nConnection: close\r\n\r\n", self.probes);
         let mut response = Vec::new();
-        stream.read_to_end(&mut response).ok()?;
+        let read = stream.read_to_end(&mut response);
+        if response.is_empty() {
+            written.ok()?;
+            read.ok()?;
+        }
         let response = String::from_utf8(response).ok()?;
         let status = response.split_whitespace().nth(1)?.parse().ok()?;
         let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
