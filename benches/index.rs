@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use contactd::api::Health;
 use contactd::config::Config;
+use contactd::health::Health;
 use contactd::index::{Delivery, SearchIndex, SortOrder, TimelineQuery};
 use contactd::metrics::IndexerMetrics;
 use contactd::model::{Change, TimelineEntry};

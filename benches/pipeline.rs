@@ -54,7 +54,7 @@ fn main() {
 
     let index = contactd::index::SearchIndex::open_or_create(&dir.path().join("index")).expect("index");
     let mut log = SqliteStore::open(&dir.path().join("bench.sqlite3"), &SqliteOptions::default()).expect("store");
-    let options = contactd::config::Config::default().follow_options();
+    let options = contactd::pipeline::FollowOptions::from(&contactd::config::Config::default().index);
     let started = Instant::now();
     let done = std::sync::atomic::AtomicBool::new(true);
     let followed = pipeline::follow_changes(&mut log, &index, &options, &done).expect("index");

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use contactd::api::Health;
 use contactd::config::{Config, FlagOverrides};
+use contactd::health::Health;
 use contactd::metrics::WorkerMetrics;
 use contactd::store::scylla::{ScyllaBackend, ScyllaStore};
-use contactd::store::sqlite::SqliteStore;
+use contactd::store::sqlite::{SqliteOptions, SqliteStore};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -113,7 +113,7 @@ fn worker(brokers: &str, total: usize, mut config: Config, group: &str, instance
         let health = Arc::new(Health::new(Duration::from_secs(600)));
         running.push(match backend {
             Backend::Sqlite(path) => {
-                let (path, options) = (path.clone(), config.sqlite_options());
+                let (path, options) = (path.clone(), SqliteOptions::from(&config.sqlite));
                 std::thread::spawn(move || {
                     contactd::worker::run(&config, || SqliteStore::open(&path, &options), instance_metrics, health, &shutdown)
                 })

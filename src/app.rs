@@ -12,21 +12,22 @@ use anyhow::{Context, bail};
 use serde_json::json;
 use tracing::debug;
 
-use crate::api::{self, Health};
+use crate::api;
 use crate::cli::{Command, ContactArgs, ExportArgs, GenArgs, IngestArgs, ProduceArgs, SearchArgs};
 use crate::config::{Config, StoreLocation};
-use crate::identity::Identifier;
+use crate::health::Health;
 use crate::index::{SearchIndex, TimelineQuery};
 use crate::metrics::{IndexerMetrics, WorkerMetrics};
 use crate::model::Claim;
-use crate::pipeline::{self, FollowReport, Report};
+use crate::model::Identifier;
+use crate::pipeline::{self, FollowOptions, FollowReport, Report};
 use crate::publish::feed::{self, FedLog};
 use crate::publish::jsonl::JsonlDeadLetters;
 use crate::publish::{ChangeLog, DeadLetterSink};
 use crate::source::file::JsonlSource;
 use crate::source::{EventSource, RawRecord};
 use crate::store::scylla::{ScyllaBackend, ScyllaOptions, ScyllaStore};
-use crate::store::sqlite::SqliteStore;
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{Store, view};
 use crate::usage::{self, Usage};
 
@@ -113,8 +114,8 @@ fn open_sqlite(config: &Config) -> anyhow::Result<(SqliteStore, PathBuf)> {
         ),
     };
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let store =
-        SqliteStore::open(&path, &config.sqlite_options()).with_context(|| format!("opening the store {}", path.display()))?;
+    let store = SqliteStore::open(&path, &SqliteOptions::from(&config.sqlite))
+        .with_context(|| format!("opening the store {}", path.display()))?;
     Ok((store, path))
 }
 
@@ -122,7 +123,7 @@ fn open_sqlite(config: &Config) -> anyhow::Result<(SqliteStore, PathBuf)> {
 fn open_store(config: &Config) -> anyhow::Result<Box<dyn Store + Send>> {
     Ok(match config.store_location()? {
         StoreLocation::Sqlite(_) => Box::new(open_sqlite(config)?.0),
-        StoreLocation::Scylla(options) => Box::new(ScyllaStore::new(connect_scylla(&options)?)),
+        StoreLocation::Scylla(target) => Box::new(ScyllaStore::new(connect_scylla(&ScyllaOptions::new(target, &config.scylla))?)),
     })
 }
 
@@ -148,7 +149,8 @@ fn migrate(config: &Config) -> anyhow::Result<()> {
             let (_, path) = open_sqlite(config)?;
             say(&format!("{} is at the current schema (SQLite migrates itself when opened)\n", path.display()))?;
         }
-        StoreLocation::Scylla(options) => {
+        StoreLocation::Scylla(target) => {
+            let options = ScyllaOptions::new(target, &config.scylla);
             let version = crate::store::scylla::migrate(&options)
                 .with_context(|| format!("migrating Scylla {} keyspace {}", options.nodes.join(","), options.keyspace))?;
             say(&format!("keyspace {} is at schema version {version}\n", options.keyspace))?;
@@ -208,8 +210,8 @@ pub fn ingest(args: &IngestArgs, config: &Config) -> anyhow::Result<IngestSummar
             .spawn_scoped(scope, move || -> anyhow::Result<FollowReport> {
                 // The index catches up when the store's writes are done.
                 crate::priority::run_this_thread_in_background();
-                let mut log = FedLog::new(SqliteStore::open(store_path, &config.sqlite_options())?, fed);
-                let report = pipeline::follow_changes(&mut log, index, &config.follow_options(), producer_done)?;
+                let mut log = FedLog::new(SqliteStore::open(store_path, &SqliteOptions::from(&config.sqlite))?, fed);
+                let report = pipeline::follow_changes(&mut log, index, &FollowOptions::from(&config.index), producer_done)?;
                 debug!(units = log.units_from_feed(), "units indexed from memory rather than the outbox");
                 Ok(report)
             })
@@ -414,11 +416,11 @@ fn worker(config: &Config) -> anyhow::Result<()> {
     runtime.spawn(wait_for_signal(Arc::clone(&shutdown)));
     let exit = match config.store_location()? {
         StoreLocation::Sqlite(path) => {
-            let options = config.sqlite_options();
+            let options = SqliteOptions::from(&config.sqlite);
             crate::worker::run(config, || SqliteStore::open(&path, &options), metrics, health, &shutdown)
         }
-        StoreLocation::Scylla(options) => {
-            let backend = connect_scylla(&options)?;
+        StoreLocation::Scylla(target) => {
+            let backend = connect_scylla(&ScyllaOptions::new(target, &config.scylla))?;
             crate::worker::run(config, || Ok(ScyllaStore::new(Arc::clone(&backend))), metrics, health, &shutdown)
         }
     };

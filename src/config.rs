@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -201,7 +200,16 @@ impl Default for ScyllaConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreLocation {
     Sqlite(PathBuf),
-    Scylla(Box<crate::store::scylla::ScyllaOptions>),
+    Scylla(ScyllaTarget),
+}
+
+/// The cluster and keyspace a `scylla://` store names; the `[scylla]` section
+/// says how to reach them (`store::scylla::ScyllaOptions::new`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScyllaTarget {
+    /// Contact points, `host:port`.
+    pub nodes: Vec<String>,
+    pub keyspace: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -480,23 +488,7 @@ impl Config {
         if nodes.is_empty() || keyspace.is_empty() {
             return Err(invalid());
         }
-        let scylla = &self.scylla;
-        let tls = scylla.tls.then(|| crate::store::scylla::TlsFiles {
-            ca_file: scylla.tls_ca_file.clone(),
-            cert_file: scylla.tls_cert_file.clone(),
-            key_file: scylla.tls_key_file.clone(),
-        });
-        Ok(StoreLocation::Scylla(Box::new(crate::store::scylla::ScyllaOptions {
-            nodes,
-            keyspace: keyspace.to_owned(),
-            username: scylla.username.clone(),
-            password: scylla.password.clone(),
-            tls,
-            local_dc: scylla.local_dc.clone(),
-            replication: scylla.replication.clone(),
-            request_timeout: Duration::from_millis(scylla.request_timeout_ms),
-            max_concurrency: scylla.max_concurrency,
-        })))
+        Ok(StoreLocation::Scylla(ScyllaTarget { nodes, keyspace: keyspace.to_owned() }))
     }
 
     /// The configuration as `contactd config` prints it: passwords, API tokens
@@ -525,24 +517,6 @@ impl Config {
 
     pub fn dead_letter_path(&self) -> PathBuf {
         self.data_dir.join("dead-letter.jsonl")
-    }
-
-    pub fn sqlite_options(&self) -> crate::store::sqlite::SqliteOptions {
-        crate::store::sqlite::SqliteOptions {
-            busy_timeout: Duration::from_millis(self.sqlite.busy_timeout_ms),
-            cache_records: self.sqlite.cache_records,
-            page_cache_mb: self.sqlite.page_cache_mb,
-            ..crate::store::sqlite::SqliteOptions::default()
-        }
-    }
-
-    pub fn follow_options(&self) -> crate::pipeline::FollowOptions {
-        crate::pipeline::FollowOptions {
-            writer_memory_bytes: self.index.writer_memory_mb << 20,
-            commit_interval: Duration::from_millis(self.index.commit_interval_ms),
-            commit_every_ops: self.index.commit_every_ops,
-            lock_wait: Duration::from_secs(self.index.lock_wait_secs),
-        }
     }
 }
 
@@ -584,11 +558,8 @@ mod tests {
         config.store = "sqlite:/var/lib/d.sqlite3".into();
         assert_eq!(config.store_location().unwrap(), StoreLocation::Sqlite(PathBuf::from("/var/lib/d.sqlite3")));
         config.store = "scylla://a,b:19042/contactd".into();
-        let StoreLocation::Scylla(options) = config.store_location().unwrap() else { panic!("not scylla") };
-        assert_eq!(
-            (options.nodes, options.keyspace.as_str(), options.tls),
-            (vec!["a:9042".into(), "b:19042".into()], "contactd", None)
-        );
+        let StoreLocation::Scylla(target) = config.store_location().unwrap() else { panic!("not scylla") };
+        assert_eq!((target.nodes, target.keyspace.as_str()), (vec!["a:9042".into(), "b:19042".into()], "contactd"));
         for bad in ["postgres://x/y", "scylla://a,b", "scylla:///ks", "scylla://a/"] {
             config.store = bad.into();
             assert!(config.store_location().is_err(), "{bad}");

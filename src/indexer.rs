@@ -12,8 +12,8 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
-use crate::api::Health;
 use crate::config::Config;
+use crate::health::Health;
 use crate::index::{Checkpoint, Delivery, IndexError, SearchIndex};
 use crate::metrics::IndexerMetrics;
 use crate::model::Change;

@@ -11,6 +11,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod corpus;
+pub mod health;
 pub mod index;
 pub mod indexer;
 pub mod metrics;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
+use crate::config::IndexConfig;
 use crate::event::{self, Event};
 use crate::index::{Checkpoint, Delivery, IndexError, IndexWriters, SearchIndex};
 use crate::model::{Limits, Timestamp};
@@ -254,6 +255,17 @@ pub struct FollowOptions {
     /// How long to wait for another process's index writer before giving up; the
     /// changes stay in the outbox for the next run.
     pub lock_wait: Duration,
+}
+
+impl From<&IndexConfig> for FollowOptions {
+    fn from(settings: &IndexConfig) -> Self {
+        Self {
+            writer_memory_bytes: settings.writer_memory_mb << 20,
+            commit_interval: Duration::from_millis(settings.commit_interval_ms),
+            commit_every_ops: settings.commit_every_ops,
+            lock_wait: Duration::from_secs(settings.lock_wait_secs),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,13 +1,11 @@
 //! Event decoding (docs/contract.md section 1): bytes from a source become a validated
 //! `Event`, or a `DecodeError` whose reason code travels with the dead letter.
 
-use std::collections::BTreeMap;
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::model::{Limits, Timestamp, valid_tenant_id};
+use crate::identity::{RawIdentity, is_known_region};
+use crate::model::{Channel, Limits, Timestamp, valid_tenant_id};
 
 pub const SCHEMA_V1: &str = "contact-event/v1";
 
@@ -54,91 +52,6 @@ impl DecodeError {
             serde_json::error::Category::Data => Self::WrongType(message),
             _ => Self::NotJson(message),
         }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Channel {
-    Chat,
-    Email,
-    Messenger,
-    Whatsapp,
-    Apple,
-    Vk,
-    Voip,
-    Operator,
-}
-
-impl Channel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Chat => "chat",
-            Self::Email => "email",
-            Self::Messenger => "messenger",
-            Self::Whatsapp => "whatsapp",
-            Self::Apple => "apple",
-            Self::Vk => "vk",
-            Self::Voip => "voip",
-            Self::Operator => "operator",
-        }
-    }
-}
-
-impl fmt::Display for Channel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IdentitySource {
-    Form,
-    HeroCard,
-    OauthGoogle,
-    OauthFacebook,
-    Callback,
-    Operator,
-    Channel,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FacebookPsid {
-    pub page_id: String,
-    pub psid: String,
-}
-
-/// Identity as supplied, before normalization (which needs the tenant's settings).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RawIdentity {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub emails: Vec<String>,
-    #[serde(default)]
-    pub phones: Vec<String>,
-    #[serde(default)]
-    pub browser_id: Option<String>,
-    #[serde(default)]
-    pub facebook_psid: Option<FacebookPsid>,
-    #[serde(default)]
-    pub whatsapp_id: Option<String>,
-    #[serde(default)]
-    pub apple_id: Option<String>,
-    #[serde(default)]
-    pub vk_id: Option<String>,
-    #[serde(default)]
-    pub params: BTreeMap<String, String>,
-    #[serde(default)]
-    pub source: Option<IdentitySource>,
-}
-
-impl RawIdentity {
-    /// How many identifier values it carries, valid or not.
-    pub fn values(&self) -> usize {
-        let single = [&self.browser_id, &self.whatsapp_id, &self.apple_id, &self.vk_id].iter().filter(|v| v.is_some()).count();
-        self.emails.len() + self.phones.len() + self.params.len() + single + usize::from(self.facebook_psid.is_some())
     }
 }
 
@@ -412,7 +325,7 @@ pub fn decode_within(bytes: &[u8], limits: &Limits) -> Result<Event, DecodeError
         "tenant.configured" => {
             let p: TenantConfiguredPayload = payload(raw, kind)?;
             if let Some(region) = &p.default_phone_region
-                && !crate::identity::is_known_region(region)
+                && !is_known_region(region)
             {
                 return Err(DecodeError::InvalidValue(format!("default_phone_region {region:?} is not ISO 3166 alpha-2")));
             }

@@ -2,84 +2,65 @@
 //! operators typed into canonical identifiers, so that one customer's email or phone
 //! written two ways is one key in the directory.
 
-use std::fmt;
-use std::str::FromStr;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
 
-use crate::event::RawIdentity;
-use crate::model::TenantConfig;
+use crate::model::{Identifier, IdentifierKind, IdentifierParseError, TenantConfig};
 
-/// Kinds of identifier, declared in resolution priority order (docs/contract.md 3.2):
-/// the derived `Ord` is the priority, highest first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum IdentifierKind {
-    Param,
-    Facebook,
-    Whatsapp,
-    Apple,
-    Vk,
-    Email,
-    Phone,
-    Browser,
+pub enum IdentitySource {
+    Form,
+    HeroCard,
+    OauthGoogle,
+    OauthFacebook,
+    Callback,
+    Operator,
+    Channel,
 }
 
-impl IdentifierKind {
-    pub const ALL: [IdentifierKind; 8] =
-        [Self::Param, Self::Facebook, Self::Whatsapp, Self::Apple, Self::Vk, Self::Email, Self::Phone, Self::Browser];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Param => "param",
-            Self::Facebook => "facebook",
-            Self::Whatsapp => "whatsapp",
-            Self::Apple => "apple",
-            Self::Vk => "vk",
-            Self::Email => "email",
-            Self::Phone => "phone",
-            Self::Browser => "browser",
-        }
-    }
-
-    /// A browser id may find an existing contact but never founds one (docs/contract.md 3.3).
-    pub fn is_strong(self) -> bool {
-        self != Self::Browser
-    }
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FacebookPsid {
+    pub page_id: String,
+    pub psid: String,
 }
 
-impl FromStr for IdentifierKind {
-    type Err = IdentifierParseError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| IdentifierParseError::UnknownKind(s.to_owned()))
-    }
+/// Identity as supplied, before normalization (which needs the tenant's settings).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawIdentity {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub emails: Vec<String>,
+    #[serde(default)]
+    pub phones: Vec<String>,
+    #[serde(default)]
+    pub browser_id: Option<String>,
+    #[serde(default)]
+    pub facebook_psid: Option<FacebookPsid>,
+    #[serde(default)]
+    pub whatsapp_id: Option<String>,
+    #[serde(default)]
+    pub apple_id: Option<String>,
+    #[serde(default)]
+    pub vk_id: Option<String>,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub source: Option<IdentitySource>,
 }
 
-/// A canonical identifier. `value` is already normalized: an e-mail address, an
-/// E.164 phone, `page_id:psid` for Facebook, `name=value` for custom parameters.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Identifier {
-    pub kind: IdentifierKind,
-    pub value: String,
-}
-
-impl fmt::Display for Identifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.kind.as_str(), self.value)
+impl RawIdentity {
+    /// How many identifier values it carries, valid or not.
+    pub fn values(&self) -> usize {
+        let single = [&self.browser_id, &self.whatsapp_id, &self.apple_id, &self.vk_id].iter().filter(|v| v.is_some()).count();
+        self.emails.len() + self.phones.len() + self.params.len() + single + usize::from(self.facebook_psid.is_some())
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum IdentifierParseError {
-    #[error("expected KIND:VALUE, e.g. email:jana@example.cz")]
-    MissingSeparator,
-    #[error("unknown identifier kind {0:?}; one of param, facebook, whatsapp, apple, vk, email, phone, browser")]
-    UnknownKind(String),
-    #[error("{0:?} is not a usable {1} identifier")]
-    Invalid(String, &'static str),
-}
-
+/// Identifiers as operators type them: the same normalization as for events.
 impl Identifier {
     /// Parses the `KIND:VALUE` form that operators type on the command line, applying
     /// the same normalization as for events so `email:Jana@Example.CZ` finds Jana.
@@ -101,11 +82,6 @@ impl Identifier {
             _ => normalize_opaque(value).ok_or_else(invalid)?,
         };
         Ok(Identifier { kind, value })
-    }
-
-    /// For custom parameters: the parameter's name and value.
-    pub fn param_parts(&self) -> Option<(&str, &str)> {
-        (self.kind == IdentifierKind::Param).then(|| self.value.split_once('=')).flatten()
     }
 }
 

@@ -1,15 +1,125 @@
 //! The directory's domain records, shared by resolution, stores, the index and the
-//! outputs: contacts, sessions, identifier claims, timeline entries and changes.
+//! outputs: channels, identifiers, contacts, sessions, identifier claims, timeline
+//! entries and changes. The bottom layer of the core: it imports no other module
+//! of it, so `identity` (normalization) and `event` (decoding) build on it.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::event::Channel;
-use crate::identity::{Identifier, IdentifierKind};
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Chat,
+    Email,
+    Messenger,
+    Whatsapp,
+    Apple,
+    Vk,
+    Voip,
+    Operator,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Email => "email",
+            Self::Messenger => "messenger",
+            Self::Whatsapp => "whatsapp",
+            Self::Apple => "apple",
+            Self::Vk => "vk",
+            Self::Voip => "voip",
+            Self::Operator => "operator",
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Kinds of identifier, declared in resolution priority order (docs/contract.md 3.2):
+/// the derived `Ord` is the priority, highest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentifierKind {
+    Param,
+    Facebook,
+    Whatsapp,
+    Apple,
+    Vk,
+    Email,
+    Phone,
+    Browser,
+}
+
+impl IdentifierKind {
+    pub const ALL: [IdentifierKind; 8] =
+        [Self::Param, Self::Facebook, Self::Whatsapp, Self::Apple, Self::Vk, Self::Email, Self::Phone, Self::Browser];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Param => "param",
+            Self::Facebook => "facebook",
+            Self::Whatsapp => "whatsapp",
+            Self::Apple => "apple",
+            Self::Vk => "vk",
+            Self::Email => "email",
+            Self::Phone => "phone",
+            Self::Browser => "browser",
+        }
+    }
+
+    /// A browser id may find an existing contact but never founds one (docs/contract.md 3.3).
+    pub fn is_strong(self) -> bool {
+        self != Self::Browser
+    }
+}
+
+impl FromStr for IdentifierKind {
+    type Err = IdentifierParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| IdentifierParseError::UnknownKind(s.to_owned()))
+    }
+}
+
+/// A canonical identifier. `value` is already normalized: an e-mail address, an
+/// E.164 phone, `page_id:psid` for Facebook, `name=value` for custom parameters.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Identifier {
+    pub kind: IdentifierKind,
+    pub value: String,
+}
+
+impl fmt::Display for Identifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind.as_str(), self.value)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdentifierParseError {
+    #[error("expected KIND:VALUE, e.g. email:jana@example.cz")]
+    MissingSeparator,
+    #[error("unknown identifier kind {0:?}; one of param, facebook, whatsapp, apple, vk, email, phone, browser")]
+    UnknownKind(String),
+    #[error("{0:?} is not a usable {1} identifier")]
+    Invalid(String, &'static str),
+}
+
+impl Identifier {
+    /// For custom parameters: the parameter's name and value.
+    pub fn param_parts(&self) -> Option<(&str, &str)> {
+        (self.kind == IdentifierKind::Param).then(|| self.value.split_once('=')).flatten()
+    }
+}
 
 pub const CHANGE_SCHEMA_V1: &str = "directory-change/v1";
 

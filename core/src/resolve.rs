@@ -6,11 +6,12 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use crate::event::{EmailDirection, Event, EventBody, IdentitySource};
-use crate::identity::{self, Identifier, IdentifierKind, NormalizedIdentity};
+use crate::event::{EmailDirection, Event, EventBody};
+use crate::identity::{self, IdentitySource, NormalizedIdentity};
 use crate::model::{
-    CHANGE_SCHEMA_V1, Change, ChangeData, ChangeKind, Claim, Contact, ContactRecord, Details, EntryKind, Limits, LinkedBy,
-    NameField, NameSource, OwnedIdentifier, SessionRecord, TenantConfig, TimelineEntry, Timestamp, Version, derived_id,
+    CHANGE_SCHEMA_V1, Change, ChangeData, ChangeKind, Channel, Claim, Contact, ContactRecord, Details, EntryKind, Identifier,
+    IdentifierKind, Limits, LinkedBy, NameField, NameSource, OwnedIdentifier, SessionRecord, TenantConfig, TimelineEntry,
+    Timestamp, Version, derived_id,
 };
 use crate::store::{DirectoryView, Followed, Mutation, StoreResult, follow_merges};
 
@@ -431,7 +432,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         let operator_edit = matches!(event.body, EventBody::ContactCreated | EventBody::ContactUpdated { .. });
         let identity = provided_identity(event, &self.config);
         let name_source = if operator_edit
-            || event.channel == crate::event::Channel::Operator
+            || event.channel == Channel::Operator
             || event.identity.as_ref().and_then(|i| i.source) == Some(IdentitySource::Operator)
         {
             NameSource::Operator

@@ -2,7 +2,7 @@
 //! `Mutation`s; a `Store` (the `contactd` crate has SQLite and ScyllaDB) applies them. Every read and write names its partition
 //! (tenant plus one key), so the same trait fits SQLite and a wide-column store.
 
-use crate::identity::Identifier;
+use crate::model::Identifier;
 use crate::model::{
     Claim, ContactRecord, ExportedContact, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry, Timestamp,
 };

@@ -16,10 +16,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::event::Channel;
 use crate::index::contacts::IDENTIFIER_KINDS;
 use crate::index::{ContactQuery, IndexError, SearchIndex, SortOrder, TimelineQuery};
 use crate::metrics::IndexerMetrics;
+use crate::model::Channel;
 use crate::model::Timestamp;
 use crate::store::view::{self, ViewError};
 use crate::store::{DirectoryView, StoreError};

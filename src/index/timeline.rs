@@ -12,7 +12,7 @@ use tantivy::snippet::SnippetGenerator;
 use tantivy::{DocAddress, Order, TantivyDocument, Term};
 
 use super::{Checkpoint, Delivery, IndexError, Store, TIMELINE_DELETED_RATIO_BEFORE_MERGE, Writing, scoped, term_query};
-use crate::event::Channel;
+use crate::model::Channel;
 use crate::model::{Change, ChangeKind, EntryKind, TimelineEntry, Timestamp};
 
 /// Characters of context a snippet shows around its matches.

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 
 use crate::publish::{ChangeLog, ChangeUnit, EncodedUnit, Outbox};
-use crate::store::StoreResult;
+use contactd_core::store::StoreResult;
 
 /// The producer's end: offers committed units without ever waiting.
 #[derive(Clone, Debug)]

@@ -7,7 +7,7 @@ pub mod jsonl;
 pub mod kafka;
 
 use crate::model::Change;
-use crate::store::{StoreError, StoreResult};
+use contactd_core::store::{StoreError, StoreResult};
 
 /// Receives the change events of applied events, in processing order.
 pub trait ChangeSink {

@@ -9,7 +9,7 @@ pub mod view;
 
 pub use contactd_core::store::*;
 
-use crate::identity::Identifier;
+use crate::model::Identifier;
 
 /// Both backends keep records as JSON text: what one writes the other reads.
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {

@@ -20,7 +20,8 @@ use tracing::{debug, warn};
 
 use super::encoder::ChangeEncoder;
 use super::{DirectoryView, Mutation, Store, StoreError, StoreResult, from_json, identifier_hash, to_json};
-use crate::identity::Identifier;
+use crate::config::SqliteConfig;
+use crate::model::Identifier;
 use crate::model::{
     Change, Claim, ContactRecord, ExportedContact, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry, Timestamp,
 };
@@ -70,6 +71,17 @@ pub struct SqliteOptions {
     pub page_cache_mb: usize,
     /// Log pages that make a commit nudge the checkpoint thread.
     pub checkpoint_pages: i32,
+}
+
+impl From<&SqliteConfig> for SqliteOptions {
+    fn from(settings: &SqliteConfig) -> Self {
+        Self {
+            busy_timeout: Duration::from_millis(settings.busy_timeout_ms),
+            cache_records: settings.cache_records,
+            page_cache_mb: settings.page_cache_mb,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for SqliteOptions {

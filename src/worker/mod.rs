@@ -24,8 +24,8 @@ use tracing::{error, info, warn};
 
 use self::lane::{Job, Lane};
 use self::tracker::{PartitionKey, Tracker};
-use crate::api::Health;
 use crate::config::Config;
+use crate::health::Health;
 use crate::metrics::WorkerMetrics;
 use crate::publish::kafka::{KafkaPublisher, PublishError};
 use crate::publish::{ChangeSink, Outbox};

@@ -1,11 +1,11 @@
 //! The store conformance suite: what resolution relies on from any `Store`.
 //! Written against the trait; each backend runs it through `conformance_suite!`.
 
-use contactd::event::Channel;
-use contactd::identity::{Identifier, IdentifierKind};
+use contactd::model::Channel;
 use contactd::model::{
     Claim, Contact, ContactRecord, EntryKind, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry, Timestamp,
 };
+use contactd::model::{Identifier, IdentifierKind};
 use contactd::publish::{ChangeSink, Outbox};
 use contactd::store::{DirectoryView, Mutation, Store};
 

@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 
 use contactd::config::Config;
 use contactd::index::{Checkpoint, ContactQuery, Delivery, Hit, IndexWriters, SearchIndex, TimelineQuery};
-use contactd::pipeline::follow_changes;
+use contactd::pipeline::{FollowOptions, follow_changes};
 use contactd::publish::ChangeLog;
 use contactd::store::sqlite::{SqliteOptions, SqliteStore};
 use serde_json::json;
@@ -18,7 +18,7 @@ fn entries_in_store(directory: &Directory) -> u64 {
 
 pub(crate) fn follow(directory: &Directory, index: &SearchIndex) {
     let mut log = SqliteStore::open(&directory.path().join("directory.sqlite3"), &SqliteOptions::default()).unwrap();
-    let report = follow_changes(&mut log, index, &Config::default().follow_options(), &AtomicBool::new(true)).unwrap();
+    let report = follow_changes(&mut log, index, &FollowOptions::from(&Config::default().index), &AtomicBool::new(true)).unwrap();
     assert!(report.indexed);
     index.reload().unwrap();
 }

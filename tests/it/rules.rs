@@ -403,7 +403,8 @@ fn a_merge_loop_in_corrupt_data_is_an_error_not_a_hang() {
 /// event built without them is refused with a reason, never a panic.
 #[test]
 fn operator_events_without_the_ids_their_type_needs_are_refused_not_panicking() {
-    use contactd::event::{Channel, Event, EventBody};
+    use contactd::event::{Event, EventBody};
+    use contactd::model::Channel;
     use contactd::model::Timestamp;
     use contactd::resolve::{self, Resolution};
 

@@ -184,8 +184,8 @@ fn a_half_written_unit_that_lost_its_race_meanwhile_is_undone_and_its_events_res
 /// writes), the other founds a new one. Only one of them may win.
 #[test]
 fn a_claim_rewritten_with_the_value_it_holds_still_races_as_a_write() {
-    use contactd::identity::{Identifier, IdentifierKind};
     use contactd::model::{Claim, Timestamp};
+    use contactd::model::{Identifier, IdentifierKind};
     use contactd::store::{DirectoryView, Mutation};
     let options = options(fresh_keyspace());
     migrate(&options).unwrap();
@@ -222,8 +222,8 @@ fn a_claim_rewritten_with_the_value_it_holds_still_races_as_a_write() {
 /// taking the identifier for unowned would give it a second owner.
 #[test]
 fn a_claim_is_checked_against_its_contact_as_stored_now_not_as_read_earlier() {
-    use contactd::identity::{Identifier, IdentifierKind};
     use contactd::model::{Claim, Timestamp};
+    use contactd::model::{Identifier, IdentifierKind};
     use contactd::store::{DirectoryView, Mutation};
     let options = options(fresh_keyspace());
     migrate(&options).unwrap();
@@ -247,7 +247,7 @@ fn a_claim_is_checked_against_its_contact_as_stored_now_not_as_read_earlier() {
     assert!(reader.contact("acme", "c-a").unwrap().is_some(), "the claim's contact, read again");
 }
 
-fn contact_owning(id: &str, identifier: &contactd::identity::Identifier) -> contactd::store::Mutation {
+fn contact_owning(id: &str, identifier: &contactd::model::Identifier) -> contactd::store::Mutation {
     use contactd::model::{Contact, ContactRecord, OwnedIdentifier, Timestamp};
     use contactd::store::Mutation;
     let owned = OwnedIdentifier { identifier: identifier.clone(), added_at: Timestamp::from_micros(1) };
@@ -260,8 +260,8 @@ fn contact_owning(id: &str, identifier: &contactd::identity::Identifier) -> cont
 /// after it was read ahead makes the commit a lost race.
 #[test]
 fn a_claim_read_ahead_is_checked_at_commit_like_any_read() {
-    use contactd::identity::{Identifier, IdentifierKind};
     use contactd::model::{Claim, Timestamp};
+    use contactd::model::{Identifier, IdentifierKind};
     use contactd::store::{DirectoryView, Mutation, ReadAhead};
     let options = options(fresh_keyspace());
     migrate(&options).unwrap();

@@ -35,7 +35,8 @@ mod unit;
 pub use unit::CommitStep;
 
 use super::{DirectoryView, Mutation, ReadAhead, Store, StoreError, StoreResult, from_json, identifier_hash, to_json};
-use crate::identity::Identifier;
+use crate::config::{ScyllaConfig, ScyllaTarget};
+use crate::model::Identifier;
 use crate::model::{
     Change, Claim, ContactRecord, ExportedContact, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry, Timestamp,
 };
@@ -63,6 +64,28 @@ pub struct ScyllaOptions {
     pub request_timeout: Duration,
     /// Statements one unit keeps in flight while writing its rows.
     pub max_concurrency: usize,
+}
+
+impl ScyllaOptions {
+    /// The options for `target` with the `[scylla]` section's settings.
+    pub fn new(target: ScyllaTarget, settings: &ScyllaConfig) -> Self {
+        let tls = settings.tls.then(|| TlsFiles {
+            ca_file: settings.tls_ca_file.clone(),
+            cert_file: settings.tls_cert_file.clone(),
+            key_file: settings.tls_key_file.clone(),
+        });
+        Self {
+            nodes: target.nodes,
+            keyspace: target.keyspace,
+            username: settings.username.clone(),
+            password: settings.password.clone(),
+            tls,
+            local_dc: settings.local_dc.clone(),
+            replication: settings.replication.clone(),
+            request_timeout: Duration::from_millis(settings.request_timeout_ms),
+            max_concurrency: settings.max_concurrency,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
