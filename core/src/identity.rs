@@ -29,26 +29,17 @@ pub struct FacebookPsid {
 
 /// Identity as supplied, before normalization (which needs the tenant's settings).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RawIdentity {
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub emails: Vec<String>,
-    #[serde(default)]
     pub phones: Vec<String>,
-    #[serde(default)]
     pub browser_id: Option<String>,
-    #[serde(default)]
     pub facebook_psid: Option<FacebookPsid>,
-    #[serde(default)]
     pub whatsapp_id: Option<String>,
-    #[serde(default)]
     pub apple_id: Option<String>,
-    #[serde(default)]
     pub vk_id: Option<String>,
-    #[serde(default)]
     pub params: BTreeMap<String, String>,
-    #[serde(default)]
     pub source: Option<IdentitySource>,
 }
 

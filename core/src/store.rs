@@ -1,10 +1,11 @@
 //! The store seam. Resolution reads through `DirectoryView` and answers with
-//! `Mutation`s; a `Store` (the `contactd` crate has SQLite and ScyllaDB) applies them. Every read and write names its partition
-//! (tenant plus one key), so the same trait fits SQLite and a wide-column store.
+//! `Mutation`s; a `Store` (the `contactd` crate has SQLite and ScyllaDB) applies
+//! them. Every read and write names its partition (tenant plus one key), so the
+//! same trait fits SQLite and a wide-column store.
 
-use crate::model::Identifier;
 use crate::model::{
-    Claim, ContactRecord, ExportedContact, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry, Timestamp,
+    Claim, Contact, ContactRecord, ExportedContact, Identifier, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry,
+    Timestamp,
 };
 
 /// What a store failure means to the caller.
@@ -115,7 +116,7 @@ const MAX_REDIRECTS: usize = 64;
 /// Where a contact id leads once merges are followed.
 pub enum Followed {
     /// The live contact, read unless `known_live` already knew it.
-    Active(String, Option<crate::model::Contact>),
+    Active(String, Option<Contact>),
     Deleted(Timestamp),
     Unknown,
 }

@@ -21,9 +21,9 @@ use tracing::{debug, warn};
 use super::encoder::ChangeEncoder;
 use super::{DirectoryView, Mutation, Store, StoreError, StoreResult, from_json, identifier_hash, to_json};
 use crate::config::SqliteConfig;
-use crate::model::Identifier;
 use crate::model::{
-    Change, Claim, ContactRecord, ExportedContact, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry, Timestamp,
+    Change, Claim, ContactRecord, ExportedContact, Identifier, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry,
+    Timestamp,
 };
 use crate::publish::{ChangeLog, ChangeSink, ChangeUnit, EncodedUnit, Outbox};
 

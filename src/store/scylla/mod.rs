@@ -36,9 +36,9 @@ pub use unit::CommitStep;
 
 use super::{DirectoryView, Mutation, ReadAhead, Store, StoreError, StoreResult, from_json, identifier_hash, to_json};
 use crate::config::{ScyllaConfig, ScyllaTarget};
-use crate::model::Identifier;
 use crate::model::{
-    Change, Claim, ContactRecord, ExportedContact, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry, Timestamp,
+    Change, Claim, ContactRecord, ExportedContact, Identifier, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry,
+    Timestamp,
 };
 use crate::publish::{ChangeSink, EncodedUnit, Outbox};
 
