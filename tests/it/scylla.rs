@@ -42,6 +42,22 @@ fn migrate_is_idempotent_and_reports_the_schema_version() {
     assert_eq!(migrate(&options).expect("migrate again"), SCHEMA_VERSION);
 }
 
+/// An upgrade that stopped after adding some of a version's columns, and one
+/// that runs beside another, add each column once and carry on.
+#[test]
+fn an_upgrade_that_stopped_halfway_runs_again() {
+    let options = options(fresh_keyspace());
+    migrate(&options).expect("migrate");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let session =
+            scylla::client::session_builder::SessionBuilder::new().known_node(crate::servers::cassandra()).build().await.unwrap();
+        let statement = format!("UPDATE {}.schema_version SET version = 2 WHERE component = 'directory'", options.keyspace);
+        session.query_unpaged(statement, ()).await.unwrap();
+    });
+    assert_eq!(migrate(&options).expect("migrate from version 2 again"), SCHEMA_VERSION);
+}
+
 /// Two workers, each with its own connection pool, racing for the same
 /// identifiers: the lightweight transactions must keep one owner each.
 #[test]
@@ -295,4 +311,109 @@ fn a_claim_read_ahead_is_checked_at_commit_like_any_read() {
     let error = late.commit().expect_err("the claim moved on after it was read ahead");
     assert!(error.is_transient(), "{error}");
     assert_eq!(exported(&open()).len(), 1, "one owner for the e-mail");
+}
+
+fn attached(contact: &str, session: &str) -> [contactd::store::Mutation; 2] {
+    use contactd::model::SessionRecord;
+    use contactd::store::Mutation;
+    let record = SessionRecord { contact_id: Some(contact.into()), ..SessionRecord::default() };
+    [
+        Mutation::PutSession { session_id: session.into(), record },
+        Mutation::LinkSession { contact_id: contact.into(), session_id: session.into() },
+    ]
+}
+
+/// A unit writes its records before its rows (`unit.rs`), so a contact can be
+/// read before the session links of the unit that wrote it are. A merge or an
+/// erasure that read the links then would leave the session behind, on a
+/// contact that no longer exists: the rows of a record are read only once the
+/// unit that last wrote the record is whole (finished here once stale).
+#[test]
+fn the_rows_of_a_record_are_read_only_once_the_unit_that_wrote_it_is_whole() {
+    use contactd::model::{Identifier, IdentifierKind, Timestamp};
+    use contactd::store::DirectoryView;
+    use contactd::store::scylla::CommitStep;
+    let options = options(fresh_keyspace());
+    migrate(&options).unwrap();
+    let backend = ScyllaBackend::connect(&options).unwrap();
+    let open = || ScyllaStore::new(std::sync::Arc::clone(&backend));
+    let email = Identifier { kind: IdentifierKind::Email, value: "jana@example.cz".into() };
+    let mut killed = open();
+    killed.crash_next_commit_after(CommitStep::Records);
+    killed.begin().unwrap();
+    killed.apply("acme", Timestamp::from_micros(1), &[contact_owning("c-a", &email)]).unwrap();
+    killed.apply("acme", Timestamp::from_micros(1), &attached("c-a", "s1")).unwrap();
+    killed.commit().unwrap();
+
+    let mut merger = open();
+    let started = std::time::Instant::now();
+    let sessions = loop {
+        merger.begin().unwrap();
+        assert!(merger.contact("acme", "c-a").unwrap().is_some(), "the contact is written before its links");
+        match merger.contact_sessions("acme", "c-a") {
+            Ok(sessions) => break sessions,
+            Err(error) => {
+                assert!(error.is_transient(), "{error}");
+                assert!(started.elapsed() < Duration::from_secs(60), "the dead writer's unit is finished: {error}");
+                merger.rollback().unwrap();
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    };
+    assert_eq!(sessions, ["s1"], "the link of the half-written unit, finished before the links were read");
+}
+
+/// A message appended to a contact's timeline changes no field of the
+/// contact. A merge or an erasure of that contact committed between the
+/// append's read and its commit moved or cleared the timeline without the
+/// new entry, which would then land on a contact that no longer exists: a
+/// unit that writes a record's rows races with every writer of that record.
+#[test]
+fn a_unit_writing_the_rows_of_a_record_races_with_every_writer_of_the_record() {
+    use contactd::model::{Channel, ContactRecord, Details, EntryKind, Identifier, IdentifierKind, TimelineEntry, Timestamp};
+    use contactd::store::{DirectoryView, Mutation};
+    let options = options(fresh_keyspace());
+    migrate(&options).unwrap();
+    let backend = ScyllaBackend::connect(&options).unwrap();
+    let open = || ScyllaStore::new(std::sync::Arc::clone(&backend));
+    let email = Identifier { kind: IdentifierKind::Email, value: "jana@example.cz".into() };
+    let at = Timestamp::from_micros(1);
+    let mut setup = open();
+    setup.begin().unwrap();
+    setup.apply("acme", at, &[contact_owning("c-a", &email)]).unwrap();
+    setup.apply("acme", at, &attached("c-a", "s1")).unwrap();
+    setup.commit().unwrap();
+
+    let mut appender = open();
+    appender.begin().unwrap();
+    assert!(appender.contact("acme", "c-a").unwrap().is_some());
+    let entry = TimelineEntry {
+        entry_id: "m1".into(),
+        occurred_at: Timestamp::from_micros(2),
+        channel: Channel::Chat,
+        session_id: Some("s1".into()),
+        kind: EntryKind::Message,
+        text: "hello".into(),
+        details: Details::of(&serde_json::json!({})),
+    };
+    appender.apply("acme", at, &[Mutation::PutEntry { contact_id: "c-a".into(), entry }]).unwrap();
+
+    let mut eraser = open();
+    eraser.begin().unwrap();
+    assert!(eraser.contact("acme", "c-a").unwrap().is_some());
+    let erased = Timestamp::from_micros(3);
+    eraser
+        .apply(
+            "acme",
+            erased,
+            &[
+                Mutation::DeleteTimeline { contact_id: "c-a".into() },
+                Mutation::PutContact { contact_id: "c-a".into(), record: ContactRecord::Deleted { at: erased } },
+            ],
+        )
+        .unwrap();
+    eraser.commit().unwrap();
+
+    let error = appender.commit().expect_err("the contact was erased after the append read it");
+    assert!(error.is_transient(), "{error}");
 }

@@ -43,9 +43,12 @@ use crate::model::{
 use crate::publish::{ChangeSink, EncodedUnit, Outbox};
 
 /// The schema this build reads and writes; `contactd migrate` brings a keyspace to it.
-pub const SCHEMA_VERSION: i32 = 2;
-const MIGRATIONS: &[(i32, &str)] =
-    &[(1, include_str!("../../../schemas/scylla/001_directory.cql")), (2, include_str!("../../../schemas/scylla/002_units.cql"))];
+pub const SCHEMA_VERSION: i32 = 3;
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../../schemas/scylla/001_directory.cql")),
+    (2, include_str!("../../../schemas/scylla/002_units.cql")),
+    (3, include_str!("../../../schemas/scylla/003_writers.cql")),
+];
 const SCHEMA_COMPONENT: &str = "directory";
 
 /// Where the directory lives and how to reach it.
@@ -198,7 +201,17 @@ pub fn migrate(options: &ScyllaOptions) -> StoreResult<i32> {
                 .replace("{replication}", &options.replication)
                 .replace("{keyspace_options}", keyspace_options);
             for statement in statements(&script) {
-                session.query_unpaged(statement, ()).await.map_err(execution_error)?;
+                if let Err(error) = session.query_unpaged(statement.as_str(), ()).await {
+                    // CQL has no `ADD IF NOT EXISTS` that both servers take:
+                    // a column that a concurrent or earlier run added is fine.
+                    let added = match added_column(&statement) {
+                        Some((table, column)) => column_exists(&session, &options.keyspace, table, column).await?,
+                        None => false,
+                    };
+                    if !added {
+                        return Err(execution_error(error));
+                    }
+                }
             }
             session.await_schema_agreement().await.map_err(transient)?;
             session
@@ -262,6 +275,32 @@ fn statements(script: &str) -> Vec<String> {
     let without_comments: String =
         script.lines().map(|line| line.split("--").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
     without_comments.split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+/// The table and column of an `ALTER TABLE <keyspace>.<table> ADD <column> <type>`.
+fn added_column(statement: &str) -> Option<(&str, &str)> {
+    let words: Vec<&str> = statement.split_whitespace().collect();
+    match words.as_slice() {
+        [alter, table_word, name, add, column, _type]
+            if alter.eq_ignore_ascii_case("ALTER")
+                && table_word.eq_ignore_ascii_case("TABLE")
+                && add.eq_ignore_ascii_case("ADD") =>
+        {
+            Some((name.rsplit('.').next()?, column))
+        }
+        _ => None,
+    }
+}
+
+async fn column_exists(session: &Session, keyspace: &str, table: &str, column: &str) -> StoreResult<bool> {
+    let result = session
+        .query_unpaged(
+            "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+            (keyspace, table, column),
+        )
+        .await
+        .map_err(execution_error)?;
+    Ok(result.into_rows_result().map_err(corrupt)?.rows_num() > 0)
 }
 
 async fn schema_version(session: &Session, keyspace: &str) -> StoreResult<i32> {
@@ -345,6 +384,7 @@ struct Statements {
     contacts_scan: Statement,
     unit_insert: Statement,
     unit_read: Statement,
+    unit_state: Statement,
     units_count: Statement,
     units_scan: Statement,
     unit_claim: Statement,
@@ -364,10 +404,10 @@ fn record_table(table: Table) -> (&'static str, &'static str) {
 
 fn insert_columns(table: Table) -> (&'static str, &'static str) {
     match table {
-        Table::Contacts => ("tenant, contact_id, record, version", "?, ?, ?, ?"),
-        Table::Sessions => ("tenant, session_id, record, version", "?, ?, ?, ?"),
-        Table::Tenants => ("tenant, record, version", "?, ?, ?"),
-        Table::Claims => ("tenant, identifier_hash, record, version", "?, ?, ?, ?"),
+        Table::Contacts => ("tenant, contact_id, record, version, unit", "?, ?, ?, ?, ?"),
+        Table::Sessions => ("tenant, session_id, record, version, unit", "?, ?, ?, ?, ?"),
+        Table::Tenants => ("tenant, record, version, unit", "?, ?, ?, ?"),
+        Table::Claims => ("tenant, identifier_hash, record, version, unit", "?, ?, ?, ?, ?"),
     }
 }
 
@@ -379,7 +419,7 @@ impl Statements {
         for table in tables {
             let (name, key) = record_table(table);
             let (columns, markers) = insert_columns(table);
-            read.insert(table, prepare(format!("SELECT record, version FROM {keyspace}.{name} WHERE {key}"), true));
+            read.insert(table, prepare(format!("SELECT record, version, unit FROM {keyspace}.{name} WHERE {key}"), true));
             // Conditional writes are not idempotent to the driver: a retried LWT
             // that already applied would report a conflict.
             insert.insert(
@@ -388,7 +428,10 @@ impl Statements {
             );
             update.insert(
                 table,
-                prepare(format!("UPDATE {keyspace}.{name} SET record = ?, version = ? WHERE {key} IF version = ?"), false),
+                prepare(
+                    format!("UPDATE {keyspace}.{name} SET record = ?, version = ?, unit = ? WHERE {key} IF version = ?"),
+                    false,
+                ),
             );
         }
         let ks = keyspace;
@@ -445,6 +488,7 @@ impl Statements {
             contacts_scan: prepare(format!("SELECT tenant, contact_id, record FROM {ks}.contacts"), true),
             unit_insert: prepare(format!("INSERT INTO {ks}.units (seq, state, redo) VALUES (?, ?, ?)"), true),
             unit_read: prepare(format!("SELECT state, redo FROM {ks}.units WHERE seq = ?"), true),
+            unit_state: prepare(format!("SELECT state FROM {ks}.units WHERE seq = ?"), true),
             units_count: prepare(format!("SELECT count(*) FROM {ks}.units"), true),
             units_scan: prepare(format!("SELECT seq, redo FROM {ks}.units"), true),
             unit_claim: prepare(format!("UPDATE {ks}.units SET state = ? WHERE seq = ? IF state = ?"), false),
@@ -476,6 +520,7 @@ impl Statements {
             &self.contacts_scan,
             &self.unit_insert,
             &self.unit_read,
+            &self.unit_state,
             &self.units_count,
             &self.units_scan,
             &self.unit_claim,
@@ -649,11 +694,14 @@ fn conditions_ignored() -> StoreError {
 /// A statement, its values and, for rows ordered by event time, the write timestamp.
 type Write<'a> = (&'a Statement, Vec<CqlValue>, Option<Timestamp>);
 
-/// A record row as read from the database: `version` is `None` when the row was absent.
+/// A record row as read from the database: `version` is `None` when the row
+/// was absent; `writer` is the unit that last wrote it, if one may still be
+/// writing its rows.
 #[derive(Clone, Debug, Default)]
 struct Read {
     version: Option<i64>,
     stored: Option<String>,
+    writer: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -708,6 +756,8 @@ pub struct ScyllaStore {
     reads: RefCell<BTreeMap<RecordKey, Read>>,
     /// Events of the open unit read ahead and found unprocessed.
     unprocessed: RefCell<HashSet<(String, String)>>,
+    /// Units the open unit found whole (`unit::await_whole`).
+    whole: RefCell<HashSet<u64>>,
     crash: Option<CommitStep>,
 }
 
@@ -731,11 +781,11 @@ fn present(stored: Option<String>) -> Option<String> {
     stored.filter(|record| !record.is_empty())
 }
 
-/// `SET record = ?, version = ? WHERE <key> IF version = ?`
-fn update_values(key: &RecordKey, json: Option<&str>, version: i64, expected: i64) -> StoreResult<Vec<CqlValue>> {
+/// `SET record = ?, version = ?, unit = ? WHERE <key> IF version = ?`
+fn update_values(key: &RecordKey, json: Option<&str>, version: i64, writer: u64, expected: i64) -> StoreResult<Vec<CqlValue>> {
     // An empty record reads as absent (see `read`).
     let record = CqlValue::Text(json.unwrap_or_default().to_owned());
-    let mut values = vec![record, CqlValue::BigInt(version)];
+    let mut values = vec![record, CqlValue::BigInt(version), CqlValue::BigInt(writer.cast_signed())];
     values.extend(bind_key(key, vec![CqlValue::BigInt(expected)])?);
     Ok(values)
 }
@@ -754,7 +804,14 @@ fn bind_key(key: &RecordKey, rest: Vec<CqlValue>) -> StoreResult<Vec<CqlValue>> 
 
 impl ScyllaStore {
     pub fn new(backend: Arc<ScyllaBackend>) -> Self {
-        Self { backend, unit: None, reads: RefCell::new(BTreeMap::new()), unprocessed: RefCell::new(HashSet::new()), crash: None }
+        Self {
+            backend,
+            unit: None,
+            reads: RefCell::new(BTreeMap::new()),
+            unprocessed: RefCell::new(HashSet::new()),
+            whole: RefCell::new(HashSet::new()),
+            crash: None,
+        }
     }
 
     fn record<T: DeserializeOwned>(&self, key: RecordKey) -> StoreResult<Option<T>> {
@@ -774,10 +831,10 @@ impl ScyllaStore {
 
     async fn read(&self, key: &RecordKey) -> StoreResult<Read> {
         let backend = &self.backend;
-        let rows: Vec<(Option<String>, Option<i64>)> =
+        let rows: Vec<(Option<String>, Option<i64>, Option<i64>)> =
             backend.rows(&backend.statements.read[&key.table], bind_key(key, Vec::new())?).await?;
         Ok(match rows.into_iter().next() {
-            Some((stored, version)) => Read { version: Some(version.unwrap_or(0)), stored: present(stored) },
+            Some((stored, version, writer)) => Read { version: Some(version.unwrap_or(0)), stored: present(stored), writer },
             None => Read::default(),
         })
     }
@@ -968,6 +1025,21 @@ impl ScyllaStore {
         Ok(named)
     }
 
+    /// Before a unit reads rows that the record at `guard` guards: the unit
+    /// that wrote the record as read (now, if the unit has not read it) is
+    /// whole, so its rows are there too.
+    fn settle(&self, guard: &RecordKey) -> StoreResult<()> {
+        if self.unit.is_none() {
+            return Ok(());
+        }
+        let known = self.reads.borrow().get(guard).map(|read| read.writer);
+        let writer = match known {
+            Some(writer) => writer,
+            None => self.read_again(guard)?.writer,
+        };
+        self.backend.block_on(self.await_whole(writer.map(i64::unsigned_abs)))
+    }
+
     /// Reads a record from the database, not from what this unit read before,
     /// and keeps the read for the unit's commit to check.
     fn read_again(&self, key: &RecordKey) -> StoreResult<Read> {
@@ -1062,6 +1134,7 @@ impl DirectoryView for ScyllaStore {
     }
 
     fn contact_sessions(&self, tenant: &str, contact_id: &str) -> StoreResult<Vec<String>> {
+        self.settle(&record_key(Table::Contacts, tenant, contact_id.as_bytes()))?;
         let backend = &self.backend;
         let rows: Vec<(Option<String>,)> =
             backend.block_on(backend.rows(&backend.statements.contact_sessions, (tenant, contact_id)))?;
@@ -1085,6 +1158,7 @@ impl DirectoryView for ScyllaStore {
         before: Option<&TimelineCursor>,
         limit: usize,
     ) -> StoreResult<Vec<TimelineEntry>> {
+        self.settle(&record_key(Table::Contacts, tenant, contact_id.as_bytes()))?;
         let overlay = self.unit.as_ref().and_then(|u| u.timelines.get(&(tenant.to_owned(), contact_id.to_owned())));
         let Some(overlay) = overlay else { return self.stored_timeline(tenant, contact_id, before, limit) };
         let mut merged: BTreeMap<(i64, String), TimelineEntry> = BTreeMap::new();
@@ -1108,6 +1182,7 @@ impl DirectoryView for ScyllaStore {
     }
 
     fn timeline_len(&self, tenant: &str, contact_id: &str) -> StoreResult<u64> {
+        self.settle(&record_key(Table::Contacts, tenant, contact_id.as_bytes()))?;
         if self.unit.as_ref().is_some_and(|u| u.timelines.contains_key(&(tenant.to_owned(), contact_id.to_owned()))) {
             return Ok(self.timeline(tenant, contact_id, None, usize::MAX)?.len() as u64);
         }
@@ -1126,6 +1201,7 @@ impl DirectoryView for ScyllaStore {
     }
 
     fn pending(&self, tenant: &str, session_id: &str) -> StoreResult<Vec<TimelineEntry>> {
+        self.settle(&record_key(Table::Sessions, tenant, session_id.as_bytes()))?;
         let overlay = self.unit.as_ref().and_then(|u| u.pending.get(&(tenant.to_owned(), session_id.to_owned())));
         let mut entries: BTreeMap<String, TimelineEntry> = BTreeMap::new();
         if overlay.is_none_or(|o| o.cleared_at.is_none()) {
@@ -1148,6 +1224,7 @@ impl Store for ScyllaStore {
     fn begin(&mut self) -> StoreResult<()> {
         self.reads.borrow_mut().clear();
         self.unprocessed.borrow_mut().clear();
+        self.whole.borrow_mut().clear();
         self.unit = Some(Unit { seq: self.backend.next_seq(), ..Unit::default() });
         Ok(())
     }
@@ -1235,6 +1312,14 @@ impl Outbox for ScyllaStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_added_column_is_read_from_its_statement() {
+        assert_eq!(added_column("ALTER TABLE ks.contacts ADD unit bigint"), Some(("contacts", "unit")));
+        assert_eq!(added_column("alter table contacts add unit bigint"), Some(("contacts", "unit")));
+        assert_eq!(added_column("ALTER TABLE ks.contacts DROP unit"), None);
+        assert_eq!(added_column("CREATE TABLE IF NOT EXISTS ks.units (seq bigint PRIMARY KEY)"), None);
+    }
 
     #[test]
     fn the_schema_script_splits_into_its_statements() {

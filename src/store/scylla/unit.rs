@@ -30,16 +30,17 @@
 //! worker built on a different state, so the unit is undone instead, as if it
 //! had lost a race.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use scylla::value::CqlValue;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::{
-    RecordKey, ScyllaStore, Statements, StoreError, StoreResult, Table, Unit, Write, bind_key, from_json, to_json, update_values,
+    RecordKey, ScyllaStore, Statements, StoreError, StoreResult, Table, Unit, Write, bind_key, from_json, record_key, to_json,
+    update_values,
 };
 use crate::model::Timestamp;
 
@@ -52,6 +53,10 @@ const FINISH_LEASE: Duration = Duration::from_secs(60);
 /// claims (a writer takes well under a second; one still `writing` after this
 /// is taken for dead).
 const WRITE_GRACE: Duration = Duration::from_secs(10);
+/// How long a worker waits for a live writer's unit to become whole before
+/// taking it for stuck (a writer takes well under a second).
+const WHOLE_PATIENCE: Duration = Duration::from_secs(2);
+const WHOLE_POLL: Duration = Duration::from_millis(20);
 
 /// Records are written claims first: a worker that meets a claim naming a
 /// contact that does not exist yet waits for (or finishes) the claim's unit
@@ -66,6 +71,20 @@ fn write_order(table: Table) -> u8 {
         Table::Sessions => 2,
         Table::Tenants => 3,
     }
+}
+
+/// The records that guard the rows the unit writes: a contact its timeline
+/// and session links, a session its pending entries and its link.
+fn row_guards(unit: &Unit) -> BTreeSet<RecordKey> {
+    let contact = |tenant: &str, contact: &str| record_key(Table::Contacts, tenant, contact.as_bytes());
+    let session = |tenant: &str, session: &str| record_key(Table::Sessions, tenant, session.as_bytes());
+    let mut guards: BTreeSet<RecordKey> = unit.timelines.keys().map(|(tenant, id)| contact(tenant, id)).collect();
+    guards.extend(unit.pending.keys().map(|(tenant, id)| session(tenant, id)));
+    for ((tenant, id), sessions) in &unit.links {
+        guards.insert(contact(tenant, id));
+        guards.extend(sessions.keys().map(|id| session(tenant, id)));
+    }
+    guards
 }
 
 /// Who asks to finish a unit.
@@ -218,10 +237,12 @@ impl ScyllaStore {
         let backend = &self.backend;
         let s = &backend.statements;
         backend.block_on(async {
-            let redo = Redo { records: self.record_writes(unit).await?, rows: row_writes(unit), seen: unit.seen.clone() };
+            let (records, writers) = self.record_writes(unit).await?;
+            let redo = Redo { records, rows: row_writes(unit), seen: unit.seen.clone() };
             if !unit.stamped && unit.changes.is_empty() && redo.records.is_empty() && redo.rows.is_empty() {
                 return Ok(());
             }
+            self.await_whole(writers).await?;
             let seq = CqlValue::BigInt(unit.seq.cast_signed());
             let lines: String = unit.changes.iter().map(|change| to_json(change) + "\n").collect();
             if !backend.applied(&s.outbox_insert, vec![seq.clone(), CqlValue::Text(lines)]).await? {
@@ -234,7 +255,7 @@ impl ScyllaStore {
             if crashes_after(CommitStep::ProcessedEvents) {
                 return Ok(());
             }
-            if let Err(error) = self.write_records(&redo.records).await {
+            if let Err(error) = self.write_records(&redo.records, unit.seq).await {
                 // Only the unit's holder may undo it: a worker that met one of
                 // its events (after this one's partition moved on) may be
                 // finishing it, counting on the records written so far.
@@ -284,7 +305,7 @@ impl ScyllaStore {
             return Err(StoreError::Transient(format!("unit {seq} is being finished by another worker")));
         }
         let redo: Redo = from_json(&redo.unwrap_or_default())?;
-        if self.replay_records(&redo.records).await? {
+        if self.replay_records(&redo.records, seq).await? {
             self.write_rows(&redo.rows).await?;
             self.mark_seen(seq, &redo.seen).await?;
             if !self.release(seq, &mine).await? {
@@ -299,43 +320,84 @@ impl ScyllaStore {
         }
     }
 
-    /// The records the unit changes, with what it read of each; records the
-    /// unit read and left as they were are not written, claims excepted.
-    async fn record_writes(&self, unit: &Unit) -> StoreResult<Vec<RecordWrite>> {
-        let mut writes = Vec::with_capacity(unit.records.len());
-        for (key, json) in &unit.records {
+    /// The records the unit changes, with what it read of each, and the
+    /// units that wrote them last. Records the unit read and left as they
+    /// were are not written, claims and the guards of its rows excepted.
+    async fn record_writes(&self, unit: &Unit) -> StoreResult<(Vec<RecordWrite>, BTreeSet<u64>)> {
+        let guards = row_guards(unit);
+        let mut writes = Vec::with_capacity(unit.records.len() + guards.len());
+        let mut writers = BTreeSet::new();
+        let unchanged = guards.iter().filter(|key| !unit.records.contains_key(*key)).map(|key| (key, None));
+        for (key, json) in unit.records.iter().map(|(key, json)| (key, Some(json))).chain(unchanged) {
             let known = self.reads.borrow().get(key).cloned();
             let read = match known {
                 Some(read) => read,
                 None => self.read(key).await?,
             };
+            let json = json.or(read.stored.as_ref()).cloned().unwrap_or_default();
             // A claim is the identifier's lock: writing the value it already
             // holds (a contact that went back being founded again) must still
-            // race with a worker that read it to take the identifier.
-            if read.stored.as_ref() != Some(json) || key.table == Table::Claims {
-                writes.push(RecordWrite {
-                    key: key.clone(),
-                    json: json.clone(),
-                    read_version: read.version,
-                    read_stored: read.stored,
-                });
+            // race with a worker that read it to take the identifier. A
+            // record's rows are valid for the record as read: a worker that
+            // merged or erased the contact since must make this unit lose.
+            if read.stored.as_ref() != Some(&json) || key.table == Table::Claims || guards.contains(key) {
+                writers.extend(read.writer.map(i64::unsigned_abs));
+                writes.push(RecordWrite { key: key.clone(), json, read_version: read.version, read_stored: read.stored });
             }
         }
-        Ok(writes)
+        Ok((writes, writers))
+    }
+
+    /// Waits until each unit of `writers` is whole: a unit writes its records
+    /// before its rows, so one that is not may still add rows that the
+    /// records read already guard. A writer that stays unfinished past
+    /// `WHOLE_PATIENCE` is finished or undone here once stale, or else
+    /// reported as a transient error.
+    pub(super) async fn await_whole(&self, writers: impl IntoIterator<Item = u64>) -> StoreResult<()> {
+        let own = self.unit.as_ref().map(|unit| unit.seq);
+        let unknown: Vec<u64> = {
+            let whole = self.whole.borrow();
+            writers.into_iter().filter(|seq| Some(*seq) != own && !whole.contains(seq)).collect()
+        };
+        let settled: Vec<u64> = futures::stream::iter(unknown.into_iter().map(|seq| async move {
+            self.await_unit(seq).await?;
+            StoreResult::Ok(seq)
+        }))
+        .buffer_unordered(self.backend.max_concurrency)
+        .try_collect()
+        .await?;
+        self.whole.borrow_mut().extend(settled);
+        Ok(())
+    }
+
+    async fn await_unit(&self, seq: u64) -> StoreResult<()> {
+        let backend = &self.backend;
+        let started = Instant::now();
+        loop {
+            let rows: Vec<(Option<String>,)> = backend.rows(&backend.statements.unit_state, (seq.cast_signed(),)).await?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            if started.elapsed() >= WHOLE_PATIENCE {
+                break;
+            }
+            tokio::time::sleep(WHOLE_POLL).await;
+        }
+        self.finish_unit(seq, Asker::ClaimReader).await.map(drop)
     }
 
     /// Compare-and-set of every record, stopping at the first table where one
     /// fails (a lost race or an error); undoing what was written is the
     /// caller's, once it holds the unit. Tables go one after another; within a
     /// table the writes run concurrently.
-    async fn write_records(&self, records: &[RecordWrite]) -> StoreResult<()> {
+    async fn write_records(&self, records: &[RecordWrite], seq: u64) -> StoreResult<()> {
         let mut by_table: BTreeMap<u8, Vec<&RecordWrite>> = BTreeMap::new();
         for record in records {
             by_table.entry(write_order(record.key.table)).or_default().push(record);
         }
         for records in by_table.into_values() {
             let outcomes: Vec<StoreResult<()>> =
-                futures::stream::iter(records.into_iter().map(|record| self.compare_and_set(record)))
+                futures::stream::iter(records.into_iter().map(|record| self.compare_and_set(record, seq)))
                     .buffer_unordered(self.backend.max_concurrency)
                     .collect()
                     .await;
@@ -344,18 +406,20 @@ impl ScyllaStore {
         Ok(())
     }
 
-    /// Writes one record on condition that it is still at the version the unit read.
-    async fn compare_and_set(&self, record: &RecordWrite) -> StoreResult<()> {
+    /// Writes one record of the unit at `seq` on condition that it is still
+    /// at the version the unit read.
+    async fn compare_and_set(&self, record: &RecordWrite, seq: u64) -> StoreResult<()> {
         let statements = &self.backend.statements;
         let key = &record.key;
         let next = record.read_version.map_or(1, |v| v + 1);
         let applied = match record.read_version {
             None => {
-                let values = bind_key(key, vec![CqlValue::Text(record.json.clone()), CqlValue::BigInt(next)])?;
-                self.backend.applied(&statements.insert[&key.table], values).await?
+                let values =
+                    vec![CqlValue::Text(record.json.clone()), CqlValue::BigInt(next), CqlValue::BigInt(seq.cast_signed())];
+                self.backend.applied(&statements.insert[&key.table], bind_key(key, values)?).await?
             }
             Some(version) => {
-                let values = update_values(key, Some(&record.json), next, version)?;
+                let values = update_values(key, Some(&record.json), next, seq, version)?;
                 self.backend.applied(&statements.update[&key.table], values).await?
             }
         };
@@ -370,13 +434,13 @@ impl ScyllaStore {
 
     /// Replays a half-written unit's records in table order: whether every
     /// one now holds the unit's value.
-    async fn replay_records(&self, records: &[RecordWrite]) -> StoreResult<bool> {
+    async fn replay_records(&self, records: &[RecordWrite], seq: u64) -> StoreResult<bool> {
         let mut ordered: Vec<&RecordWrite> = records.iter().collect();
         ordered.sort_by_key(|record| write_order(record.key.table));
         for record in ordered {
             let now = self.read(&record.key).await?;
             let written = if now.version == record.read_version {
-                self.compare_and_set(record).await.is_ok()
+                self.compare_and_set(record, seq).await.is_ok()
             } else {
                 now.stored.as_deref() == Some(record.json.as_str())
             };
@@ -414,7 +478,7 @@ impl ScyllaStore {
             let went_back = match self.read(&record.key).await {
                 // Never written by this unit.
                 Ok(now) if now.version == record.read_version => true,
-                Ok(now) if now.stored.as_deref() == Some(record.json.as_str()) => self.put_back(record, now.version).await,
+                Ok(now) if now.stored.as_deref() == Some(record.json.as_str()) => self.put_back(record, now.version, seq).await,
                 // Changed by another since this unit wrote it.
                 Ok(_) => false,
                 Err(error) => {
@@ -434,14 +498,15 @@ impl ScyllaStore {
         }
     }
 
-    /// Puts back what the unit read of a record that holds its value at
-    /// `version`; a record that did not exist is put back as an empty record
-    /// under a newer version, so that a worker which read it in between cannot
-    /// write over it. Whether it went back.
-    async fn put_back(&self, record: &RecordWrite, version: Option<i64>) -> bool {
+    /// Puts back what the unit at `seq` read of a record that holds its value
+    /// at `version`; a record that did not exist is put back as an empty
+    /// record under a newer version, so that a worker which read it in between
+    /// cannot write over it. Whether it went back. The record names the unit
+    /// as its writer still: readers wait for the undo to end.
+    async fn put_back(&self, record: &RecordWrite, version: Option<i64>, seq: u64) -> bool {
         let Some(version) = version else { return false };
         let statements = &self.backend.statements;
-        let result = match update_values(&record.key, record.read_stored.as_deref(), version + 1, version) {
+        let result = match update_values(&record.key, record.read_stored.as_deref(), version + 1, seq, version) {
             Ok(values) => self.backend.applied(&statements.update[&record.key.table], values).await,
             Err(error) => Err(error),
         };
