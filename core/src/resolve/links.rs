@@ -1,0 +1,185 @@
+//! Sessions and contacts joined and parted (docs/contract.md 3.3 and 3.7): a
+//! session attached to the contact it resolves to, an operator's link (a merge
+//! when the session had a contact already) and unlink.
+
+use serde_json::json;
+
+use super::{Resolver, Skip, Step, Target, Unresolvable};
+use crate::model::{ChangeData, ChangeKind, Claim, ContactRecord, Details, EntryKind, LinkedBy, SessionRecord, TimelineEntry};
+use crate::store::{DirectoryView, Mutation, StoreResult};
+
+impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
+    pub(super) fn attach_session(
+        &mut self,
+        session_id: &str,
+        record: SessionRecord,
+        contact_id: &str,
+        by_operator: bool,
+    ) -> StoreResult<()> {
+        let tenant = self.tenant().to_owned();
+        let had_pending = record.has_pending;
+        self.plan.mutations.push(Mutation::PutSession {
+            session_id: session_id.to_owned(),
+            record: SessionRecord {
+                contact_id: Some(contact_id.to_owned()),
+                waiting_identifiers: Vec::new(),
+                has_pending: false,
+                ..record
+            },
+        });
+        self.plan.mutations.push(Mutation::LinkSession { contact_id: contact_id.to_owned(), session_id: session_id.to_owned() });
+        if had_pending {
+            self.plan.mutations.push(Mutation::ClearPending { session_id: session_id.to_owned() });
+            for entry in self.view.pending(&tenant, session_id)? {
+                self.append(contact_id, entry);
+            }
+        }
+        let by = if by_operator { LinkedBy::Operator } else { LinkedBy::Resolution };
+        let data = ChangeData { session_id: Some(session_id.to_owned()), by: Some(by), ..ChangeData::default() };
+        self.change(contact_id, ChangeKind::SessionLinked, data);
+        if by_operator {
+            let entry = self.entry(
+                EntryKind::SessionLinked,
+                None,
+                format!("session {session_id} linked by an operator"),
+                Details::of(&json!({ "session_id": session_id })),
+            );
+            self.append(contact_id, entry);
+        }
+        Ok(())
+    }
+
+    pub(super) fn link(&mut self) -> StoreResult<Step> {
+        let event = self.event;
+        let tenant = event.tenant_id.clone();
+        let (Some(session_id), Some(contact_id)) = (&event.session_id, &event.contact_id) else {
+            return Ok(Step::Reject(Unresolvable::MissingTarget));
+        };
+        let into = match self.follow(contact_id)? {
+            Target::Active(id) => id,
+            Target::Deleted(at) if event.occurred_at < at => return Ok(Step::Skip(Skip::Erased)),
+            _ => return Ok(Step::Reject(Unresolvable::UnknownContact(contact_id.clone()))),
+        };
+        let record = self.view.session(&tenant, session_id)?.unwrap_or_default();
+        if record.erased_at.is_some_and(|at| event.occurred_at < at) {
+            return Ok(Step::Skip(Skip::Erased));
+        }
+        let current = match &record.contact_id {
+            Some(current) => match self.follow(current)? {
+                Target::Active(id) => Some(id),
+                _ => None,
+            },
+            None => None,
+        };
+        match current {
+            Some(current) if current == into => {}
+            Some(current) => self.merge(&current, &into, session_id)?,
+            None => {
+                // The session resolves here: what it waited with attaches as
+                // on any other resolution (docs/contract.md 3.3 and 3.4).
+                let waiting = record.waiting_identifiers.clone();
+                self.attach_session(session_id, record, &into, true)?;
+                self.claim_all(&into, &waiting)?;
+            }
+        }
+        Ok(Step::Done)
+    }
+
+    /// Merges `from` into `into` (docs/contract.md 3.7): identifiers, sessions and timeline
+    /// move; `from` becomes a redirect.
+    pub(super) fn merge(&mut self, from: &str, into: &str, session_id: &str) -> StoreResult<()> {
+        let tenant = self.tenant().to_owned();
+        let merged = self.contacts.remove(from).expect("loaded by follow");
+        for owned in &merged.identifiers {
+            self.plan.mutations.push(Mutation::SetClaim {
+                identifier: owned.identifier.clone(),
+                claim: Claim::Owned { contact_id: into.to_owned() },
+            });
+        }
+        let target = self.contact(into);
+        for owned in merged.identifiers {
+            if !target.owns(&owned.identifier) {
+                target.identifiers.push(owned);
+            }
+        }
+        if let Some(name) = merged.name
+            && name.supersedes(target.name.as_ref())
+        {
+            target.name = Some(name);
+        }
+        target.created_at = target.created_at.min(merged.created_at);
+        for session in self.view.contact_sessions(&tenant, from)? {
+            self.plan.mutations.push(Mutation::UnlinkSession { contact_id: from.to_owned(), session_id: session.clone() });
+            self.plan.mutations.push(Mutation::LinkSession { contact_id: into.to_owned(), session_id: session.clone() });
+            self.plan.mutations.push(Mutation::PutSession {
+                session_id: session,
+                record: SessionRecord { contact_id: Some(into.to_owned()), ..SessionRecord::default() },
+            });
+        }
+        for entry in self.view.timeline(&tenant, from, None, usize::MAX)? {
+            self.plan.mutations.push(Mutation::PutEntry { contact_id: into.to_owned(), entry });
+        }
+        self.plan.mutations.push(Mutation::DeleteTimeline { contact_id: from.to_owned() });
+        self.plan
+            .mutations
+            .push(Mutation::PutContact { contact_id: from.to_owned(), record: ContactRecord::Merged { into: into.to_owned() } });
+        let linked =
+            ChangeData { session_id: Some(session_id.to_owned()), by: Some(LinkedBy::Operator), ..ChangeData::default() };
+        self.change(into, ChangeKind::SessionLinked, linked);
+        let details = ChangeData {
+            merged_contact_id: Some(from.to_owned()),
+            session_id: Some(session_id.to_owned()),
+            ..ChangeData::default()
+        };
+        self.record(
+            into,
+            ChangeKind::ContactMerged,
+            EntryKind::ContactMerged,
+            format!("contact {from} merged into this contact"),
+            details,
+        );
+        Ok(())
+    }
+
+    pub(super) fn unlink(&mut self) -> StoreResult<Step> {
+        let event = self.event;
+        let tenant = event.tenant_id.clone();
+        let Some(session_id) = event.session_id.clone() else { return Ok(Step::Reject(Unresolvable::MissingTarget)) };
+        let Some(record) = self.view.session(&tenant, &session_id)? else { return Ok(Step::Done) };
+        let Some(attached) = record.contact_id.clone() else { return Ok(Step::Done) };
+        let Target::Active(contact_id) = self.follow(&attached)? else { return Ok(Step::Done) };
+        let moved: Vec<TimelineEntry> = self
+            .view
+            .timeline(&tenant, &contact_id, None, usize::MAX)?
+            .into_iter()
+            .filter(|e| e.session_id.as_deref() == Some(session_id.as_str()))
+            .collect();
+        let has_pending = record.has_pending || !moved.is_empty();
+        for entry in moved {
+            self.plan.mutations.push(Mutation::DeleteEntry {
+                contact_id: contact_id.clone(),
+                occurred_at: entry.occurred_at,
+                entry_id: entry.entry_id.clone(),
+            });
+            self.plan.mutations.push(Mutation::PutPending { session_id: session_id.clone(), entry });
+        }
+        self.plan.mutations.push(Mutation::PutSession {
+            session_id: session_id.clone(),
+            record: SessionRecord { contact_id: None, has_pending, ..record },
+        });
+        self.plan.mutations.push(Mutation::UnlinkSession { contact_id: contact_id.clone(), session_id: session_id.clone() });
+        self.change(
+            &contact_id,
+            ChangeKind::SessionUnlinked,
+            ChangeData { session_id: Some(session_id.clone()), ..ChangeData::default() },
+        );
+        let entry = self.entry(
+            EntryKind::SessionUnlinked,
+            None,
+            format!("session {session_id} disconnected by an operator"),
+            Details::of(&json!({ "session_id": session_id })),
+        );
+        self.append(&contact_id, entry);
+        Ok(Step::Done)
+    }
+}

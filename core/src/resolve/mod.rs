@@ -1,0 +1,299 @@
+//! Resolution (docs/contract.md section 3): decides which contact an event belongs to and
+//! what changes, as a plan of mutations plus outbound changes. Pure: it reads
+//! through `DirectoryView` and writes nothing, so it knows no Kafka and no SQL.
+//!
+//! One file per family of events: `interaction.rs` (conversations and
+//! operators' edits), `details.rs` (identifiers and names), `links.rs`
+//! (sessions attached, linked, merged, unlinked), `erasure.rs`. This file holds
+//! the dispatch and the steps they share: following merges, founding a
+//! contact, timeline entries and changes.
+
+use std::collections::HashMap;
+
+use serde_json::json;
+
+use crate::event::{Event, EventBody};
+use crate::model::{
+    CHANGE_SCHEMA_V1, Change, ChangeData, ChangeKind, Claim, Contact, ContactRecord, Details, EntryKind, Identifier, Limits,
+    TenantConfig, TimelineEntry, Timestamp, Version, derived_id,
+};
+use crate::store::{DirectoryView, Followed, Mutation, StoreResult, follow_merges};
+
+mod details;
+mod erasure;
+mod interaction;
+mod links;
+
+pub use interaction::identifiers_looked_up;
+
+/// Why an event was accepted but changed nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// It belongs to history that a later `contact.deleted` erased (docs/contract.md 3.8).
+    Erased,
+}
+
+impl Skip {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Erased => "erased",
+        }
+    }
+}
+
+/// Why a well-formed event cannot be applied: it goes to the dead letters.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unresolvable {
+    #[error("contact {0:?} is not in the directory")]
+    UnknownContact(String),
+    /// The decoder refuses such events; resolution refuses them again rather
+    /// than trust that.
+    #[error("the event lacks the contact_id or session_id its type needs")]
+    MissingTarget,
+}
+
+impl Unresolvable {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownContact(_) => "unknown_contact",
+            Self::MissingTarget => "missing_field",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub mutations: Vec<Mutation>,
+    pub changes: Vec<Change>,
+    pub contacts_created: u32,
+    pub entries_appended: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resolution {
+    /// The same `event_id` was processed before, in change unit `unit`: nothing
+    /// to apply.
+    Duplicate {
+        unit: u64,
+    },
+    /// Accepted and recorded as seen, with no other effect.
+    Skipped(Skip, Plan),
+    Rejected(Unresolvable),
+    Applied(Plan),
+}
+
+/// Resolves within the default limits.
+pub fn resolve<V: DirectoryView + ?Sized>(event: &Event, view: &V) -> StoreResult<Resolution> {
+    resolve_within(event, view, &Limits::default())
+}
+
+/// A contact takes at most `limits.identifiers_per_contact` identifiers;
+/// past that they are refused in the open (docs/contract.md 3.4), which bounds
+/// what every later event of the contact reads and writes back. A merge may
+/// join two contacts past it.
+pub fn resolve_within<V: DirectoryView + ?Sized>(event: &Event, view: &V, limits: &Limits) -> StoreResult<Resolution> {
+    if let Some(unit) = view.event_unit(&event.tenant_id, &event.event_id)? {
+        return Ok(Resolution::Duplicate { unit });
+    }
+    let config = view.tenant_config(&event.tenant_id)?.unwrap_or_default();
+    let mut resolver =
+        Resolver { event, view, config, limits: *limits, plan: Plan::default(), contacts: HashMap::new(), entries: 0 };
+    resolver.plan.mutations.push(Mutation::MarkSeen { event_id: event.event_id.clone() });
+    let step = match &event.body {
+        EventBody::TenantConfigured { identifying_params, default_phone_region } => {
+            resolver.configure(identifying_params, default_phone_region.as_deref())
+        }
+        EventBody::ContactDeleted => resolver.delete(),
+        EventBody::SessionLinked => resolver.link(),
+        EventBody::SessionUnlinked => resolver.unlink(),
+        _ => resolver.interaction(),
+    }?;
+    Ok(match step {
+        Step::Done => Resolution::Applied(resolver.finish()),
+        Step::Skip(skip) => {
+            resolver.plan.mutations.truncate(1);
+            resolver.plan.changes.clear();
+            Resolution::Skipped(skip, resolver.plan)
+        }
+        Step::Reject(why) => Resolution::Rejected(why),
+    })
+}
+
+/// The identity an event brings: its own, and what an operator's edit adds.
+enum Step {
+    Done,
+    Skip(Skip),
+    Reject(Unresolvable),
+}
+
+enum Target {
+    Active(String),
+    Deleted(Timestamp),
+    Unknown,
+}
+
+enum Lookup {
+    Owner(String),
+    Erased,
+    Nobody,
+}
+
+struct Resolver<'a, V: ?Sized> {
+    event: &'a Event,
+    view: &'a V,
+    config: TenantConfig,
+    limits: Limits,
+    plan: Plan,
+    /// Working copies of the live contacts this event touches, written once in `finish`.
+    contacts: HashMap<String, Contact>,
+    entries: u32,
+}
+
+impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
+    fn tenant(&self) -> &str {
+        &self.event.tenant_id
+    }
+
+    fn version(&self) -> Version {
+        Version { at: self.event.occurred_at, event_id: self.event.event_id.clone() }
+    }
+
+    fn configure(&mut self, identifying_params: &[String], default_phone_region: Option<&str>) -> StoreResult<Step> {
+        let version = self.version();
+        if self.config.version.as_ref().is_none_or(|current| *current < version) {
+            self.plan.mutations.push(Mutation::PutTenantConfig(TenantConfig {
+                identifying_params: identifying_params.to_vec(),
+                default_phone_region: default_phone_region.map(str::to_ascii_uppercase),
+                version: Some(version),
+            }));
+        }
+        Ok(Step::Done)
+    }
+
+    /// Follows merge redirects to the live contact, if any.
+    fn follow(&mut self, contact_id: &str) -> StoreResult<Target> {
+        let contacts = &self.contacts;
+        Ok(match follow_merges(self.view, &self.event.tenant_id, contact_id, |id| contacts.contains_key(id))? {
+            Followed::Active(id, read) => {
+                if let Some(contact) = read {
+                    self.contacts.insert(id.clone(), contact);
+                }
+                Target::Active(id)
+            }
+            Followed::Deleted(at) => Target::Deleted(at),
+            Followed::Unknown => Target::Unknown,
+        })
+    }
+
+    fn contact(&mut self, id: &str) -> &mut Contact {
+        self.contacts.get_mut(id).expect("working copy loaded by follow or create")
+    }
+
+    /// The live owner of an identifier, or whether it was erased after this event.
+    fn lookup(&mut self, identifier: &Identifier) -> StoreResult<Lookup> {
+        let occurred_at = self.event.occurred_at;
+        Ok(match self.view.claim(self.tenant(), identifier)? {
+            Some(Claim::Owned { contact_id }) => match self.follow(&contact_id)? {
+                Target::Active(id) => Lookup::Owner(id),
+                Target::Deleted(at) if occurred_at < at => Lookup::Erased,
+                _ => Lookup::Nobody,
+            },
+            Some(Claim::Released { at, erased: true }) if occurred_at < at => Lookup::Erased,
+            _ => Lookup::Nobody,
+        })
+    }
+
+    fn entry(&mut self, kind: EntryKind, session_id: Option<&str>, text: String, details: Details) -> TimelineEntry {
+        let entry_id = match self.entries {
+            0 => self.event.event_id.clone(),
+            n => format!("{}#{n}", self.event.event_id),
+        };
+        self.entries += 1;
+        TimelineEntry {
+            entry_id,
+            occurred_at: self.event.occurred_at,
+            channel: self.event.channel,
+            session_id: session_id.map(str::to_owned),
+            kind,
+            text,
+            details,
+        }
+    }
+
+    fn change(&mut self, contact_id: &str, kind: ChangeKind, data: ChangeData) {
+        let n = self.plan.changes.len().to_string();
+        let change_id = derived_id("chg-", &[self.tenant(), &self.event.event_id, &n]);
+        self.plan.changes.push(Change {
+            schema: CHANGE_SCHEMA_V1.to_owned(),
+            change_id,
+            tenant_id: self.event.tenant_id.clone(),
+            contact_id: contact_id.to_owned(),
+            kind,
+            occurred_at: self.event.occurred_at,
+            caused_by: self.event.event_id.clone(),
+            data,
+        });
+    }
+
+    fn append(&mut self, contact_id: &str, entry: TimelineEntry) {
+        self.change(
+            contact_id,
+            ChangeKind::TimelineAppended,
+            ChangeData { entry: Some(Box::new(entry.clone())), ..ChangeData::default() },
+        );
+        self.plan.mutations.push(Mutation::PutEntry { contact_id: contact_id.to_owned(), entry });
+        self.plan.entries_appended += 1;
+    }
+
+    /// Records a change of contact details both as a change event and in the timeline.
+    fn record(&mut self, contact_id: &str, change: ChangeKind, entry: EntryKind, text: String, details: ChangeData) {
+        let entry_details = Details::of(&details);
+        self.change(contact_id, change, details);
+        let session = self.event.session_id.clone();
+        let entry = self.entry(entry, session.as_deref(), text, entry_details);
+        self.append(contact_id, entry);
+    }
+
+    fn create(&mut self, contact_id: String) {
+        let contact = Contact { id: contact_id.clone(), name: None, identifiers: Vec::new(), created_at: self.event.occurred_at };
+        self.contacts.insert(contact_id.clone(), contact);
+        self.plan.contacts_created += 1;
+        self.change(&contact_id, ChangeKind::ContactCreated, ChangeData::default());
+        let entry = self.entry(
+            EntryKind::ContactCreated,
+            None,
+            "contact created".into(),
+            Details::of(&json!({ "by_event": self.event.body.type_name() })),
+        );
+        self.append(&contact_id, entry);
+    }
+
+    /// Writes the touched contacts once and stamps the last contact change of
+    /// each with its state after the event (docs/contract.md 5): once, not per
+    /// change, so an event's changes grow with what it changed, not with that
+    /// times the contact's size.
+    fn finish(mut self) -> Plan {
+        for (id, contact) in &self.contacts {
+            let Some(last) = self.plan.changes.iter_mut().rev().find(|c| &c.contact_id == id && carries_state(c.kind)) else {
+                continue;
+            };
+            last.data.contact = Some(Box::new(contact.state()));
+            self.plan
+                .mutations
+                .push(Mutation::PutContact { contact_id: id.clone(), record: ContactRecord::Active(contact.clone()) });
+        }
+        self.plan
+    }
+}
+
+fn carries_state(kind: ChangeKind) -> bool {
+    matches!(
+        kind,
+        ChangeKind::ContactCreated
+            | ChangeKind::ContactUpdated
+            | ChangeKind::IdentifierAdded
+            | ChangeKind::IdentifierRemoved
+            | ChangeKind::IdentityConflict
+            | ChangeKind::ContactMerged
+    )
+}
