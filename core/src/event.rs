@@ -407,6 +407,22 @@ pub fn decode_within(bytes: &[u8], limits: &Limits) -> Result<Event, DecodeError
     })
 }
 
+/// The Kafka key connectors give an event (docs/contract.md 1):
+/// `tenant_id/session_id`, or the contact for events without a session; `None`
+/// for a line that is no JSON object with a tenant. Only a partitioning hint:
+/// nothing reads it back.
+pub fn partition_key(line: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Keys {
+        tenant_id: Option<String>,
+        session_id: Option<String>,
+        contact_id: Option<String>,
+    }
+    let keys: Keys = serde_json::from_slice(line).ok()?;
+    let tenant = keys.tenant_id?;
+    Some(format!("{tenant}/{}", keys.session_id.or(keys.contact_id).unwrap_or_default()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,6 +431,16 @@ mod tests {
         format!(
             r#"{{"schema":"contact-event/v1","event_id":"e1","tenant_id":"acme","occurred_at":"2026-11-02T09:00:05+01:00","channel":"chat","session_id":"s1"{extra}}}"#
         )
+    }
+
+    #[test]
+    fn the_partition_key_is_the_session_or_else_the_contact_under_the_tenant() {
+        assert_eq!(partition_key(line("").as_bytes()).as_deref(), Some("acme/s1"));
+        let without_session = r#"{"tenant_id":"acme","contact_id":"c-1","type":"contact.deleted"}"#;
+        assert_eq!(partition_key(without_session.as_bytes()).as_deref(), Some("acme/c-1"));
+        assert_eq!(partition_key(br#"{"tenant_id":"acme"}"#).as_deref(), Some("acme/"));
+        assert_eq!(partition_key(br#"{"session_id":"s1"}"#), None, "no tenant");
+        assert_eq!(partition_key(b"not json"), None);
     }
 
     #[test]

@@ -381,6 +381,34 @@ fn the_worker_builds_the_same_directory_as_ingest_and_dead_letters_poison() {
     assert_eq!(letters.iter().find(|l| l.headers["source_offset"] == "19").unwrap().key.as_deref(), Some(&b"acme/s1"[..]));
 }
 
+/// The worker as a library call (`app::worker`), ended by the future it was
+/// given instead of a signal: it drains, commits and returns, having built
+/// the directory `ingest` builds. The indexer and `serve` take their
+/// shutdown the same way.
+#[test]
+fn a_worker_run_in_process_drains_and_returns_when_its_shutdown_future_completes() {
+    use contactd::config::{Config, FlagOverrides};
+    let cluster = Cluster::start(1, 2, 1);
+    assert_eq!(cluster.produce(Path::new(EXAMPLES)), 19);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), "contactd.toml", &cluster, "lanes = 1\nlisten = \"127.0.0.1:0\"\n");
+    let mut config = Config::load(Some(&path), &FlagOverrides::default()).unwrap();
+    let data = dir.path().join("data");
+    config.data_dir = data.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        contactd::app::worker(&config, async move {
+            let _ = stopped.await;
+        })
+    });
+    eventually("every offset is committed", || cluster.committed(1) == [19]);
+    assert!(!worker.is_finished(), "the worker runs until told to stop");
+    stop.send(()).unwrap();
+    worker.join().unwrap().expect("the worker drains and returns");
+    let (ingested, _) = ingested_examples();
+    assert_eq!(export(&data), export(ingested.path()), "the worker and ingest agree on the directory");
+}
+
 /// The production shape: `contactd migrate`, then a worker on the Scylla store,
 /// then `contactd export` from it, on Cassandra. One lane, so that events
 /// found contacts in the order ingest does and the ids match; racing workers
