@@ -223,8 +223,8 @@ fn freshness(brokers: &str, changes: &[(&Change, &TimelineEntry)], rate: u64, se
     let checker = {
         let (index, sent, searchable, shutdown) =
             (Arc::clone(&index), Arc::clone(&sent), Arc::clone(&searchable), Arc::clone(&shutdown));
-        let tenants: Vec<String> = {
-            let mut tenants: Vec<String> = changes.iter().map(|(c, _)| c.tenant_id.clone()).collect();
+        let tenants: Vec<contactd::model::TenantId> = {
+            let mut tenants: Vec<contactd::model::TenantId> = changes.iter().map(|(c, _)| c.tenant_id.clone()).collect();
             tenants.sort();
             tenants.dedup();
             tenants

@@ -4,7 +4,7 @@
 
 #![forbid(unsafe_code)]
 
-pub use contactd_core::{event, identity, model, resolve};
+pub use contactd_core::{event, identity, ids, model, resolve};
 
 pub mod api;
 pub mod app;

@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 use crate::config::IndexConfig;
 use crate::event::{self, Event};
 use crate::index::{Checkpoint, Delivery, IndexError, IndexWriters, SearchIndex};
-use crate::model::{Limits, Timestamp};
+use crate::model::{Limits, TenantId, Timestamp};
 use crate::publish::{ChangeLog, ChangeSink, DeadLetter};
 use crate::resolve::{self, Resolution};
 use crate::source::RawRecord;
@@ -164,8 +164,8 @@ fn read_ahead<S: Store>(store: &S, events: &[(usize, Event)]) -> Result<(), Stor
     if !store.reads_ahead() || events.is_empty() {
         return Ok(());
     }
-    let tenants: BTreeSet<&str> = events.iter().map(|(_, event)| event.tenant_id.as_str()).collect();
-    store.read_ahead(&ReadAhead { tenants: tenants.iter().map(|t| (*t).to_owned()).collect(), ..ReadAhead::default() })?;
+    let tenants: BTreeSet<&TenantId> = events.iter().map(|(_, event)| &event.tenant_id).collect();
+    store.read_ahead(&ReadAhead { tenants: tenants.iter().map(|&t| t.clone()).collect(), ..ReadAhead::default() })?;
     let mut configs = HashMap::new();
     for tenant in tenants {
         configs.insert(tenant, store.tenant_config(tenant)?.unwrap_or_default());
@@ -176,7 +176,7 @@ fn read_ahead<S: Store>(store: &S, events: &[(usize, Event)]) -> Result<(), Stor
         keys.events.push((tenant.clone(), event.event_id.clone()));
         keys.sessions.extend(event.session_id.iter().map(|session| (tenant.clone(), session.clone())));
         keys.contacts.extend(event.contact_id.iter().map(|contact| (tenant.clone(), contact.clone())));
-        let looked_up = resolve::identifiers_looked_up(event, &configs[tenant.as_str()]);
+        let looked_up = resolve::identifiers_looked_up(event, &configs[tenant]);
         keys.claims.extend(looked_up.into_iter().map(|identifier| (tenant.clone(), identifier)));
     }
     store.read_ahead(&keys)

@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::identity::{RawIdentity, is_known_region};
-use crate::model::{Channel, Limits, Timestamp, valid_tenant_id};
+use crate::ids::{ContactId, InvalidId, SessionId, TenantId};
+use crate::model::{Channel, Limits, Timestamp};
 
 pub const SCHEMA_V1: &str = "contact-event/v1";
 
@@ -121,9 +122,24 @@ pub enum EventBody {
         add: Option<Box<RawIdentity>>,
         remove: Option<Box<RawIdentity>>,
     },
-    ContactDeleted,
-    SessionLinked,
-    SessionUnlinked,
+    ContactDeleted {
+        target: ContactRef,
+    },
+    SessionLinked {
+        session_id: SessionId,
+        contact_id: ContactId,
+    },
+    SessionUnlinked {
+        session_id: SessionId,
+    },
+}
+
+/// Whom an operator's event names: a contact, or the contact of a session
+/// (docs/contract.md 3.8). A contact id wins when both are given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContactRef {
+    Contact(ContactId),
+    OfSession(SessionId),
 }
 
 impl EventBody {
@@ -140,9 +156,9 @@ impl EventBody {
             Self::NoteAdded { .. } => "note.added",
             Self::ContactCreated => "contact.created",
             Self::ContactUpdated { .. } => "contact.updated",
-            Self::ContactDeleted => "contact.deleted",
-            Self::SessionLinked => "session.linked",
-            Self::SessionUnlinked => "session.unlinked",
+            Self::ContactDeleted { .. } => "contact.deleted",
+            Self::SessionLinked { .. } => "session.linked",
+            Self::SessionUnlinked { .. } => "session.unlinked",
         }
     }
 }
@@ -151,11 +167,11 @@ impl EventBody {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
     pub event_id: String,
-    pub tenant_id: String,
+    pub tenant_id: TenantId,
     pub occurred_at: Timestamp,
     pub channel: Channel,
-    pub session_id: Option<String>,
-    pub contact_id: Option<String>,
+    pub session_id: Option<SessionId>,
+    pub contact_id: Option<ContactId>,
     pub identity: Option<RawIdentity>,
     pub body: EventBody,
 }
@@ -285,8 +301,23 @@ fn check_identifier_count(identity: Option<&RawIdentity>, body: &EventBody, limi
     Ok(())
 }
 
-fn require<'a>(field: &str, value: &'a Option<String>, kind: &str) -> Result<&'a str, DecodeError> {
-    value.as_deref().ok_or_else(|| DecodeError::MissingField(format!("{field} (required for {kind})")))
+fn require<T: Clone>(field: &str, value: Option<&T>, kind: &str) -> Result<T, DecodeError> {
+    value.cloned().ok_or_else(|| DecodeError::MissingField(format!("{field} (required for {kind})")))
+}
+
+impl From<InvalidId> for DecodeError {
+    fn from(error: InvalidId) -> Self {
+        Self::InvalidValue(error.0)
+    }
+}
+
+/// The contact an operator's event names, by contact id or else by session.
+fn contact_ref(contact_id: Option<&ContactId>, session_id: Option<&SessionId>, kind: &str) -> Result<ContactRef, DecodeError> {
+    match (contact_id, session_id) {
+        (Some(contact), _) => Ok(ContactRef::Contact(contact.clone())),
+        (None, Some(session)) => Ok(ContactRef::OfSession(session.clone())),
+        (None, None) => Err(DecodeError::MissingField(format!("contact_id or session_id (required for {kind})"))),
+    }
 }
 
 /// Decodes one message value within the default limits.
@@ -308,17 +339,11 @@ pub fn decode_within(bytes: &[u8], limits: &Limits) -> Result<Event, DecodeError
         return Err(DecodeError::UnknownSchema(envelope.schema));
     }
     check_len("event_id", &envelope.event_id, 128)?;
-    if !valid_tenant_id(&envelope.tenant_id) {
-        return Err(DecodeError::InvalidValue("tenant_id must be 1..64 of [A-Za-z0-9._-]".into()));
-    }
+    let tenant_id = TenantId::parse(envelope.tenant_id)?;
     let occurred_at = Timestamp::parse_rfc3339(&envelope.occurred_at)
         .ok_or_else(|| DecodeError::InvalidValue("occurred_at must be an RFC 3339 timestamp with offset".into()))?;
-    if let Some(session) = &envelope.session_id {
-        check_len("session_id", session, 128)?;
-    }
-    if let Some(contact) = &envelope.contact_id {
-        check_len("contact_id", contact, 128)?;
-    }
+    let session_id = envelope.session_id.map(SessionId::parse).transpose()?;
+    let contact_id = envelope.contact_id.map(ContactId::parse).transpose()?;
     let kind = envelope.kind.as_str();
     let raw = envelope.payload;
     let body = match kind {
@@ -368,9 +393,12 @@ pub fn decode_within(bytes: &[u8], limits: &Limits) -> Result<Event, DecodeError
             let p: ContactUpdatedPayload = optional_payload(raw, kind)?;
             EventBody::ContactUpdated { set_name: p.set_name, add: p.add.map(Box::new), remove: p.remove.map(Box::new) }
         }
-        "contact.deleted" => EventBody::ContactDeleted,
-        "session.linked" => EventBody::SessionLinked,
-        "session.unlinked" => EventBody::SessionUnlinked,
+        "contact.deleted" => EventBody::ContactDeleted { target: contact_ref(contact_id.as_ref(), session_id.as_ref(), kind)? },
+        "session.linked" => EventBody::SessionLinked {
+            session_id: require("session_id", session_id.as_ref(), kind)?,
+            contact_id: require("contact_id", contact_id.as_ref(), kind)?,
+        },
+        "session.unlinked" => EventBody::SessionUnlinked { session_id: require("session_id", session_id.as_ref(), kind)? },
         other => return Err(DecodeError::UnknownType(other.to_owned())),
     };
     match &body {
@@ -379,29 +407,26 @@ pub fn decode_within(bytes: &[u8], limits: &Limits) -> Result<Event, DecodeError
         | EventBody::MessagePosted { .. }
         | EventBody::SessionEnded { .. }
         | EventBody::Email { .. }
-        | EventBody::CallEnded { .. }
-        | EventBody::SessionUnlinked => {
-            require("session_id", &envelope.session_id, kind)?;
+        | EventBody::CallEnded { .. } => {
+            require("session_id", session_id.as_ref(), kind)?;
         }
-        EventBody::SessionLinked => {
-            require("session_id", &envelope.session_id, kind)?;
-            require("contact_id", &envelope.contact_id, kind)?;
+        EventBody::NoteAdded { .. } | EventBody::ContactUpdated { .. } => {
+            contact_ref(contact_id.as_ref(), session_id.as_ref(), kind)?;
         }
-        EventBody::NoteAdded { .. } | EventBody::ContactUpdated { .. } | EventBody::ContactDeleted => {
-            if envelope.session_id.is_none() && envelope.contact_id.is_none() {
-                return Err(DecodeError::MissingField(format!("contact_id or session_id (required for {kind})")));
-            }
-        }
-        EventBody::TenantConfigured { .. } | EventBody::ContactCreated => {}
+        EventBody::TenantConfigured { .. }
+        | EventBody::ContactCreated
+        | EventBody::ContactDeleted { .. }
+        | EventBody::SessionLinked { .. }
+        | EventBody::SessionUnlinked { .. } => {}
     }
     check_identifier_count(envelope.identity.as_ref(), &body, limits)?;
     Ok(Event {
         event_id: envelope.event_id,
-        tenant_id: envelope.tenant_id,
+        tenant_id,
         occurred_at,
         channel: envelope.channel,
-        session_id: envelope.session_id,
-        contact_id: envelope.contact_id,
+        session_id,
+        contact_id,
         identity: envelope.identity,
         body,
     })

@@ -6,6 +6,7 @@
 
 pub mod event;
 pub mod identity;
+pub mod ids;
 pub mod model;
 pub mod resolve;
 pub mod store;

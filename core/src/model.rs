@@ -1,7 +1,7 @@
 //! The directory's domain records, shared by resolution, stores, the index and the
 //! outputs: channels, identifiers, contacts, sessions, identifier claims, timeline
-//! entries and changes. The bottom layer of the core: it imports no other module
-//! of it, so `identity` (normalization) and `event` (decoding) build on it.
+//! entries and changes. The core's bottom layer with `ids`, the only module it
+//! imports, so `identity` (normalization) and `event` (decoding) build on it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,6 +10,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+
+pub use crate::ids::{ContactId, SessionId, TenantId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -178,11 +180,6 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
-/// `[A-Za-z0-9._-]{1,64}`, checked once at the edge.
-pub fn valid_tenant_id(tenant: &str) -> bool {
-    (1..=64).contains(&tenant.len()) && tenant.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-}
-
 /// Ids derived from the causing event, so a redelivery or a replay after a crash
 /// produces the same contact and change ids.
 pub fn derived_id(prefix: &str, parts: &[&str]) -> String {
@@ -266,7 +263,7 @@ pub struct OwnedIdentifier {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contact {
-    pub id: String,
+    pub id: ContactId,
     pub name: Option<NameField>,
     pub identifiers: Vec<OwnedIdentifier>,
     pub created_at: Timestamp,
@@ -327,13 +324,13 @@ impl Contact {
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ContactRecord {
     Active(Contact),
-    Merged { into: String },
+    Merged { into: ContactId },
     Deleted { at: Timestamp },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
-    pub contact_id: Option<String>,
+    pub contact_id: Option<ContactId>,
     /// Set when the session's contact was erased: older events of the session are
     /// part of the erased history.
     pub erased_at: Option<Timestamp>,
@@ -352,7 +349,7 @@ pub struct SessionRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Claim {
-    Owned { contact_id: String },
+    Owned { contact_id: ContactId },
     Released { at: Timestamp, erased: bool },
 }
 
@@ -446,7 +443,7 @@ pub struct TimelineEntry {
     pub entry_id: String,
     pub occurred_at: Timestamp,
     pub channel: Channel,
-    pub session_id: Option<String>,
+    pub session_id: Option<SessionId>,
     pub kind: EntryKind,
     pub text: String,
     pub details: Details,
@@ -548,13 +545,13 @@ pub struct ChangeData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identifier: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner_contact_id: Option<String>,
+    pub owner_contact_id: Option<ContactId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<String>,
+    pub session_id: Option<SessionId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<LinkedBy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub merged_contact_id: Option<String>,
+    pub merged_contact_id: Option<ContactId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -568,8 +565,8 @@ pub struct ChangeData {
 pub struct Change {
     pub schema: String,
     pub change_id: String,
-    pub tenant_id: String,
-    pub contact_id: String,
+    pub tenant_id: TenantId,
+    pub contact_id: ContactId,
     #[serde(rename = "type")]
     pub kind: ChangeKind,
     pub occurred_at: Timestamp,
@@ -580,11 +577,11 @@ pub struct Change {
 /// One line of the directory snapshot (docs/contract.md 7).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportedContact {
-    pub tenant_id: String,
-    pub contact_id: String,
+    pub tenant_id: TenantId,
+    pub contact_id: ContactId,
     #[serde(flatten)]
     pub state: ContactState,
-    pub sessions: Vec<String>,
+    pub sessions: Vec<SessionId>,
     pub timeline_entries: u64,
 }
 

@@ -4,8 +4,8 @@
 //! same trait fits SQLite and a wide-column store.
 
 use crate::model::{
-    Claim, Contact, ContactRecord, ExportedContact, Identifier, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry,
-    Timestamp,
+    Claim, Contact, ContactId, ContactRecord, ExportedContact, Identifier, SessionId, SessionRecord, TenantConfig, TenantId,
+    TimelineCursor, TimelineEntry, Timestamp,
 };
 
 /// What a store failure means to the caller.
@@ -36,11 +36,11 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// reads them all at once instead of one after another.
 #[derive(Debug, Default)]
 pub struct ReadAhead {
-    pub tenants: Vec<String>,
-    pub events: Vec<(String, String)>,
-    pub sessions: Vec<(String, String)>,
-    pub claims: Vec<(String, Identifier)>,
-    pub contacts: Vec<(String, String)>,
+    pub tenants: Vec<TenantId>,
+    pub events: Vec<(TenantId, String)>,
+    pub sessions: Vec<(TenantId, SessionId)>,
+    pub claims: Vec<(TenantId, Identifier)>,
+    pub contacts: Vec<(TenantId, ContactId)>,
 }
 
 /// Reads by partition key only: no joins, no scans on the hot path.
@@ -55,26 +55,26 @@ pub trait DirectoryView {
     fn read_ahead(&self, _keys: &ReadAhead) -> StoreResult<()> {
         Ok(())
     }
-    fn tenant_config(&self, tenant: &str) -> StoreResult<Option<TenantConfig>>;
+    fn tenant_config(&self, tenant: &TenantId) -> StoreResult<Option<TenantConfig>>;
     /// The change unit an event was recorded in, if it was processed before: a
     /// redelivery republishes that unit when it is still undelivered.
-    fn event_unit(&self, tenant: &str, event_id: &str) -> StoreResult<Option<u64>>;
-    fn session(&self, tenant: &str, session_id: &str) -> StoreResult<Option<SessionRecord>>;
-    fn claim(&self, tenant: &str, identifier: &Identifier) -> StoreResult<Option<Claim>>;
-    fn contact(&self, tenant: &str, contact_id: &str) -> StoreResult<Option<ContactRecord>>;
+    fn event_unit(&self, tenant: &TenantId, event_id: &str) -> StoreResult<Option<u64>>;
+    fn session(&self, tenant: &TenantId, session_id: &SessionId) -> StoreResult<Option<SessionRecord>>;
+    fn claim(&self, tenant: &TenantId, identifier: &Identifier) -> StoreResult<Option<Claim>>;
+    fn contact(&self, tenant: &TenantId, contact_id: &ContactId) -> StoreResult<Option<ContactRecord>>;
     /// The contact's sessions, sorted.
-    fn contact_sessions(&self, tenant: &str, contact_id: &str) -> StoreResult<Vec<String>>;
+    fn contact_sessions(&self, tenant: &TenantId, contact_id: &ContactId) -> StoreResult<Vec<SessionId>>;
     /// Newest first, strictly older than `before`, at most `limit` entries.
     fn timeline(
         &self,
-        tenant: &str,
-        contact_id: &str,
+        tenant: &TenantId,
+        contact_id: &ContactId,
         before: Option<&TimelineCursor>,
         limit: usize,
     ) -> StoreResult<Vec<TimelineEntry>>;
-    fn timeline_len(&self, tenant: &str, contact_id: &str) -> StoreResult<u64>;
+    fn timeline_len(&self, tenant: &TenantId, contact_id: &ContactId) -> StoreResult<u64>;
     /// Entries of a session that has not resolved to a contact yet.
-    fn pending(&self, tenant: &str, session_id: &str) -> StoreResult<Vec<TimelineEntry>>;
+    fn pending(&self, tenant: &TenantId, session_id: &SessionId) -> StoreResult<Vec<TimelineEntry>>;
 }
 
 /// One write, within one tenant. A plan's mutations are applied in order.
@@ -82,16 +82,16 @@ pub trait DirectoryView {
 pub enum Mutation {
     MarkSeen { event_id: String },
     PutTenantConfig(TenantConfig),
-    PutSession { session_id: String, record: SessionRecord },
-    PutContact { contact_id: String, record: ContactRecord },
-    LinkSession { contact_id: String, session_id: String },
-    UnlinkSession { contact_id: String, session_id: String },
+    PutSession { session_id: SessionId, record: SessionRecord },
+    PutContact { contact_id: ContactId, record: ContactRecord },
+    LinkSession { contact_id: ContactId, session_id: SessionId },
+    UnlinkSession { contact_id: ContactId, session_id: SessionId },
     SetClaim { identifier: Identifier, claim: Claim },
-    PutEntry { contact_id: String, entry: TimelineEntry },
-    DeleteEntry { contact_id: String, occurred_at: Timestamp, entry_id: String },
-    DeleteTimeline { contact_id: String },
-    PutPending { session_id: String, entry: TimelineEntry },
-    ClearPending { session_id: String },
+    PutEntry { contact_id: ContactId, entry: TimelineEntry },
+    DeleteEntry { contact_id: ContactId, occurred_at: Timestamp, entry_id: String },
+    DeleteTimeline { contact_id: ContactId },
+    PutPending { session_id: SessionId, entry: TimelineEntry },
+    ClearPending { session_id: SessionId },
 }
 
 /// A directory backend. Writes happen in units opened by `begin` and closed by
@@ -102,7 +102,7 @@ pub trait Store: DirectoryView {
     /// Applies one event's mutations. `at` is when that event happened: a store
     /// that orders concurrent writes by timestamp writes with it, so an erasure's
     /// tombstones shadow whatever an older event writes after them.
-    fn apply(&mut self, tenant: &str, at: Timestamp, mutations: &[Mutation]) -> StoreResult<()>;
+    fn apply(&mut self, tenant: &TenantId, at: Timestamp, mutations: &[Mutation]) -> StoreResult<()>;
     fn commit(&mut self) -> StoreResult<()>;
     fn rollback(&mut self) -> StoreResult<()>;
     /// Every live contact, ordered by tenant then contact id. A batch job, not a
@@ -116,7 +116,7 @@ const MAX_REDIRECTS: usize = 64;
 /// Where a contact id leads once merges are followed.
 pub enum Followed {
     /// The live contact, read unless `known_live` already knew it.
-    Active(String, Option<Contact>),
+    Active(ContactId, Option<Contact>),
     Deleted(Timestamp),
     Unknown,
 }
@@ -127,11 +127,11 @@ pub enum Followed {
 /// corrupt data is an error after `MAX_REDIRECTS` hops, never a hang.
 pub fn follow_merges<V: DirectoryView + ?Sized>(
     view: &V,
-    tenant: &str,
-    contact_id: &str,
-    known_live: impl Fn(&str) -> bool,
+    tenant: &TenantId,
+    contact_id: &ContactId,
+    known_live: impl Fn(&ContactId) -> bool,
 ) -> StoreResult<Followed> {
-    let mut id = contact_id.to_owned();
+    let mut id = contact_id.clone();
     for _ in 0..MAX_REDIRECTS {
         if known_live(&id) {
             return Ok(Followed::Active(id, None));

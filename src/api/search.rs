@@ -19,8 +19,7 @@ use serde_json::json;
 use crate::index::contacts::IDENTIFIER_KINDS;
 use crate::index::{ContactQuery, IndexError, SearchIndex, SortOrder, TimelineQuery};
 use crate::metrics::IndexerMetrics;
-use crate::model::Channel;
-use crate::model::Timestamp;
+use crate::model::{Channel, ContactId, TenantId, Timestamp};
 use crate::store::view::{self, ViewError};
 use crate::store::{DirectoryView, StoreError};
 
@@ -247,7 +246,7 @@ fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 #[serde(deny_unknown_fields)]
 struct TimelineSearchParams {
     q: Option<String>,
-    contact_id: Option<String>,
+    contact_id: Option<ContactId>,
     channel: Option<Channel>,
     from: Option<String>,
     to: Option<String>,
@@ -258,7 +257,7 @@ struct TimelineSearchParams {
 
 async fn search_timeline(
     State(state): State<SearchState>,
-    Path(tenant): Path<String>,
+    Path(tenant): Path<TenantId>,
     headers: HeaderMap,
     params: Result<Query<TimelineSearchParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -306,7 +305,7 @@ struct ContactSearchParams {
 
 async fn search_contacts(
     State(state): State<SearchState>,
-    Path(tenant): Path<String>,
+    Path(tenant): Path<TenantId>,
     headers: HeaderMap,
     params: Result<Query<ContactSearchParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -341,7 +340,7 @@ struct NoParams {}
 
 async fn contact(
     State(state): State<SearchState>,
-    Path((tenant, contact_id)): Path<(String, String)>,
+    Path((tenant, contact_id)): Path<(TenantId, ContactId)>,
     headers: HeaderMap,
     params: Result<Query<NoParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -363,7 +362,7 @@ struct TimelineParams {
 
 async fn timeline(
     State(state): State<SearchState>,
-    Path((tenant, contact_id)): Path<(String, String)>,
+    Path((tenant, contact_id)): Path<(TenantId, ContactId)>,
     headers: HeaderMap,
     params: Result<Query<TimelineParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {

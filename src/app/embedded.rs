@@ -17,7 +17,7 @@ use super::{open_existing_store, open_sqlite, output, say};
 use crate::cli::{ContactArgs, ExportArgs, IngestArgs, SearchArgs};
 use crate::config::Config;
 use crate::index::{SearchIndex, TimelineQuery};
-use crate::model::{Claim, Identifier};
+use crate::model::{Claim, ContactId, Identifier, TenantId};
 use crate::pipeline::{self, FollowOptions, FollowReport, Report};
 use crate::publish::feed::{self, FedLog};
 use crate::publish::jsonl::JsonlDeadLetters;
@@ -236,9 +236,9 @@ pub(super) fn search(args: &SearchArgs, config: &Config) -> anyhow::Result<()> {
     }
     let index = SearchIndex::open_or_create(&path)?;
     let hits = index.timeline.search(&TimelineQuery {
-        tenant: args.tenant.clone(),
+        tenant: TenantId::parse(args.tenant.clone())?,
         text: args.query.clone(),
-        contact_id: args.contact.clone(),
+        contact_id: args.contact.as_deref().map(ContactId::from),
         limit: args.limit,
         ..TimelineQuery::default()
     })?;
@@ -253,9 +253,9 @@ pub(super) fn search(args: &SearchArgs, config: &Config) -> anyhow::Result<()> {
 
 pub(super) fn contact(args: &ContactArgs, config: &Config) -> anyhow::Result<()> {
     let store = open_existing_store(config)?;
-    let tenant = &args.tenant;
+    let tenant = &TenantId::parse(args.tenant.clone())?;
     let requested = match (&args.id, &args.identifier) {
-        (Some(id), _) => id.clone(),
+        (Some(id), _) => ContactId::from(id.as_str()),
         (None, Some(typed)) => {
             let settings = store.tenant_config(tenant)?.unwrap_or_default();
             let identifier = Identifier::parse_typed(typed, &settings)?;

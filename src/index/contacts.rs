@@ -11,7 +11,7 @@ use tantivy::query::{BooleanQuery, Occur};
 use tantivy::schema::{Field, STORED, STRING, Schema, TEXT, Value};
 
 use super::{CONTACTS_DELETED_RATIO_BEFORE_MERGE, Checkpoint, IndexError, Store, Writing, scoped, term_query};
-use crate::model::{Change, ChangeKind, ContactState};
+use crate::model::{Change, ChangeKind, ContactId, ContactState, TenantId};
 
 #[derive(Clone, Copy)]
 struct Fields {
@@ -90,7 +90,7 @@ fn phone_digits(text: &str) -> std::borrow::Cow<'_, str> {
 /// A directory search, always within one tenant.
 #[derive(Clone, Debug, Default)]
 pub struct ContactQuery {
-    pub tenant: String,
+    pub tenant: TenantId,
     /// Words of the name, e-mails, phones, channel ids or parameter values; all
     /// must match. Empty lists every contact that passes the filters.
     pub text: String,
@@ -105,7 +105,7 @@ pub struct ContactQuery {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ContactHit {
-    pub contact_id: String,
+    pub contact_id: ContactId,
     #[serde(flatten)]
     pub state: ContactState,
     pub score: f32,
@@ -166,7 +166,7 @@ impl ContactIndex {
                 let contact_id = text(fields.contact_id).ok_or_else(|| IndexError::BadChange("contact without id".into()))?;
                 let state = text(fields.state).ok_or_else(|| IndexError::BadChange("contact without state".into()))?;
                 let state = serde_json::from_str(&state).map_err(|e| IndexError::BadChange(e.to_string()))?;
-                Ok(ContactHit { contact_id, state, score })
+                Ok(ContactHit { contact_id: contact_id.into(), state, score })
             })
             .collect()
     }
@@ -190,7 +190,7 @@ pub struct ContactWriter {
     /// of its sessions), and only its last state is ever searchable, so its
     /// document is written once, at the commit (measured over 1,000,000 events:
     /// 228,000 contact changes wrote 84,000 documents).
-    latest: HashMap<(String, String), ContactState>,
+    latest: HashMap<(TenantId, ContactId), ContactState>,
 }
 
 impl std::fmt::Debug for ContactWriter {
@@ -239,7 +239,11 @@ impl ContactWriter {
                 self.remove(tenant, &change.contact_id);
                 return Ok(());
             }
-            ChangeKind::ContactMerged => self.remove(tenant, change.data.merged_contact_id.as_deref().unwrap_or_default()),
+            ChangeKind::ContactMerged => {
+                if let Some(merged) = &change.data.merged_contact_id {
+                    self.remove(tenant, merged);
+                }
+            }
             _ => {}
         }
         if let Some(state) = &change.data.contact {
@@ -248,8 +252,8 @@ impl ContactWriter {
         Ok(())
     }
 
-    fn remove(&mut self, tenant: &str, contact_id: &str) {
-        self.latest.remove(&(tenant.to_owned(), contact_id.to_owned()));
+    fn remove(&mut self, tenant: &TenantId, contact_id: &ContactId) {
+        self.latest.remove(&(tenant.clone(), contact_id.clone()));
         self.writing.delete(self.fields.key, tenant, contact_id);
     }
 

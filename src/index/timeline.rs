@@ -13,7 +13,7 @@ use tantivy::{DocAddress, Order, TantivyDocument, Term};
 
 use super::{Checkpoint, Delivery, IndexError, Store, TIMELINE_DELETED_RATIO_BEFORE_MERGE, Writing, scoped, term_query};
 use crate::model::Channel;
-use crate::model::{Change, ChangeKind, EntryKind, TimelineEntry, Timestamp};
+use crate::model::{Change, ChangeKind, ContactId, EntryKind, SessionId, TenantId, TimelineEntry, Timestamp};
 
 /// Characters of context a snippet shows around its matches.
 const SNIPPET_CHARS: usize = 200;
@@ -61,11 +61,11 @@ fn searchable_text(entry: &TimelineEntry) -> String {
 /// One search result.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Hit {
-    pub contact_id: String,
+    pub contact_id: ContactId,
     pub entry_id: String,
     pub occurred_at: Timestamp,
     pub channel: Channel,
-    pub session_id: Option<String>,
+    pub session_id: Option<SessionId>,
     pub kind: EntryKind,
     /// A fragment of the entry with each match wrapped in `<b>…</b>` (HTML-escaped).
     pub snippet: String,
@@ -84,10 +84,10 @@ pub enum SortOrder {
 /// A timeline search, always within one tenant.
 #[derive(Clone, Debug, Default)]
 pub struct TimelineQuery {
-    pub tenant: String,
+    pub tenant: TenantId,
     /// What the user typed, in the search language of [`super::query`].
     pub text: String,
-    pub contact_id: Option<String>,
+    pub contact_id: Option<ContactId>,
     pub channel: Option<Channel>,
     /// Entries at or after this instant.
     pub from: Option<Timestamp>,
@@ -173,7 +173,7 @@ impl TimelineIndex {
                 }
                 Ok(Hit {
                     snippet,
-                    contact_id,
+                    contact_id: contact_id.into(),
                     entry_id: entry.entry_id,
                     occurred_at: entry.occurred_at,
                     channel: entry.channel,

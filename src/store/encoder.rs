@@ -167,7 +167,7 @@ mod tests {
             schema: "contactd.change/1".into(),
             change_id: format!("c{n}"),
             tenant_id: "t".into(),
-            contact_id: format!("k{}", n % 7),
+            contact_id: format!("k{}", n % 7).into(),
             kind: ChangeKind::ContactUpdated,
             occurred_at: Timestamp::from_micros(n as i64),
             caused_by: format!("e{n}"),

@@ -22,8 +22,8 @@ use super::encoder::ChangeEncoder;
 use super::{DirectoryView, Mutation, Store, StoreError, StoreResult, from_json, identifier_hash, to_json};
 use crate::config::SqliteConfig;
 use crate::model::{
-    Change, Claim, ContactRecord, ExportedContact, Identifier, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry,
-    Timestamp,
+    Change, Claim, ContactId, ContactRecord, ExportedContact, Identifier, SessionId, SessionRecord, TenantConfig, TenantId,
+    TimelineCursor, TimelineEntry, Timestamp,
 };
 use crate::publish::{ChangeLog, ChangeSink, ChangeUnit, EncodedUnit, Outbox};
 
@@ -528,7 +528,7 @@ impl SqliteStore {
             if let Some(Some(config)) = cache.tenants.get(&tenant) {
                 self.conn
                     .prepare_cached("INSERT OR REPLACE INTO tenants (tenant, config) VALUES (?1, ?2)")?
-                    .execute(params![tenant, to_json(config)])?;
+                    .execute(params![tenant.as_str(), to_json(config)])?;
             }
         }
         write_back(
@@ -571,7 +571,7 @@ impl SqliteStore {
         rows.map(|row| from_json(&row.map_err(sql_error)?)).collect()
     }
 
-    fn apply_one(&self, tenant: &str, mutation: &Mutation) -> rusqlite::Result<()> {
+    fn apply_one(&self, tenant: &TenantId, mutation: &Mutation) -> rusqlite::Result<()> {
         let conn = &self.conn;
         let mut cache = self.cache.borrow_mut();
         match mutation {
@@ -579,24 +579,24 @@ impl SqliteStore {
                 let seq = self.open_unit.get().map_or(0, |unit| unit.seq);
                 self.open_unit.set(Some(OpenUnit { seq, stamped: true }));
                 conn.prepare_cached("INSERT OR IGNORE INTO events (tenant, event_id, unit) VALUES (?1, ?2, ?3)")?
-                    .execute(params![tenant, event_id, seq.cast_signed()])?;
+                    .execute(params![tenant.as_str(), event_id, seq.cast_signed()])?;
             }
             Mutation::PutTenantConfig(config) => {
-                cache.tenants.insert(tenant.to_owned(), Some(config.clone()));
-                cache.dirty_tenants.push(tenant.to_owned());
+                cache.tenants.insert(tenant.to_string(), Some(config.clone()));
+                cache.dirty_tenants.push(tenant.to_string());
             }
             Mutation::PutSession { session_id, record } => {
-                let key = (tenant.to_owned(), session_id.clone());
+                let key = (tenant.to_string(), session_id.to_string());
                 cache.sessions.insert(key.clone(), Some(record.clone()));
                 cache.dirty_sessions.push(key);
             }
             Mutation::PutContact { contact_id, record } => {
-                let key = (tenant.to_owned(), contact_id.clone());
+                let key = (tenant.to_string(), contact_id.to_string());
                 cache.contacts.insert(key.clone(), Some(record.clone()));
                 cache.dirty_contacts.push(key);
             }
             Mutation::SetClaim { identifier, claim } => {
-                let key = (tenant.to_owned(), identifier_hash(identifier));
+                let key = (tenant.to_string(), identifier_hash(identifier));
                 cache.claims.insert(key.clone(), Some(claim.clone()));
                 cache.dirty_claims.push(key);
             }
@@ -604,37 +604,37 @@ impl SqliteStore {
                 conn.prepare_cached(
                     "INSERT OR IGNORE INTO contact_sessions (tenant, contact_id, session_id) VALUES (?1, ?2, ?3)",
                 )?
-                .execute(params![tenant, contact_id, session_id])?;
+                .execute(params![tenant.as_str(), contact_id.as_str(), session_id.as_str()])?;
             }
             Mutation::UnlinkSession { contact_id, session_id } => {
                 conn.prepare_cached("DELETE FROM contact_sessions WHERE tenant = ?1 AND contact_id = ?2 AND session_id = ?3")?
-                    .execute(params![tenant, contact_id, session_id])?;
+                    .execute(params![tenant.as_str(), contact_id.as_str(), session_id.as_str()])?;
             }
             Mutation::PutEntry { contact_id, entry } => {
                 conn.prepare_cached(
                     "INSERT OR REPLACE INTO timeline (tenant, contact_id, occurred_at, entry_id, entry) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?
-                .execute(params![tenant, contact_id, entry.occurred_at.micros(), entry.entry_id, to_json(entry)])?;
+                .execute(params![tenant.as_str(), contact_id.as_str(), entry.occurred_at.micros(), entry.entry_id, to_json(entry)])?;
             }
             Mutation::DeleteEntry { contact_id, occurred_at, entry_id } => {
                 conn.prepare_cached(
                     "DELETE FROM timeline WHERE tenant = ?1 AND contact_id = ?2 AND occurred_at = ?3 AND entry_id = ?4",
                 )?
-                .execute(params![tenant, contact_id, occurred_at.micros(), entry_id])?;
+                .execute(params![tenant.as_str(), contact_id.as_str(), occurred_at.micros(), entry_id])?;
             }
             Mutation::DeleteTimeline { contact_id } => {
                 conn.prepare_cached("DELETE FROM timeline WHERE tenant = ?1 AND contact_id = ?2")?
-                    .execute(params![tenant, contact_id])?;
+                    .execute(params![tenant.as_str(), contact_id.as_str()])?;
             }
             Mutation::PutPending { session_id, entry } => {
                 conn.prepare_cached(
                     "INSERT OR REPLACE INTO pending (tenant, session_id, entry_id, entry) VALUES (?1, ?2, ?3, ?4)",
                 )?
-                .execute(params![tenant, session_id, entry.entry_id, to_json(entry)])?;
+                .execute(params![tenant.as_str(), session_id.as_str(), entry.entry_id, to_json(entry)])?;
             }
             Mutation::ClearPending { session_id } => {
                 conn.prepare_cached("DELETE FROM pending WHERE tenant = ?1 AND session_id = ?2")?
-                    .execute(params![tenant, session_id])?;
+                    .execute(params![tenant.as_str(), session_id.as_str()])?;
             }
         }
         Ok(())
@@ -653,62 +653,74 @@ impl SqliteStore {
 }
 
 impl DirectoryView for SqliteStore {
-    fn tenant_config(&self, tenant: &str) -> StoreResult<Option<TenantConfig>> {
+    fn tenant_config(&self, tenant: &TenantId) -> StoreResult<Option<TenantConfig>> {
         self.cached(
             |c| &mut c.tenants,
-            tenant.to_owned(),
-            || self.row("SELECT config FROM tenants WHERE tenant = ?1", params![tenant]),
+            tenant.to_string(),
+            || self.row("SELECT config FROM tenants WHERE tenant = ?1", params![tenant.as_str()]),
         )
     }
 
-    fn event_unit(&self, tenant: &str, event_id: &str) -> StoreResult<Option<u64>> {
+    fn event_unit(&self, tenant: &TenantId, event_id: &str) -> StoreResult<Option<u64>> {
         self.conn
             .prepare_cached("SELECT unit FROM events WHERE tenant = ?1 AND event_id = ?2")
             .map_err(sql_error)?
-            .query_row(params![tenant, event_id], |row| row.get::<_, i64>(0))
+            .query_row(params![tenant.as_str(), event_id], |row| row.get::<_, i64>(0))
             .optional()
             .map(|unit| unit.map(i64::unsigned_abs))
             .map_err(sql_error)
     }
 
-    fn session(&self, tenant: &str, session_id: &str) -> StoreResult<Option<SessionRecord>> {
+    fn session(&self, tenant: &TenantId, session_id: &SessionId) -> StoreResult<Option<SessionRecord>> {
         self.cached(
             |c| &mut c.sessions,
-            (tenant.to_owned(), session_id.to_owned()),
-            || self.row("SELECT record FROM sessions WHERE tenant = ?1 AND session_id = ?2", params![tenant, session_id]),
+            (tenant.to_string(), session_id.to_string()),
+            || {
+                self.row(
+                    "SELECT record FROM sessions WHERE tenant = ?1 AND session_id = ?2",
+                    params![tenant.as_str(), session_id.as_str()],
+                )
+            },
         )
     }
 
-    fn claim(&self, tenant: &str, identifier: &Identifier) -> StoreResult<Option<Claim>> {
+    fn claim(&self, tenant: &TenantId, identifier: &Identifier) -> StoreResult<Option<Claim>> {
         let hash = identifier_hash(identifier);
         self.cached(
             |c| &mut c.claims,
-            (tenant.to_owned(), hash),
-            || self.row("SELECT claim FROM claims WHERE tenant = ?1 AND identifier_hash = ?2", params![tenant, hash]),
+            (tenant.to_string(), hash),
+            || self.row("SELECT claim FROM claims WHERE tenant = ?1 AND identifier_hash = ?2", params![tenant.as_str(), hash]),
         )
     }
 
-    fn contact(&self, tenant: &str, contact_id: &str) -> StoreResult<Option<ContactRecord>> {
+    fn contact(&self, tenant: &TenantId, contact_id: &ContactId) -> StoreResult<Option<ContactRecord>> {
         self.cached(
             |c| &mut c.contacts,
-            (tenant.to_owned(), contact_id.to_owned()),
-            || self.row("SELECT record FROM contacts WHERE tenant = ?1 AND contact_id = ?2", params![tenant, contact_id]),
+            (tenant.to_string(), contact_id.to_string()),
+            || {
+                self.row(
+                    "SELECT record FROM contacts WHERE tenant = ?1 AND contact_id = ?2",
+                    params![tenant.as_str(), contact_id.as_str()],
+                )
+            },
         )
     }
 
-    fn contact_sessions(&self, tenant: &str, contact_id: &str) -> StoreResult<Vec<String>> {
+    fn contact_sessions(&self, tenant: &TenantId, contact_id: &ContactId) -> StoreResult<Vec<SessionId>> {
         let mut statement = self
             .conn
             .prepare_cached("SELECT session_id FROM contact_sessions WHERE tenant = ?1 AND contact_id = ?2 ORDER BY session_id")
             .map_err(sql_error)?;
-        let rows = statement.query_map(params![tenant, contact_id], |row| row.get(0)).map_err(sql_error)?;
+        let rows = statement
+            .query_map(params![tenant.as_str(), contact_id.as_str()], |row| row.get::<_, String>(0).map(SessionId::from))
+            .map_err(sql_error)?;
         rows.collect::<rusqlite::Result<_>>().map_err(sql_error)
     }
 
     fn timeline(
         &self,
-        tenant: &str,
-        contact_id: &str,
+        tenant: &TenantId,
+        contact_id: &ContactId,
         before: Option<&TimelineCursor>,
         limit: usize,
     ) -> StoreResult<Vec<TimelineEntry>> {
@@ -717,29 +729,29 @@ impl DirectoryView for SqliteStore {
             None => self.entries(
                 "SELECT entry FROM timeline WHERE tenant = ?1 AND contact_id = ?2
                  ORDER BY occurred_at DESC, entry_id DESC LIMIT ?3",
-                params![tenant, contact_id, limit],
+                params![tenant.as_str(), contact_id.as_str(), limit],
             ),
             Some(cursor) => self.entries(
                 "SELECT entry FROM timeline WHERE tenant = ?1 AND contact_id = ?2 AND (occurred_at, entry_id) < (?3, ?4)
                  ORDER BY occurred_at DESC, entry_id DESC LIMIT ?5",
-                params![tenant, contact_id, cursor.occurred_at.micros(), cursor.entry_id, limit],
+                params![tenant.as_str(), contact_id.as_str(), cursor.occurred_at.micros(), cursor.entry_id, limit],
             ),
         }
     }
 
-    fn timeline_len(&self, tenant: &str, contact_id: &str) -> StoreResult<u64> {
+    fn timeline_len(&self, tenant: &TenantId, contact_id: &ContactId) -> StoreResult<u64> {
         self.conn
             .prepare_cached("SELECT COUNT(*) FROM timeline WHERE tenant = ?1 AND contact_id = ?2")
             .map_err(sql_error)?
-            .query_row(params![tenant, contact_id], |row| row.get::<_, i64>(0))
+            .query_row(params![tenant.as_str(), contact_id.as_str()], |row| row.get::<_, i64>(0))
             .map(i64::unsigned_abs)
             .map_err(sql_error)
     }
 
-    fn pending(&self, tenant: &str, session_id: &str) -> StoreResult<Vec<TimelineEntry>> {
+    fn pending(&self, tenant: &TenantId, session_id: &SessionId) -> StoreResult<Vec<TimelineEntry>> {
         self.entries(
             "SELECT entry FROM pending WHERE tenant = ?1 AND session_id = ?2 ORDER BY entry_id",
-            params![tenant, session_id],
+            params![tenant.as_str(), session_id.as_str()],
         )
     }
 }
@@ -781,7 +793,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn apply(&mut self, tenant: &str, _at: Timestamp, mutations: &[Mutation]) -> StoreResult<()> {
+    fn apply(&mut self, tenant: &TenantId, _at: Timestamp, mutations: &[Mutation]) -> StoreResult<()> {
         if self.open_unit.get().is_none() {
             return Err(StoreError::Fatal("a write outside a unit; call begin first".into()));
         }
@@ -819,8 +831,8 @@ impl Store for SqliteStore {
             .map_err(sql_error)?;
         let mut rows = statement.query([]).map_err(sql_error)?;
         while let Some(row) = rows.next().map_err(sql_error)? {
-            let tenant: String = row.get(0).map_err(sql_error)?;
-            let contact_id: String = row.get(1).map_err(sql_error)?;
+            let tenant = TenantId::from(row.get::<_, String>(0).map_err(sql_error)?);
+            let contact_id = ContactId::from(row.get::<_, String>(1).map_err(sql_error)?);
             let ContactRecord::Active(contact) = from_json(&row.get::<_, String>(2).map_err(sql_error)?)? else {
                 continue;
             };

@@ -4,14 +4,14 @@
 use serde_json::{Value, json};
 
 use super::{DirectoryView, Followed, StoreError, follow_merges};
-use crate::model::{TimelineCursor, TimelineEntry};
+use crate::model::{ContactId, TenantId, TimelineCursor, TimelineEntry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
     #[error("tenant {tenant} has no contact {contact_id}")]
-    NotFound { tenant: String, contact_id: String },
+    NotFound { tenant: TenantId, contact_id: ContactId },
     #[error("contact {0} was deleted")]
-    Deleted(String),
+    Deleted(ContactId),
     #[error("malformed cursor {0:?}")]
     BadCursor(String),
     #[error(transparent)]
@@ -19,12 +19,16 @@ pub enum ViewError {
 }
 
 /// The live contact `requested` is or was merged into, with its id.
-fn live_contact(view: &dyn DirectoryView, tenant: &str, requested: &str) -> Result<(String, crate::model::Contact), ViewError> {
+fn live_contact(
+    view: &dyn DirectoryView,
+    tenant: &TenantId,
+    requested: &ContactId,
+) -> Result<(ContactId, crate::model::Contact), ViewError> {
     match follow_merges(view, tenant, requested, |_| false)? {
         Followed::Active(id, Some(contact)) => Ok((id, contact)),
-        Followed::Deleted(_) => Err(ViewError::Deleted(requested.to_owned())),
+        Followed::Deleted(_) => Err(ViewError::Deleted(requested.clone())),
         Followed::Active(_, None) | Followed::Unknown => {
-            Err(ViewError::NotFound { tenant: tenant.to_owned(), contact_id: requested.to_owned() })
+            Err(ViewError::NotFound { tenant: tenant.clone(), contact_id: requested.clone() })
         }
     }
 }
@@ -32,7 +36,7 @@ fn live_contact(view: &dyn DirectoryView, tenant: &str, requested: &str) -> Resu
 /// One page of a timeline, newest first.
 #[derive(Debug, serde::Serialize)]
 pub struct TimelinePage {
-    pub contact_id: String,
+    pub contact_id: ContactId,
     pub entries: Vec<TimelineEntry>,
     /// Pass back to get the next page; `None` on the last.
     pub next_cursor: Option<String>,
@@ -40,8 +44,8 @@ pub struct TimelinePage {
 
 pub fn timeline_page(
     view: &dyn DirectoryView,
-    tenant: &str,
-    requested: &str,
+    tenant: &TenantId,
+    requested: &ContactId,
     cursor: Option<&str>,
     limit: usize,
 ) -> Result<TimelinePage, ViewError> {
@@ -60,13 +64,13 @@ pub fn timeline_page(
 
 /// The contact's fields, sessions and timeline size. When `requested` was
 /// merged, the survivor is shown and `requested_contact_id` says so.
-pub fn contact_view(view: &dyn DirectoryView, tenant: &str, requested: &str) -> Result<Value, ViewError> {
+pub fn contact_view(view: &dyn DirectoryView, tenant: &TenantId, requested: &ContactId) -> Result<Value, ViewError> {
     let (id, contact) = live_contact(view, tenant, requested)?;
     let mut value = serde_json::to_value(contact.state()).expect("contact states serialize");
     let object = value.as_object_mut().expect("a contact state is an object");
     object.insert("tenant_id".into(), json!(tenant));
     object.insert("contact_id".into(), json!(id));
-    if id != requested {
+    if id != *requested {
         object.insert("requested_contact_id".into(), json!(requested));
     }
     object.insert("created_at".into(), json!(contact.created_at));

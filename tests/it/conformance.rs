@@ -3,7 +3,8 @@
 
 use contactd::model::Channel;
 use contactd::model::{
-    Claim, Contact, ContactRecord, EntryKind, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry, Timestamp,
+    Claim, Contact, ContactId, ContactRecord, EntryKind, SessionId, SessionRecord, TenantConfig, TenantId, TimelineCursor,
+    TimelineEntry, Timestamp,
 };
 use contactd::model::{Identifier, IdentifierKind};
 use contactd::publish::{ChangeSink, Outbox};
@@ -14,7 +15,7 @@ fn entry(id: &str, micros: i64, session: Option<&str>) -> TimelineEntry {
         entry_id: id.into(),
         occurred_at: Timestamp::from_micros(micros),
         channel: Channel::Chat,
-        session_id: session.map(str::to_owned),
+        session_id: session.map(SessionId::from),
         kind: EntryKind::Message,
         text: format!("text {id}"),
         details: contactd::model::Details::of(&serde_json::json!({})),
@@ -34,7 +35,7 @@ const AT: Timestamp = Timestamp::from_micros(1_000);
 
 fn write<S: Store>(store: &mut S, tenant: &str, mutations: Vec<Mutation>) {
     store.begin().unwrap();
-    store.apply(tenant, AT, &mutations).unwrap();
+    store.apply(&tenant.into(), AT, &mutations).unwrap();
     store.commit().unwrap();
 }
 
@@ -56,13 +57,13 @@ pub fn reads_return_what_was_written<S: Store>(store: &mut S) {
             Mutation::LinkSession { contact_id: "c1".into(), session_id: "s1".into() },
         ],
     );
-    assert!(store.event_unit("t1", "e1").unwrap().is_some());
-    assert!(store.event_unit("t1", "e2").unwrap().is_none());
-    assert_eq!(store.tenant_config("t1").unwrap(), Some(config));
-    assert_eq!(store.contact("t1", "c1").unwrap(), Some(contact("c1")));
-    assert_eq!(store.session("t1", "s1").unwrap().unwrap().contact_id.as_deref(), Some("c1"));
-    assert_eq!(store.claim("t1", &email("a@x.cz")).unwrap(), Some(Claim::Owned { contact_id: "c1".into() }));
-    assert_eq!(store.contact_sessions("t1", "c1").unwrap(), ["s1", "s2"], "sorted");
+    assert!(store.event_unit(&"t1".into(), "e1").unwrap().is_some());
+    assert!(store.event_unit(&"t1".into(), "e2").unwrap().is_none());
+    assert_eq!(store.tenant_config(&"t1".into()).unwrap(), Some(config));
+    assert_eq!(store.contact(&"t1".into(), &"c1".into()).unwrap(), Some(contact("c1")));
+    assert_eq!(store.session(&"t1".into(), &"s1".into()).unwrap().unwrap().contact_id.as_deref(), Some("c1"));
+    assert_eq!(store.claim(&"t1".into(), &email("a@x.cz")).unwrap(), Some(Claim::Owned { contact_id: "c1".into() }));
+    assert_eq!(store.contact_sessions(&"t1".into(), &"c1".into()).unwrap(), ["s1", "s2"], "sorted");
 }
 
 pub fn tenants_are_isolated<S: Store>(store: &mut S) {
@@ -76,29 +77,29 @@ pub fn tenants_are_isolated<S: Store>(store: &mut S) {
             Mutation::PutEntry { contact_id: "c1".into(), entry: entry("x", 1, None) },
         ],
     );
-    assert!(store.event_unit("t2", "e1").unwrap().is_none());
-    assert_eq!(store.contact("t2", "c1").unwrap(), None);
-    assert_eq!(store.claim("t2", &email("a@x.cz")).unwrap(), None);
-    assert!(store.timeline("t2", "c1", None, 10).unwrap().is_empty());
+    assert!(store.event_unit(&"t2".into(), "e1").unwrap().is_none());
+    assert_eq!(store.contact(&"t2".into(), &"c1".into()).unwrap(), None);
+    assert_eq!(store.claim(&"t2".into(), &email("a@x.cz")).unwrap(), None);
+    assert!(store.timeline(&"t2".into(), &"c1".into(), None, 10).unwrap().is_empty());
 }
 
 pub fn timelines_page_newest_first<S: Store>(store: &mut S) {
     let mutations =
         (0..5).map(|i| Mutation::PutEntry { contact_id: "c1".into(), entry: entry(&format!("e{i}"), i * 10, None) }).collect();
     write(store, "t1", mutations);
-    let page = store.timeline("t1", "c1", None, 2).unwrap();
+    let page = store.timeline(&"t1".into(), &"c1".into(), None, 2).unwrap();
     assert_eq!(page.iter().map(|e| e.entry_id.as_str()).collect::<Vec<_>>(), ["e4", "e3"]);
     let cursor = TimelineCursor { occurred_at: page[1].occurred_at, entry_id: page[1].entry_id.clone() };
-    let next = store.timeline("t1", "c1", Some(&cursor), 10).unwrap();
+    let next = store.timeline(&"t1".into(), &"c1".into(), Some(&cursor), 10).unwrap();
     assert_eq!(next.iter().map(|e| e.entry_id.as_str()).collect::<Vec<_>>(), ["e2", "e1", "e0"]);
-    assert_eq!(store.timeline_len("t1", "c1").unwrap(), 5);
+    assert_eq!(store.timeline_len(&"t1".into(), &"c1".into()).unwrap(), 5);
 }
 
 pub fn writes_are_idempotent_overwrites<S: Store>(store: &mut S) {
     let put = vec![Mutation::PutEntry { contact_id: "c1".into(), entry: entry("e1", 5, Some("s1")) }];
     write(store, "t1", put.clone());
     write(store, "t1", put);
-    assert_eq!(store.timeline_len("t1", "c1").unwrap(), 1);
+    assert_eq!(store.timeline_len(&"t1".into(), &"c1".into()).unwrap(), 1);
     write(
         store,
         "t1",
@@ -108,7 +109,7 @@ pub fn writes_are_idempotent_overwrites<S: Store>(store: &mut S) {
         }],
     );
     assert_eq!(
-        store.claim("t1", &email("a@x.cz")).unwrap(),
+        store.claim(&"t1".into(), &email("a@x.cz")).unwrap(),
         Some(Claim::Released { at: Timestamp::from_micros(9), erased: true })
     );
 }
@@ -130,8 +131,8 @@ pub fn deletes_remove_what_they_name<S: Store>(store: &mut S) {
         "t1",
         vec![Mutation::DeleteEntry { contact_id: "c1".into(), occurred_at: Timestamp::from_micros(1), entry_id: "e1".into() }],
     );
-    assert_eq!(store.timeline_len("t1", "c1").unwrap(), 1);
-    assert_eq!(store.pending("t1", "s1").unwrap().len(), 1);
+    assert_eq!(store.timeline_len(&"t1".into(), &"c1".into()).unwrap(), 1);
+    assert_eq!(store.pending(&"t1".into(), &"s1".into()).unwrap().len(), 1);
     write(
         store,
         "t1",
@@ -141,20 +142,20 @@ pub fn deletes_remove_what_they_name<S: Store>(store: &mut S) {
             Mutation::UnlinkSession { contact_id: "c1".into(), session_id: "s1".into() },
         ],
     );
-    assert_eq!(store.timeline_len("t1", "c1").unwrap(), 0);
-    assert_eq!(store.timeline_len("t1", "c2").unwrap(), 1, "other contacts keep theirs");
-    assert!(store.pending("t1", "s1").unwrap().is_empty());
-    assert!(store.contact_sessions("t1", "c1").unwrap().is_empty());
+    assert_eq!(store.timeline_len(&"t1".into(), &"c1".into()).unwrap(), 0);
+    assert_eq!(store.timeline_len(&"t1".into(), &"c2".into()).unwrap(), 1, "other contacts keep theirs");
+    assert!(store.pending(&"t1".into(), &"s1".into()).unwrap().is_empty());
+    assert!(store.contact_sessions(&"t1".into(), &"c1".into()).unwrap().is_empty());
 }
 
 pub fn reads_see_the_units_own_writes<S: Store>(store: &mut S) {
     store.begin().unwrap();
-    assert_eq!(store.claim("t1", &email("a@x.cz")).unwrap(), None);
-    assert_eq!(store.contact("t1", "c1").unwrap(), None);
-    assert_eq!(store.session("t1", "s1").unwrap(), None);
+    assert_eq!(store.claim(&"t1".into(), &email("a@x.cz")).unwrap(), None);
+    assert_eq!(store.contact(&"t1".into(), &"c1".into()).unwrap(), None);
+    assert_eq!(store.session(&"t1".into(), &"s1".into()).unwrap(), None);
     store
         .apply(
-            "t1",
+            &"t1".into(),
             AT,
             &[
                 Mutation::SetClaim { identifier: email("a@x.cz"), claim: Claim::Owned { contact_id: "c1".into() } },
@@ -167,19 +168,19 @@ pub fn reads_see_the_units_own_writes<S: Store>(store: &mut S) {
             ],
         )
         .unwrap();
-    assert_eq!(store.claim("t1", &email("a@x.cz")).unwrap(), Some(Claim::Owned { contact_id: "c1".into() }));
-    assert_eq!(store.contact("t1", "c1").unwrap(), Some(contact("c1")));
-    assert_eq!(store.session("t1", "s1").unwrap().unwrap().contact_id.as_deref(), Some("c1"));
-    assert_eq!(store.pending("t1", "s2").unwrap().len(), 1);
+    assert_eq!(store.claim(&"t1".into(), &email("a@x.cz")).unwrap(), Some(Claim::Owned { contact_id: "c1".into() }));
+    assert_eq!(store.contact(&"t1".into(), &"c1".into()).unwrap(), Some(contact("c1")));
+    assert_eq!(store.session(&"t1".into(), &"s1".into()).unwrap().unwrap().contact_id.as_deref(), Some("c1"));
+    assert_eq!(store.pending(&"t1".into(), &"s2".into()).unwrap().len(), 1);
     store.commit().unwrap();
-    assert_eq!(store.claim("t1", &email("a@x.cz")).unwrap(), Some(Claim::Owned { contact_id: "c1".into() }));
+    assert_eq!(store.claim(&"t1".into(), &email("a@x.cz")).unwrap(), Some(Claim::Owned { contact_id: "c1".into() }));
 }
 
 pub fn rollback_discards_the_unit<S: Store>(store: &mut S) {
     store.begin().unwrap();
     store
         .apply(
-            "t1",
+            &"t1".into(),
             AT,
             &[
                 Mutation::MarkSeen { event_id: "e1".into() },
@@ -188,8 +189,8 @@ pub fn rollback_discards_the_unit<S: Store>(store: &mut S) {
         )
         .unwrap();
     store.rollback().unwrap();
-    assert!(store.event_unit("t1", "e1").unwrap().is_none());
-    assert_eq!(store.claim("t1", &email("a@x.cz")).unwrap(), None, "no cached write survives a rollback");
+    assert!(store.event_unit(&"t1".into(), "e1").unwrap().is_none());
+    assert_eq!(store.claim(&"t1".into(), &email("a@x.cz")).unwrap(), None, "no cached write survives a rollback");
 }
 
 pub fn export_lists_live_contacts_in_order<S: Store>(store: &mut S) {
@@ -215,7 +216,7 @@ pub fn export_lists_live_contacts_in_order<S: Store>(store: &mut S) {
         .unwrap();
     let keys: Vec<(&str, &str)> = seen.iter().map(|(t, c, _, _)| (t.as_str(), c.as_str())).collect();
     assert_eq!(keys, [("t1", "a"), ("t1", "b"), ("t2", "a")]);
-    assert_eq!((seen[0].2, seen[0].3.clone()), (1, vec!["s1".to_owned()]));
+    assert_eq!((seen[0].2, seen[0].3.clone()), (1, vec![SessionId::from("s1")]));
 }
 
 fn change(id: &str) -> contactd::model::Change {
@@ -235,17 +236,17 @@ fn change(id: &str) -> contactd::model::Change {
 /// whose first delivery committed but never reached the broker.
 pub fn events_lead_back_to_their_change_units<S: Store + ChangeSink + Outbox>(store: &mut S) {
     store.begin().unwrap();
-    store.apply("t1", AT, &[Mutation::MarkSeen { event_id: "e1".into() }]).unwrap();
+    store.apply(&"t1".into(), AT, &[Mutation::MarkSeen { event_id: "e1".into() }]).unwrap();
     store.publish(vec![change("x1"), change("x2")]).unwrap();
     let first = store.open_unit().unwrap();
     store.commit().unwrap();
     store.begin().unwrap();
-    store.apply("t1", AT, &[Mutation::MarkSeen { event_id: "e2".into() }]).unwrap();
+    store.apply(&"t1".into(), AT, &[Mutation::MarkSeen { event_id: "e2".into() }]).unwrap();
     let second = store.open_unit().unwrap();
     store.commit().unwrap();
     assert!(second > first);
-    assert_eq!(store.event_unit("t1", "e1").unwrap(), Some(first));
-    assert_eq!(store.event_unit("t1", "e2").unwrap(), Some(second));
+    assert_eq!(store.event_unit(&"t1".into(), "e1").unwrap(), Some(first));
+    assert_eq!(store.event_unit(&"t1".into(), "e2").unwrap(), Some(second));
     let stored = store.unit(first).unwrap().unwrap();
     let keyed: Vec<(String, contactd::model::Change)> =
         stored.changes().map(|(key, json)| (key.to_owned(), serde_json::from_str(json).unwrap())).collect();
@@ -256,7 +257,7 @@ pub fn events_lead_back_to_their_change_units<S: Store + ChangeSink + Outbox>(st
     assert!(store.unit(second).unwrap().is_some(), "forgetting one unit keeps the others");
     store.forget_unit(second).unwrap();
     store.begin().unwrap();
-    store.apply("t1", AT, &[Mutation::MarkSeen { event_id: "e3".into() }]).unwrap();
+    store.apply(&"t1".into(), AT, &[Mutation::MarkSeen { event_id: "e3".into() }]).unwrap();
     let third = store.open_unit().unwrap();
     store.commit().unwrap();
     assert!(third > second, "a position an event points to is never reused, even once forgotten");
@@ -301,7 +302,7 @@ fn a_cache_never_hides_another_writers_commit() {
     let mut first = SqliteStore::open(&path, &SqliteOptions::default()).unwrap();
     let mut second = SqliteStore::open(&path, &SqliteOptions::default()).unwrap();
     first.begin().unwrap();
-    assert_eq!(first.claim("t1", &email("a@x.cz")).unwrap(), None);
+    assert_eq!(first.claim(&"t1".into(), &email("a@x.cz")).unwrap(), None);
     first.commit().unwrap();
     write(
         &mut second,
@@ -309,7 +310,7 @@ fn a_cache_never_hides_another_writers_commit() {
         vec![Mutation::SetClaim { identifier: email("a@x.cz"), claim: Claim::Owned { contact_id: "c2".into() } }],
     );
     first.begin().unwrap();
-    assert_eq!(first.claim("t1", &email("a@x.cz")).unwrap(), Some(Claim::Owned { contact_id: "c2".into() }));
+    assert_eq!(first.claim(&"t1".into(), &email("a@x.cz")).unwrap(), Some(Claim::Owned { contact_id: "c2".into() }));
     first.commit().unwrap();
 }
 
@@ -355,7 +356,7 @@ fn forgotten_units_are_deleted_by_the_next_commit_or_on_close() {
     let other = SqliteStore::open(&path, &SqliteOptions::default()).unwrap();
     let unit_of = |store: &mut SqliteStore, event: &str| {
         store.begin().unwrap();
-        store.apply("t1", AT, &[Mutation::MarkSeen { event_id: event.into() }]).unwrap();
+        store.apply(&"t1".into(), AT, &[Mutation::MarkSeen { event_id: event.into() }]).unwrap();
         store.publish(vec![change(event)]).unwrap();
         let seq = store.open_unit().unwrap();
         store.commit().unwrap();
@@ -387,10 +388,10 @@ fn the_log_is_checkpointed_on_its_own_thread_and_stays_bounded() {
         for unit in 0..300 {
             let mut long = entry(&format!("e{unit}"), unit, None);
             long.text = "words ".repeat(1_000);
-            write(&mut store, "t1", vec![Mutation::PutEntry { contact_id: format!("c{}", unit % 7), entry: long }]);
+            write(&mut store, "t1", vec![Mutation::PutEntry { contact_id: format!("c{}", unit % 7).into(), entry: long }]);
             largest = largest.max(std::fs::metadata(&log).unwrap().len());
         }
-        assert_eq!(store.timeline_len("t1", "c0").unwrap(), 43);
+        assert_eq!(store.timeline_len(&"t1".into(), &"c0".into()).unwrap(), 43);
         (largest, store.background_checkpoints())
     };
     let (unchecked, none) = largest_log(i32::MAX);
@@ -462,37 +463,37 @@ struct FailingFirstCommit {
 }
 
 impl DirectoryView for FailingFirstCommit {
-    fn tenant_config(&self, tenant: &str) -> contactd::store::StoreResult<Option<TenantConfig>> {
+    fn tenant_config(&self, tenant: &TenantId) -> contactd::store::StoreResult<Option<TenantConfig>> {
         self.inner.tenant_config(tenant)
     }
-    fn event_unit(&self, tenant: &str, event_id: &str) -> contactd::store::StoreResult<Option<u64>> {
+    fn event_unit(&self, tenant: &TenantId, event_id: &str) -> contactd::store::StoreResult<Option<u64>> {
         self.inner.event_unit(tenant, event_id)
     }
-    fn session(&self, tenant: &str, session_id: &str) -> contactd::store::StoreResult<Option<SessionRecord>> {
+    fn session(&self, tenant: &TenantId, session_id: &SessionId) -> contactd::store::StoreResult<Option<SessionRecord>> {
         self.inner.session(tenant, session_id)
     }
-    fn claim(&self, tenant: &str, identifier: &Identifier) -> contactd::store::StoreResult<Option<Claim>> {
+    fn claim(&self, tenant: &TenantId, identifier: &Identifier) -> contactd::store::StoreResult<Option<Claim>> {
         self.inner.claim(tenant, identifier)
     }
-    fn contact(&self, tenant: &str, contact_id: &str) -> contactd::store::StoreResult<Option<ContactRecord>> {
+    fn contact(&self, tenant: &TenantId, contact_id: &ContactId) -> contactd::store::StoreResult<Option<ContactRecord>> {
         self.inner.contact(tenant, contact_id)
     }
-    fn contact_sessions(&self, tenant: &str, contact_id: &str) -> contactd::store::StoreResult<Vec<String>> {
+    fn contact_sessions(&self, tenant: &TenantId, contact_id: &ContactId) -> contactd::store::StoreResult<Vec<SessionId>> {
         self.inner.contact_sessions(tenant, contact_id)
     }
     fn timeline(
         &self,
-        tenant: &str,
-        contact_id: &str,
+        tenant: &TenantId,
+        contact_id: &ContactId,
         before: Option<&TimelineCursor>,
         limit: usize,
     ) -> contactd::store::StoreResult<Vec<TimelineEntry>> {
         self.inner.timeline(tenant, contact_id, before, limit)
     }
-    fn timeline_len(&self, tenant: &str, contact_id: &str) -> contactd::store::StoreResult<u64> {
+    fn timeline_len(&self, tenant: &TenantId, contact_id: &ContactId) -> contactd::store::StoreResult<u64> {
         self.inner.timeline_len(tenant, contact_id)
     }
-    fn pending(&self, tenant: &str, session_id: &str) -> contactd::store::StoreResult<Vec<TimelineEntry>> {
+    fn pending(&self, tenant: &TenantId, session_id: &SessionId) -> contactd::store::StoreResult<Vec<TimelineEntry>> {
         self.inner.pending(tenant, session_id)
     }
 }
@@ -501,7 +502,7 @@ impl Store for FailingFirstCommit {
     fn begin(&mut self) -> contactd::store::StoreResult<()> {
         self.inner.begin()
     }
-    fn apply(&mut self, tenant: &str, at: Timestamp, mutations: &[Mutation]) -> contactd::store::StoreResult<()> {
+    fn apply(&mut self, tenant: &TenantId, at: Timestamp, mutations: &[Mutation]) -> contactd::store::StoreResult<()> {
         self.inner.apply(tenant, at, mutations)
     }
     fn commit(&mut self) -> contactd::store::StoreResult<()> {
@@ -542,7 +543,7 @@ fn a_failed_commit_is_rolled_back_and_the_retry_applies_the_batch_once() {
     }];
     let outcome = contactd::pipeline::apply_batch_with_retry(&mut store, &contactd::pipeline::decode_batch(&batch), 3).unwrap();
     assert_eq!(outcome.report.applied, 1, "the retry applied the event, not a duplicate of a lost unit");
-    let owner = store.claim("acme", &email("a@x.cz")).unwrap();
+    let owner = store.claim(&"acme".into(), &email("a@x.cz")).unwrap();
     let Some(Claim::Owned { contact_id }) = owner else { panic!("the claim was committed: {owner:?}") };
-    assert!(matches!(store.contact("acme", &contact_id).unwrap(), Some(ContactRecord::Active(_))));
+    assert!(matches!(store.contact(&"acme".into(), &contact_id).unwrap(), Some(ContactRecord::Active(_))));
 }

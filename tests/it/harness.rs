@@ -193,7 +193,8 @@ pub fn canonical<S: Store + ?Sized>(store: &S) -> Canonical {
                 .map(|e| e.text)
                 .collect();
             texts.sort();
-            (c.state.emails, c.state.phones, c.sessions, c.state.name, texts)
+            let sessions = c.sessions.into_iter().map(contactd::model::SessionId::into_string).collect();
+            (c.state.emails, c.state.phones, sessions, c.state.name, texts)
         })
         .collect()
 }

@@ -946,17 +946,17 @@ fn check(steps: &[Step], batches: &[u8], offset: usize) -> Result<(), TestCaseEr
         .into_iter()
         .map(|c| {
             let shown = Shown {
-                tenant: c.tenant_id.clone(),
+                tenant: c.tenant_id.to_string(),
                 name: c.state.name,
                 emails: c.state.emails,
                 phones: c.state.phones,
                 whatsapp: c.state.channel_ids.whatsapp,
                 browser: c.state.channel_ids.browser,
                 params: c.state.params,
-                sessions: c.sessions,
+                sessions: c.sessions.into_iter().map(contactd::model::SessionId::into_string).collect(),
                 entries: c.timeline_entries,
             };
-            (shown, c.contact_id)
+            (shown, c.contact_id.into_string())
         })
         .collect();
     actual.sort();
@@ -986,7 +986,8 @@ fn check(steps: &[Step], batches: &[u8], offset: usize) -> Result<(), TestCaseEr
                 limit: 5,
                 ..TimelineQuery::default()
             };
-            let hits: Vec<String> = index.timeline.search(&query).unwrap().into_iter().map(|hit| hit.contact_id).collect();
+            let hits: Vec<String> =
+                index.timeline.search(&query).unwrap().into_iter().map(|hit| hit.contact_id.into_string()).collect();
             let expected: Vec<String> = home.into_iter().map(str::to_owned).collect();
             prop_assert_eq!(hits, expected, "search for {} in tenant {}", word, TENANTS[tenant_index].id);
         }

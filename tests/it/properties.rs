@@ -68,7 +68,7 @@ proptest! {
         let directory = run(&shuffled(&ordered, seed));
         prop_assert_eq!(&canonical(&directory.store), &expected);
         for n in 0..conversations.len() {
-            prop_assert!(directory.store.pending("acme", &format!("s{n}")).unwrap().is_empty(), "no entry of a resolved session is left waiting");
+            prop_assert!(directory.store.pending(&"acme".into(), &format!("s{n}").into()).unwrap().is_empty(), "no entry of a resolved session is left waiting");
         }
     }
 

@@ -137,7 +137,8 @@ impl Run {
                 .map(|events| {
                     scope.spawn(move || {
                         let store = open();
-                        let unapplied = events.iter().filter(|(tenant, id)| store.event_unit(tenant, id).unwrap().is_none());
+                        let unapplied =
+                            events.iter().filter(|(tenant, id)| store.event_unit(&tenant.as_str().into(), id).unwrap().is_none());
                         unapplied.copied().collect::<Vec<_>>()
                     })
                 })
@@ -181,7 +182,7 @@ impl Run {
         let mut attached: BTreeSet<(String, String)> = BTreeSet::new();
         for contact in &contacts {
             for entry in store.timeline(&contact.tenant_id, &contact.contact_id, None, usize::MAX).unwrap() {
-                let key = (contact.tenant_id.clone(), entry.entry_id.clone());
+                let key = (contact.tenant_id.to_string(), entry.entry_id.clone());
                 assert!(attached.insert(key.clone()), "entry {key:?} is in two contacts' timelines");
                 if entry.kind == EntryKind::Message {
                     *entries.entry(key).or_default() += 1;
@@ -191,7 +192,7 @@ impl Run {
         let unresolved =
             corpus.sessions.keys().filter(|(tenant, session)| !owners.contains_key(&(tenant.as_str(), session.as_str())));
         for (tenant, session) in unresolved {
-            for entry in store.pending(tenant, session).unwrap() {
+            for entry in store.pending(&tenant.as_str().into(), &session.as_str().into()).unwrap() {
                 *entries.entry((tenant.clone(), entry.entry_id)).or_default() += 1;
             }
         }
@@ -227,7 +228,7 @@ impl Run {
         for record in self.cluster.read_all(&self.cluster.changes, CHANGE_PARTITIONS) {
             let change: Change = serde_json::from_slice(&record.payload).expect("a change event");
             assert!(
-                corpus.valid.contains_key(&(change.tenant_id.clone(), change.caused_by.clone())),
+                corpus.valid.contains_key(&(change.tenant_id.to_string(), change.caused_by.clone())),
                 "change {} caused by {} of {}, which the corpus lacks",
                 change.change_id,
                 change.caused_by,
@@ -241,7 +242,7 @@ impl Run {
         let mut appended = BTreeSet::new();
         for change in changes.values().filter(|change| change.kind == ChangeKind::TimelineAppended) {
             let entry = change.data.entry.as_ref().expect("a timeline change carries its entry");
-            assert!(appended.insert((change.tenant_id.clone(), entry.entry_id.clone())), "entry appended twice: {change:?}");
+            assert!(appended.insert((change.tenant_id.to_string(), entry.entry_id.clone())), "entry appended twice: {change:?}");
         }
         assert_eq!(&appended, attached, "one timeline.appended change per stored entry");
         let published: BTreeSet<(&str, &str, String)> = changes

@@ -212,19 +212,19 @@ fn a_claim_rewritten_with_the_value_it_holds_still_races_as_a_write() {
     let owned_by = |id: &str| Mutation::SetClaim { identifier: email.clone(), claim: Claim::Owned { contact_id: id.into() } };
     let mut leftover = open();
     leftover.begin().unwrap();
-    leftover.apply("acme", at, &[owned_by("c-a")]).unwrap();
+    leftover.apply(&"acme".into(), at, &[owned_by("c-a")]).unwrap();
     leftover.commit().unwrap();
 
     let mut founder = open();
     founder.begin().unwrap();
-    assert_eq!(founder.claim("acme", &email).unwrap(), Some(Claim::Owned { contact_id: "c-a".into() }));
-    assert_eq!(founder.contact("acme", "c-a").unwrap(), None, "the claim's contact went back");
-    founder.apply("acme", at, &[owned_by("c-b"), contact_owning("c-b", &email)]).unwrap();
+    assert_eq!(founder.claim(&"acme".into(), &email).unwrap(), Some(Claim::Owned { contact_id: "c-a".into() }));
+    assert_eq!(founder.contact(&"acme".into(), &"c-a".into()).unwrap(), None, "the claim's contact went back");
+    founder.apply(&"acme".into(), at, &[owned_by("c-b"), contact_owning("c-b", &email)]).unwrap();
 
     let mut recreator = open();
     recreator.begin().unwrap();
-    assert_eq!(recreator.claim("acme", &email).unwrap(), Some(Claim::Owned { contact_id: "c-a".into() }));
-    recreator.apply("acme", at, &[owned_by("c-a"), contact_owning("c-a", &email)]).unwrap();
+    assert_eq!(recreator.claim(&"acme".into(), &email).unwrap(), Some(Claim::Owned { contact_id: "c-a".into() }));
+    recreator.apply(&"acme".into(), at, &[owned_by("c-a"), contact_owning("c-a", &email)]).unwrap();
     recreator.commit().unwrap();
 
     let error = founder.commit().expect_err("the founder read the claim before the re-creator wrote it");
@@ -250,17 +250,17 @@ fn a_claim_is_checked_against_its_contact_as_stored_now_not_as_read_earlier() {
 
     let mut reader = open();
     reader.begin().unwrap();
-    assert_eq!(reader.contact("acme", "c-a").unwrap(), None);
+    assert_eq!(reader.contact(&"acme".into(), &"c-a".into()).unwrap(), None);
 
     let mut writer = open();
     writer.begin().unwrap();
     let claim = Claim::Owned { contact_id: "c-a".into() };
-    writer.apply("acme", at, &[Mutation::SetClaim { identifier: email.clone(), claim: claim.clone() }]).unwrap();
-    writer.apply("acme", at, &[contact_owning("c-a", &email)]).unwrap();
+    writer.apply(&"acme".into(), at, &[Mutation::SetClaim { identifier: email.clone(), claim: claim.clone() }]).unwrap();
+    writer.apply(&"acme".into(), at, &[contact_owning("c-a", &email)]).unwrap();
     writer.commit().unwrap();
 
-    assert_eq!(reader.claim("acme", &email).unwrap(), Some(claim));
-    assert!(reader.contact("acme", "c-a").unwrap().is_some(), "the claim's contact, read again");
+    assert_eq!(reader.claim(&"acme".into(), &email).unwrap(), Some(claim));
+    assert!(reader.contact(&"acme".into(), &"c-a".into()).unwrap().is_some(), "the claim's contact, read again");
 }
 
 fn contact_owning(id: &str, identifier: &contactd::model::Identifier) -> contactd::store::Mutation {
@@ -300,14 +300,22 @@ fn a_claim_read_ahead_is_checked_at_commit_like_any_read() {
     let mut first = open();
     first.begin().unwrap();
     first
-        .apply("acme", at, &[Mutation::MarkSeen { event_id: "e2".into() }, owned_by("c-b"), contact_owning("c-b", &email)])
+        .apply(
+            &"acme".into(),
+            at,
+            &[Mutation::MarkSeen { event_id: "e2".into() }, owned_by("c-b"), contact_owning("c-b", &email)],
+        )
         .unwrap();
     first.commit().unwrap();
 
-    assert_eq!(late.claim("acme", &email).unwrap(), None, "what was read ahead");
-    assert_eq!(late.event_unit("acme", "e1").unwrap(), None);
-    late.apply("acme", at, &[Mutation::MarkSeen { event_id: "e1".into() }, owned_by("c-a"), contact_owning("c-a", &email)])
-        .unwrap();
+    assert_eq!(late.claim(&"acme".into(), &email).unwrap(), None, "what was read ahead");
+    assert_eq!(late.event_unit(&"acme".into(), "e1").unwrap(), None);
+    late.apply(
+        &"acme".into(),
+        at,
+        &[Mutation::MarkSeen { event_id: "e1".into() }, owned_by("c-a"), contact_owning("c-a", &email)],
+    )
+    .unwrap();
     let error = late.commit().expect_err("the claim moved on after it was read ahead");
     assert!(error.is_transient(), "{error}");
     assert_eq!(exported(&open()).len(), 1, "one owner for the e-mail");
@@ -341,16 +349,16 @@ fn the_rows_of_a_record_are_read_only_once_the_unit_that_wrote_it_is_whole() {
     let mut killed = open();
     killed.crash_next_commit_after(CommitStep::Records);
     killed.begin().unwrap();
-    killed.apply("acme", Timestamp::from_micros(1), &[contact_owning("c-a", &email)]).unwrap();
-    killed.apply("acme", Timestamp::from_micros(1), &attached("c-a", "s1")).unwrap();
+    killed.apply(&"acme".into(), Timestamp::from_micros(1), &[contact_owning("c-a", &email)]).unwrap();
+    killed.apply(&"acme".into(), Timestamp::from_micros(1), &attached("c-a", "s1")).unwrap();
     killed.commit().unwrap();
 
     let mut merger = open();
     let started = std::time::Instant::now();
     let sessions = loop {
         merger.begin().unwrap();
-        assert!(merger.contact("acme", "c-a").unwrap().is_some(), "the contact is written before its links");
-        match merger.contact_sessions("acme", "c-a") {
+        assert!(merger.contact(&"acme".into(), &"c-a".into()).unwrap().is_some(), "the contact is written before its links");
+        match merger.contact_sessions(&"acme".into(), &"c-a".into()) {
             Ok(sessions) => break sessions,
             Err(error) => {
                 assert!(error.is_transient(), "{error}");
@@ -380,13 +388,13 @@ fn a_unit_writing_the_rows_of_a_record_races_with_every_writer_of_the_record() {
     let at = Timestamp::from_micros(1);
     let mut setup = open();
     setup.begin().unwrap();
-    setup.apply("acme", at, &[contact_owning("c-a", &email)]).unwrap();
-    setup.apply("acme", at, &attached("c-a", "s1")).unwrap();
+    setup.apply(&"acme".into(), at, &[contact_owning("c-a", &email)]).unwrap();
+    setup.apply(&"acme".into(), at, &attached("c-a", "s1")).unwrap();
     setup.commit().unwrap();
 
     let mut appender = open();
     appender.begin().unwrap();
-    assert!(appender.contact("acme", "c-a").unwrap().is_some());
+    assert!(appender.contact(&"acme".into(), &"c-a".into()).unwrap().is_some());
     let entry = TimelineEntry {
         entry_id: "m1".into(),
         occurred_at: Timestamp::from_micros(2),
@@ -396,15 +404,15 @@ fn a_unit_writing_the_rows_of_a_record_races_with_every_writer_of_the_record() {
         text: "hello".into(),
         details: Details::of(&serde_json::json!({})),
     };
-    appender.apply("acme", at, &[Mutation::PutEntry { contact_id: "c-a".into(), entry }]).unwrap();
+    appender.apply(&"acme".into(), at, &[Mutation::PutEntry { contact_id: "c-a".into(), entry }]).unwrap();
 
     let mut eraser = open();
     eraser.begin().unwrap();
-    assert!(eraser.contact("acme", "c-a").unwrap().is_some());
+    assert!(eraser.contact(&"acme".into(), &"c-a".into()).unwrap().is_some());
     let erased = Timestamp::from_micros(3);
     eraser
         .apply(
-            "acme",
+            &"acme".into(),
             erased,
             &[
                 Mutation::DeleteTimeline { contact_id: "c-a".into() },

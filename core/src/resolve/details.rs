@@ -2,13 +2,13 @@
 //! and released, and names, as interactions and operators' edits change them.
 
 use super::{Resolver, Target};
-use crate::model::{ChangeData, ChangeKind, Claim, EntryKind, Identifier, NameField, NameSource, OwnedIdentifier};
+use crate::model::{ChangeData, ChangeKind, Claim, ContactId, EntryKind, Identifier, NameField, NameSource, OwnedIdentifier};
 use crate::store::{DirectoryView, Mutation, StoreResult};
 
 impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
     /// Attaches identifiers nobody owns; records a conflict for those owned by
     /// someone else (never moves them, docs/contract.md 3.4).
-    pub(super) fn claim_all(&mut self, contact_id: &str, identifiers: &[Identifier]) -> StoreResult<()> {
+    pub(super) fn claim_all(&mut self, contact_id: &ContactId, identifiers: &[Identifier]) -> StoreResult<()> {
         let occurred_at = self.event.occurred_at;
         for identifier in identifiers {
             if self.contact(contact_id).owns(identifier) {
@@ -24,7 +24,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             match self.view.claim(self.tenant(), identifier)? {
                 Some(Claim::Owned { contact_id: owner }) => {
                     if let Target::Active(owner) = self.follow(&owner)?
-                        && owner != contact_id
+                        && owner != *contact_id
                     {
                         let details = ChangeData {
                             identifier: Some(identifier.to_string()),
@@ -43,7 +43,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             }
             self.plan.mutations.push(Mutation::SetClaim {
                 identifier: identifier.clone(),
-                claim: Claim::Owned { contact_id: contact_id.to_owned() },
+                claim: Claim::Owned { contact_id: contact_id.clone() },
             });
             self.contact(contact_id).identifiers.push(OwnedIdentifier { identifier: identifier.clone(), added_at: occurred_at });
             let details = ChangeData { identifier: Some(identifier.to_string()), ..ChangeData::default() };
@@ -58,7 +58,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         Ok(())
     }
 
-    pub(super) fn release_all(&mut self, contact_id: &str, identifiers: &[Identifier]) {
+    pub(super) fn release_all(&mut self, contact_id: &ContactId, identifiers: &[Identifier]) {
         let occurred_at = self.event.occurred_at;
         for identifier in identifiers {
             let contact = self.contact(contact_id);
@@ -83,7 +83,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         }
     }
 
-    pub(super) fn set_name(&mut self, contact_id: &str, value: String, source: NameSource) {
+    pub(super) fn set_name(&mut self, contact_id: &ContactId, value: String, source: NameSource) {
         let field = NameField { value, source, version: self.version() };
         if !field.supersedes(self.contact(contact_id).name.as_ref()) {
             return;

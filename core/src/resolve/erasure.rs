@@ -1,33 +1,35 @@
 //! Erasure (docs/contract.md 3.8): `contact.deleted` removes a contact, its
 //! sessions' waiting entries and its identifiers, and leaves tombstones.
 
-use super::{Resolver, Step, Target, Unresolvable};
+use super::{Resolver, Step, Target};
+use crate::event::ContactRef;
 use crate::model::{ChangeData, ChangeKind, Claim, ContactRecord, SessionRecord};
 use crate::store::{DirectoryView, Mutation, StoreResult};
 
 impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
-    /// Erases a contact (docs/contract.md 3.8), named by `contact_id` or as the
-    /// contact of `session_id`, and leaves tombstones so that older events
+    /// Erases a contact (docs/contract.md 3.8), named by its id or as the
+    /// contact of a session, and leaves tombstones so that older events
     /// cannot bring any of it back. A session not attached to any contact is
     /// erased itself: its waiting entries and identifiers.
-    pub(super) fn delete(&mut self) -> StoreResult<Step> {
+    pub(super) fn delete(&mut self, target: &ContactRef) -> StoreResult<Step> {
         let event = self.event;
         let tenant = event.tenant_id.clone();
         let at = event.occurred_at;
-        let requested = match (&event.contact_id, &event.session_id) {
-            (Some(contact_id), _) => contact_id.clone(),
-            (None, Some(session_id)) => match self.view.session(&tenant, session_id)?.and_then(|record| record.contact_id) {
-                Some(contact_id) => contact_id,
-                None => {
-                    self.plan.mutations.push(Mutation::PutSession {
-                        session_id: session_id.clone(),
-                        record: SessionRecord { erased_at: Some(at), ..SessionRecord::default() },
-                    });
-                    self.plan.mutations.push(Mutation::ClearPending { session_id: session_id.clone() });
-                    return Ok(Step::Done);
+        let requested = match target {
+            ContactRef::Contact(contact_id) => contact_id.clone(),
+            ContactRef::OfSession(session_id) => {
+                match self.view.session(&tenant, session_id)?.and_then(|record| record.contact_id) {
+                    Some(contact_id) => contact_id,
+                    None => {
+                        self.plan.mutations.push(Mutation::PutSession {
+                            session_id: session_id.clone(),
+                            record: SessionRecord { erased_at: Some(at), ..SessionRecord::default() },
+                        });
+                        self.plan.mutations.push(Mutation::ClearPending { session_id: session_id.clone() });
+                        return Ok(Step::Done);
+                    }
                 }
-            },
-            (None, None) => return Ok(Step::Reject(Unresolvable::MissingTarget)),
+            }
         };
         let contact_id = match self.follow(&requested)? {
             Target::Active(id) => id,

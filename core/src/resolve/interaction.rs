@@ -10,7 +10,8 @@ use super::{Lookup, Resolver, Skip, Step, Target, Unresolvable};
 use crate::event::{EmailDirection, Event, EventBody};
 use crate::identity::{self, IdentitySource, NormalizedIdentity};
 use crate::model::{
-    Channel, Details, EntryKind, Identifier, IdentifierKind, NameSource, TenantConfig, TimelineEntry, derived_id,
+    Channel, ContactId, Details, EntryKind, Identifier, IdentifierKind, NameSource, SessionId, TenantConfig, TimelineEntry,
+    derived_id,
 };
 use crate::store::{DirectoryView, Mutation, StoreResult};
 
@@ -134,7 +135,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             } else {
                 identity.strongest().map(|_| derived_id("c-", &[&tenant, &event.event_id]))
             };
-            if let Some(id) = founder {
+            if let Some(id) = founder.map(ContactId::from) {
                 self.create(id.clone());
                 target = Some(id);
             }
@@ -180,14 +181,14 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         if let Some(name) = set_name {
             self.set_name(&contact_id, name, NameSource::Operator);
         }
-        if let Some(entry) = self.own_entry(event.session_id.as_deref()) {
+        if let Some(entry) = self.own_entry(event.session_id.as_ref()) {
             self.append(&contact_id, entry);
         }
         Ok(Step::Done)
     }
 
     /// The timeline entry an interaction event itself makes, if any.
-    pub(super) fn own_entry(&mut self, session_id: Option<&str>) -> Option<TimelineEntry> {
+    pub(super) fn own_entry(&mut self, session_id: Option<&SessionId>) -> Option<TimelineEntry> {
         let event = self.event;
         let channel = event.channel;
         let (kind, text, details) = match &event.body {

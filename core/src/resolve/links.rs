@@ -5,37 +5,40 @@
 use serde_json::json;
 
 use super::{Resolver, Skip, Step, Target, Unresolvable};
-use crate::model::{ChangeData, ChangeKind, Claim, ContactRecord, Details, EntryKind, LinkedBy, SessionRecord, TimelineEntry};
+use crate::model::{
+    ChangeData, ChangeKind, Claim, ContactId, ContactRecord, Details, EntryKind, LinkedBy, SessionId, SessionRecord,
+    TimelineEntry,
+};
 use crate::store::{DirectoryView, Mutation, StoreResult};
 
 impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
     pub(super) fn attach_session(
         &mut self,
-        session_id: &str,
+        session_id: &SessionId,
         record: SessionRecord,
-        contact_id: &str,
+        contact_id: &ContactId,
         by_operator: bool,
     ) -> StoreResult<()> {
-        let tenant = self.tenant().to_owned();
+        let tenant = self.tenant().clone();
         let had_pending = record.has_pending;
         self.plan.mutations.push(Mutation::PutSession {
-            session_id: session_id.to_owned(),
+            session_id: session_id.clone(),
             record: SessionRecord {
-                contact_id: Some(contact_id.to_owned()),
+                contact_id: Some(contact_id.clone()),
                 waiting_identifiers: Vec::new(),
                 has_pending: false,
                 ..record
             },
         });
-        self.plan.mutations.push(Mutation::LinkSession { contact_id: contact_id.to_owned(), session_id: session_id.to_owned() });
+        self.plan.mutations.push(Mutation::LinkSession { contact_id: contact_id.clone(), session_id: session_id.clone() });
         if had_pending {
-            self.plan.mutations.push(Mutation::ClearPending { session_id: session_id.to_owned() });
+            self.plan.mutations.push(Mutation::ClearPending { session_id: session_id.clone() });
             for entry in self.view.pending(&tenant, session_id)? {
                 self.append(contact_id, entry);
             }
         }
         let by = if by_operator { LinkedBy::Operator } else { LinkedBy::Resolution };
-        let data = ChangeData { session_id: Some(session_id.to_owned()), by: Some(by), ..ChangeData::default() };
+        let data = ChangeData { session_id: Some(session_id.clone()), by: Some(by), ..ChangeData::default() };
         self.change(contact_id, ChangeKind::SessionLinked, data);
         if by_operator {
             let entry = self.entry(
@@ -49,12 +52,11 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         Ok(())
     }
 
-    pub(super) fn link(&mut self) -> StoreResult<Step> {
+    /// An operator links `session_id` to `contact_id`: the session attaches,
+    /// or its contact merges into that one.
+    pub(super) fn link(&mut self, session_id: &SessionId, contact_id: &ContactId) -> StoreResult<Step> {
         let event = self.event;
         let tenant = event.tenant_id.clone();
-        let (Some(session_id), Some(contact_id)) = (&event.session_id, &event.contact_id) else {
-            return Ok(Step::Reject(Unresolvable::MissingTarget));
-        };
         let into = match self.follow(contact_id)? {
             Target::Active(id) => id,
             Target::Deleted(at) if event.occurred_at < at => return Ok(Step::Skip(Skip::Erased)),
@@ -87,13 +89,13 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
 
     /// Merges `from` into `into` (docs/contract.md 3.7): identifiers, sessions and timeline
     /// move; `from` becomes a redirect.
-    pub(super) fn merge(&mut self, from: &str, into: &str, session_id: &str) -> StoreResult<()> {
-        let tenant = self.tenant().to_owned();
+    pub(super) fn merge(&mut self, from: &ContactId, into: &ContactId, session_id: &SessionId) -> StoreResult<()> {
+        let tenant = self.tenant().clone();
         let merged = self.contacts.remove(from).expect("loaded by follow");
         for owned in &merged.identifiers {
             self.plan.mutations.push(Mutation::SetClaim {
                 identifier: owned.identifier.clone(),
-                claim: Claim::Owned { contact_id: into.to_owned() },
+                claim: Claim::Owned { contact_id: into.clone() },
             });
         }
         let target = self.contact(into);
@@ -109,28 +111,24 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         }
         target.created_at = target.created_at.min(merged.created_at);
         for session in self.view.contact_sessions(&tenant, from)? {
-            self.plan.mutations.push(Mutation::UnlinkSession { contact_id: from.to_owned(), session_id: session.clone() });
-            self.plan.mutations.push(Mutation::LinkSession { contact_id: into.to_owned(), session_id: session.clone() });
+            self.plan.mutations.push(Mutation::UnlinkSession { contact_id: from.clone(), session_id: session.clone() });
+            self.plan.mutations.push(Mutation::LinkSession { contact_id: into.clone(), session_id: session.clone() });
             self.plan.mutations.push(Mutation::PutSession {
                 session_id: session,
-                record: SessionRecord { contact_id: Some(into.to_owned()), ..SessionRecord::default() },
+                record: SessionRecord { contact_id: Some(into.clone()), ..SessionRecord::default() },
             });
         }
         for entry in self.view.timeline(&tenant, from, None, usize::MAX)? {
-            self.plan.mutations.push(Mutation::PutEntry { contact_id: into.to_owned(), entry });
+            self.plan.mutations.push(Mutation::PutEntry { contact_id: into.clone(), entry });
         }
-        self.plan.mutations.push(Mutation::DeleteTimeline { contact_id: from.to_owned() });
+        self.plan.mutations.push(Mutation::DeleteTimeline { contact_id: from.clone() });
         self.plan
             .mutations
-            .push(Mutation::PutContact { contact_id: from.to_owned(), record: ContactRecord::Merged { into: into.to_owned() } });
-        let linked =
-            ChangeData { session_id: Some(session_id.to_owned()), by: Some(LinkedBy::Operator), ..ChangeData::default() };
+            .push(Mutation::PutContact { contact_id: from.clone(), record: ContactRecord::Merged { into: into.clone() } });
+        let linked = ChangeData { session_id: Some(session_id.clone()), by: Some(LinkedBy::Operator), ..ChangeData::default() };
         self.change(into, ChangeKind::SessionLinked, linked);
-        let details = ChangeData {
-            merged_contact_id: Some(from.to_owned()),
-            session_id: Some(session_id.to_owned()),
-            ..ChangeData::default()
-        };
+        let details =
+            ChangeData { merged_contact_id: Some(from.clone()), session_id: Some(session_id.clone()), ..ChangeData::default() };
         self.record(
             into,
             ChangeKind::ContactMerged,
@@ -141,18 +139,18 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         Ok(())
     }
 
-    pub(super) fn unlink(&mut self) -> StoreResult<Step> {
-        let event = self.event;
-        let tenant = event.tenant_id.clone();
-        let Some(session_id) = event.session_id.clone() else { return Ok(Step::Reject(Unresolvable::MissingTarget)) };
-        let Some(record) = self.view.session(&tenant, &session_id)? else { return Ok(Step::Done) };
+    /// An operator parts `session_id` from its contact: the session's entries
+    /// wait in it again.
+    pub(super) fn unlink(&mut self, session_id: &SessionId) -> StoreResult<Step> {
+        let tenant = self.event.tenant_id.clone();
+        let Some(record) = self.view.session(&tenant, session_id)? else { return Ok(Step::Done) };
         let Some(attached) = record.contact_id.clone() else { return Ok(Step::Done) };
         let Target::Active(contact_id) = self.follow(&attached)? else { return Ok(Step::Done) };
         let moved: Vec<TimelineEntry> = self
             .view
             .timeline(&tenant, &contact_id, None, usize::MAX)?
             .into_iter()
-            .filter(|e| e.session_id.as_deref() == Some(session_id.as_str()))
+            .filter(|e| e.session_id.as_ref() == Some(session_id))
             .collect();
         let has_pending = record.has_pending || !moved.is_empty();
         for entry in moved {

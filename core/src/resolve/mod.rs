@@ -14,8 +14,8 @@ use serde_json::json;
 
 use crate::event::{Event, EventBody};
 use crate::model::{
-    CHANGE_SCHEMA_V1, Change, ChangeData, ChangeKind, Claim, Contact, ContactRecord, Details, EntryKind, Identifier, Limits,
-    TenantConfig, TimelineEntry, Timestamp, Version, derived_id,
+    CHANGE_SCHEMA_V1, Change, ChangeData, ChangeKind, Claim, Contact, ContactId, ContactRecord, Details, EntryKind, Identifier,
+    Limits, SessionId, TenantConfig, TenantId, TimelineEntry, Timestamp, Version, derived_id,
 };
 use crate::store::{DirectoryView, Followed, Mutation, StoreResult, follow_merges};
 
@@ -45,18 +45,13 @@ impl Skip {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Unresolvable {
     #[error("contact {0:?} is not in the directory")]
-    UnknownContact(String),
-    /// The decoder refuses such events; resolution refuses them again rather
-    /// than trust that.
-    #[error("the event lacks the contact_id or session_id its type needs")]
-    MissingTarget,
+    UnknownContact(ContactId),
 }
 
 impl Unresolvable {
     pub fn code(&self) -> &'static str {
         match self {
             Self::UnknownContact(_) => "unknown_contact",
-            Self::MissingTarget => "missing_field",
         }
     }
 }
@@ -103,9 +98,9 @@ pub fn resolve_within<V: DirectoryView + ?Sized>(event: &Event, view: &V, limits
         EventBody::TenantConfigured { identifying_params, default_phone_region } => {
             resolver.configure(identifying_params, default_phone_region.as_deref())
         }
-        EventBody::ContactDeleted => resolver.delete(),
-        EventBody::SessionLinked => resolver.link(),
-        EventBody::SessionUnlinked => resolver.unlink(),
+        EventBody::ContactDeleted { target } => resolver.delete(target),
+        EventBody::SessionLinked { session_id, contact_id } => resolver.link(session_id, contact_id),
+        EventBody::SessionUnlinked { session_id } => resolver.unlink(session_id),
         _ => resolver.interaction(),
     }?;
     Ok(match step {
@@ -127,13 +122,13 @@ enum Step {
 }
 
 enum Target {
-    Active(String),
+    Active(ContactId),
     Deleted(Timestamp),
     Unknown,
 }
 
 enum Lookup {
-    Owner(String),
+    Owner(ContactId),
     Erased,
     Nobody,
 }
@@ -145,12 +140,12 @@ struct Resolver<'a, V: ?Sized> {
     limits: Limits,
     plan: Plan,
     /// Working copies of the live contacts this event touches, written once in `finish`.
-    contacts: HashMap<String, Contact>,
+    contacts: HashMap<ContactId, Contact>,
     entries: u32,
 }
 
 impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
-    fn tenant(&self) -> &str {
+    fn tenant(&self) -> &TenantId {
         &self.event.tenant_id
     }
 
@@ -171,7 +166,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
     }
 
     /// Follows merge redirects to the live contact, if any.
-    fn follow(&mut self, contact_id: &str) -> StoreResult<Target> {
+    fn follow(&mut self, contact_id: &ContactId) -> StoreResult<Target> {
         let contacts = &self.contacts;
         Ok(match follow_merges(self.view, &self.event.tenant_id, contact_id, |id| contacts.contains_key(id))? {
             Followed::Active(id, read) => {
@@ -185,7 +180,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         })
     }
 
-    fn contact(&mut self, id: &str) -> &mut Contact {
+    fn contact(&mut self, id: &ContactId) -> &mut Contact {
         self.contacts.get_mut(id).expect("working copy loaded by follow or create")
     }
 
@@ -203,7 +198,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         })
     }
 
-    fn entry(&mut self, kind: EntryKind, session_id: Option<&str>, text: String, details: Details) -> TimelineEntry {
+    fn entry(&mut self, kind: EntryKind, session_id: Option<&SessionId>, text: String, details: Details) -> TimelineEntry {
         let entry_id = match self.entries {
             0 => self.event.event_id.clone(),
             n => format!("{}#{n}", self.event.event_id),
@@ -213,21 +208,21 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             entry_id,
             occurred_at: self.event.occurred_at,
             channel: self.event.channel,
-            session_id: session_id.map(str::to_owned),
+            session_id: session_id.cloned(),
             kind,
             text,
             details,
         }
     }
 
-    fn change(&mut self, contact_id: &str, kind: ChangeKind, data: ChangeData) {
+    fn change(&mut self, contact_id: &ContactId, kind: ChangeKind, data: ChangeData) {
         let n = self.plan.changes.len().to_string();
         let change_id = derived_id("chg-", &[self.tenant(), &self.event.event_id, &n]);
         self.plan.changes.push(Change {
             schema: CHANGE_SCHEMA_V1.to_owned(),
             change_id,
             tenant_id: self.event.tenant_id.clone(),
-            contact_id: contact_id.to_owned(),
+            contact_id: contact_id.clone(),
             kind,
             occurred_at: self.event.occurred_at,
             caused_by: self.event.event_id.clone(),
@@ -235,26 +230,26 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         });
     }
 
-    fn append(&mut self, contact_id: &str, entry: TimelineEntry) {
+    fn append(&mut self, contact_id: &ContactId, entry: TimelineEntry) {
         self.change(
             contact_id,
             ChangeKind::TimelineAppended,
             ChangeData { entry: Some(Box::new(entry.clone())), ..ChangeData::default() },
         );
-        self.plan.mutations.push(Mutation::PutEntry { contact_id: contact_id.to_owned(), entry });
+        self.plan.mutations.push(Mutation::PutEntry { contact_id: contact_id.clone(), entry });
         self.plan.entries_appended += 1;
     }
 
     /// Records a change of contact details both as a change event and in the timeline.
-    fn record(&mut self, contact_id: &str, change: ChangeKind, entry: EntryKind, text: String, details: ChangeData) {
+    fn record(&mut self, contact_id: &ContactId, change: ChangeKind, entry: EntryKind, text: String, details: ChangeData) {
         let entry_details = Details::of(&details);
         self.change(contact_id, change, details);
         let session = self.event.session_id.clone();
-        let entry = self.entry(entry, session.as_deref(), text, entry_details);
+        let entry = self.entry(entry, session.as_ref(), text, entry_details);
         self.append(contact_id, entry);
     }
 
-    fn create(&mut self, contact_id: String) {
+    fn create(&mut self, contact_id: ContactId) {
         let contact = Contact { id: contact_id.clone(), name: None, identifiers: Vec::new(), created_at: self.event.occurred_at };
         self.contacts.insert(contact_id.clone(), contact);
         self.plan.contacts_created += 1;

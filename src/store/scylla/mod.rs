@@ -37,8 +37,8 @@ pub use unit::CommitStep;
 use super::{DirectoryView, Mutation, ReadAhead, Store, StoreError, StoreResult, from_json, identifier_hash, to_json};
 use crate::config::{ScyllaConfig, ScyllaTarget};
 use crate::model::{
-    Change, Claim, ContactRecord, ExportedContact, Identifier, SessionRecord, TenantConfig, TimelineCursor, TimelineEntry,
-    Timestamp,
+    Change, Claim, ContactId, ContactRecord, ExportedContact, Identifier, SessionId, SessionRecord, TenantConfig, TenantId,
+    TimelineCursor, TimelineEntry, Timestamp,
 };
 use crate::publish::{ChangeSink, EncodedUnit, Outbox};
 
@@ -848,8 +848,8 @@ impl ScyllaStore {
         Ok(())
     }
 
-    fn apply_one(&mut self, tenant: &str, at: Timestamp, mutation: &Mutation) -> StoreResult<()> {
-        let t = tenant.to_owned();
+    fn apply_one(&mut self, tenant: &TenantId, at: Timestamp, mutation: &Mutation) -> StoreResult<()> {
+        let t = tenant.to_string();
         match mutation {
             Mutation::MarkSeen { event_id } => {
                 let unit = self.unit_mut()?;
@@ -867,35 +867,35 @@ impl ScyllaStore {
                 self.write_record(record_key(Table::Claims, tenant, &identifier_hash(identifier)), to_json(claim))?;
             }
             Mutation::LinkSession { contact_id, session_id } => {
-                self.unit_mut()?.links.entry((t, contact_id.clone())).or_default().insert(session_id.clone(), true);
+                self.unit_mut()?.links.entry((t, contact_id.to_string())).or_default().insert(session_id.to_string(), true);
             }
             Mutation::UnlinkSession { contact_id, session_id } => {
-                self.unit_mut()?.links.entry((t, contact_id.clone())).or_default().insert(session_id.clone(), false);
+                self.unit_mut()?.links.entry((t, contact_id.to_string())).or_default().insert(session_id.to_string(), false);
             }
             Mutation::PutEntry { contact_id, entry } => {
-                let overlay = self.unit_mut()?.timelines.entry((t, contact_id.clone())).or_default();
+                let overlay = self.unit_mut()?.timelines.entry((t, contact_id.to_string())).or_default();
                 let key = (entry.occurred_at.micros(), entry.entry_id.clone());
                 let at = after(at, overlay.deleted.remove(&key).or(overlay.cleared_at));
                 overlay.put.insert(key, (entry.clone(), at));
             }
             Mutation::DeleteEntry { contact_id, occurred_at, entry_id } => {
-                let overlay = self.unit_mut()?.timelines.entry((t, contact_id.clone())).or_default();
+                let overlay = self.unit_mut()?.timelines.entry((t, contact_id.to_string())).or_default();
                 let key = (occurred_at.micros(), entry_id.clone());
                 let at = after(at, overlay.put.remove(&key).map(|(_, put_at)| put_at));
                 overlay.deleted.insert(key, at);
             }
             Mutation::DeleteTimeline { contact_id } => {
-                let overlay = self.unit_mut()?.timelines.entry((t, contact_id.clone())).or_default();
+                let overlay = self.unit_mut()?.timelines.entry((t, contact_id.to_string())).or_default();
                 let latest = overlay.put.values().map(|(_, put_at)| *put_at).chain(overlay.deleted.values().copied()).max();
                 *overlay = TimelineOverlay { cleared_at: Some(after(at, latest)), ..TimelineOverlay::default() };
             }
             Mutation::PutPending { session_id, entry } => {
-                let overlay = self.unit_mut()?.pending.entry((t, session_id.clone())).or_default();
+                let overlay = self.unit_mut()?.pending.entry((t, session_id.to_string())).or_default();
                 let at = after(at, overlay.cleared_at);
                 overlay.put.insert(entry.entry_id.clone(), (entry.clone(), at));
             }
             Mutation::ClearPending { session_id } => {
-                let overlay = self.unit_mut()?.pending.entry((t, session_id.clone())).or_default();
+                let overlay = self.unit_mut()?.pending.entry((t, session_id.to_string())).or_default();
                 let latest = overlay.put.values().map(|(_, put_at)| *put_at).max();
                 *overlay = PendingOverlay { cleared_at: Some(after(at, latest)), put: BTreeMap::new() };
             }
@@ -1069,14 +1069,15 @@ impl DirectoryView for ScyllaStore {
         let named = self.read_records(records)?;
         self.read_records(named)?;
         let backend = &self.backend;
-        let unread: Vec<&(String, String)> = {
+        let unread: Vec<(String, String)> = {
             let unprocessed = self.unprocessed.borrow();
-            keys.events.iter().filter(|event| !unprocessed.contains(*event)).collect()
+            let events = keys.events.iter().map(|(tenant, event)| (tenant.to_string(), event.clone()));
+            events.filter(|event| !unprocessed.contains(event)).collect()
         };
         let found: Vec<((String, String), bool)> = backend.block_on(
             futures::stream::iter(unread.into_iter().map(|(tenant, event)| async move {
-                let rows: Vec<(Option<i64>,)> = backend.rows(&backend.statements.event_unit, (tenant, event)).await?;
-                StoreResult::Ok(((tenant.clone(), event.clone()), rows.into_iter().any(|(unit,)| unit.is_some())))
+                let rows: Vec<(Option<i64>,)> = backend.rows(&backend.statements.event_unit, (&tenant, &event)).await?;
+                StoreResult::Ok(((tenant, event), rows.into_iter().any(|(unit,)| unit.is_some())))
             }))
             .buffer_unordered(backend.max_concurrency)
             .try_collect(),
@@ -1085,21 +1086,22 @@ impl DirectoryView for ScyllaStore {
         Ok(())
     }
 
-    fn tenant_config(&self, tenant: &str) -> StoreResult<Option<TenantConfig>> {
+    fn tenant_config(&self, tenant: &TenantId) -> StoreResult<Option<TenantConfig>> {
         self.record(record_key(Table::Tenants, tenant, b""))
     }
 
-    fn event_unit(&self, tenant: &str, event_id: &str) -> StoreResult<Option<u64>> {
+    fn event_unit(&self, tenant: &TenantId, event_id: &str) -> StoreResult<Option<u64>> {
         if let Some(unit) = &self.unit
-            && unit.seen.iter().any(|(t, e)| t == tenant && e == event_id)
+            && unit.seen.iter().any(|(t, e)| t == tenant.as_str() && e == event_id)
         {
             return Ok(Some(unit.seq));
         }
-        if self.unprocessed.borrow().contains(&(tenant.to_owned(), event_id.to_owned())) {
+        if self.unprocessed.borrow().contains(&(tenant.to_string(), event_id.to_owned())) {
             return Ok(None);
         }
         let backend = &self.backend;
-        let rows: Vec<(Option<i64>,)> = backend.block_on(backend.rows(&backend.statements.event_unit, (tenant, event_id)))?;
+        let rows: Vec<(Option<i64>,)> =
+            backend.block_on(backend.rows(&backend.statements.event_unit, (tenant.as_str(), event_id)))?;
         let Some(seq) = rows.into_iter().next().and_then(|(unit,)| unit).map(i64::unsigned_abs) else { return Ok(None) };
         // The event's unit may be one a worker left half written.
         match backend.block_on(self.finish_unit(seq, unit::Asker::Redelivery))? {
@@ -1108,7 +1110,7 @@ impl DirectoryView for ScyllaStore {
         }
     }
 
-    fn session(&self, tenant: &str, session_id: &str) -> StoreResult<Option<SessionRecord>> {
+    fn session(&self, tenant: &TenantId, session_id: &SessionId) -> StoreResult<Option<SessionRecord>> {
         self.record(record_key(Table::Sessions, tenant, session_id.as_bytes()))
     }
 
@@ -1117,7 +1119,7 @@ impl DirectoryView for ScyllaStore {
     /// waited for (a transient error) or, once stale, finished or undone here.
     /// A claim that no unit in progress wrote names a contact that was undone,
     /// and resolution takes it for unowned.
-    fn claim(&self, tenant: &str, identifier: &Identifier) -> StoreResult<Option<Claim>> {
+    fn claim(&self, tenant: &TenantId, identifier: &Identifier) -> StoreResult<Option<Claim>> {
         let key = record_key(Table::Claims, tenant, &identifier_hash(identifier));
         let claim: Option<Claim> = self.record(key.clone())?;
         let Some(Claim::Owned { contact_id }) = &claim else { return Ok(claim) };
@@ -1129,17 +1131,17 @@ impl DirectoryView for ScyllaStore {
         self.claim_on_missing_contact(&key)
     }
 
-    fn contact(&self, tenant: &str, contact_id: &str) -> StoreResult<Option<ContactRecord>> {
+    fn contact(&self, tenant: &TenantId, contact_id: &ContactId) -> StoreResult<Option<ContactRecord>> {
         self.record(record_key(Table::Contacts, tenant, contact_id.as_bytes()))
     }
 
-    fn contact_sessions(&self, tenant: &str, contact_id: &str) -> StoreResult<Vec<String>> {
+    fn contact_sessions(&self, tenant: &TenantId, contact_id: &ContactId) -> StoreResult<Vec<SessionId>> {
         self.settle(&record_key(Table::Contacts, tenant, contact_id.as_bytes()))?;
         let backend = &self.backend;
         let rows: Vec<(Option<String>,)> =
-            backend.block_on(backend.rows(&backend.statements.contact_sessions, (tenant, contact_id)))?;
+            backend.block_on(backend.rows(&backend.statements.contact_sessions, (tenant.as_str(), contact_id.as_str())))?;
         let mut sessions: BTreeSet<String> = rows.into_iter().filter_map(|(s,)| s).collect();
-        if let Some(links) = self.unit.as_ref().and_then(|u| u.links.get(&(tenant.to_owned(), contact_id.to_owned()))) {
+        if let Some(links) = self.unit.as_ref().and_then(|u| u.links.get(&(tenant.to_string(), contact_id.to_string()))) {
             for (session, linked) in links {
                 if *linked {
                     sessions.insert(session.clone());
@@ -1148,18 +1150,18 @@ impl DirectoryView for ScyllaStore {
                 }
             }
         }
-        Ok(sessions.into_iter().collect())
+        Ok(sessions.into_iter().map(SessionId::from).collect())
     }
 
     fn timeline(
         &self,
-        tenant: &str,
-        contact_id: &str,
+        tenant: &TenantId,
+        contact_id: &ContactId,
         before: Option<&TimelineCursor>,
         limit: usize,
     ) -> StoreResult<Vec<TimelineEntry>> {
         self.settle(&record_key(Table::Contacts, tenant, contact_id.as_bytes()))?;
-        let overlay = self.unit.as_ref().and_then(|u| u.timelines.get(&(tenant.to_owned(), contact_id.to_owned())));
+        let overlay = self.unit.as_ref().and_then(|u| u.timelines.get(&(tenant.to_string(), contact_id.to_string())));
         let Some(overlay) = overlay else { return self.stored_timeline(tenant, contact_id, before, limit) };
         let mut merged: BTreeMap<(i64, String), TimelineEntry> = BTreeMap::new();
         if overlay.cleared_at.is_none() {
@@ -1181,15 +1183,17 @@ impl DirectoryView for ScyllaStore {
         Ok(merged.into_values().rev().take(limit).collect())
     }
 
-    fn timeline_len(&self, tenant: &str, contact_id: &str) -> StoreResult<u64> {
+    fn timeline_len(&self, tenant: &TenantId, contact_id: &ContactId) -> StoreResult<u64> {
         self.settle(&record_key(Table::Contacts, tenant, contact_id.as_bytes()))?;
-        if self.unit.as_ref().is_some_and(|u| u.timelines.contains_key(&(tenant.to_owned(), contact_id.to_owned()))) {
+        if self.unit.as_ref().is_some_and(|u| u.timelines.contains_key(&(tenant.to_string(), contact_id.to_string()))) {
             return Ok(self.timeline(tenant, contact_id, None, usize::MAX)?.len() as u64);
         }
         let backend = &self.backend;
         backend.block_on(async {
             let mut rows = std::pin::pin!(
-                backend.pages::<(Option<String>,)>(&backend.statements.timeline_keys, (tenant, contact_id), None).await?
+                backend
+                    .pages::<(Option<String>,)>(&backend.statements.timeline_keys, (tenant.as_str(), contact_id.as_str()), None)
+                    .await?
             );
             let mut count = 0;
             while let Some(row) = rows.next().await {
@@ -1200,14 +1204,14 @@ impl DirectoryView for ScyllaStore {
         })
     }
 
-    fn pending(&self, tenant: &str, session_id: &str) -> StoreResult<Vec<TimelineEntry>> {
+    fn pending(&self, tenant: &TenantId, session_id: &SessionId) -> StoreResult<Vec<TimelineEntry>> {
         self.settle(&record_key(Table::Sessions, tenant, session_id.as_bytes()))?;
-        let overlay = self.unit.as_ref().and_then(|u| u.pending.get(&(tenant.to_owned(), session_id.to_owned())));
+        let overlay = self.unit.as_ref().and_then(|u| u.pending.get(&(tenant.to_string(), session_id.to_string())));
         let mut entries: BTreeMap<String, TimelineEntry> = BTreeMap::new();
         if overlay.is_none_or(|o| o.cleared_at.is_none()) {
             let backend = &self.backend;
             let rows: Vec<(Option<String>,)> =
-                backend.block_on(backend.rows(&backend.statements.pending, (tenant, session_id)))?;
+                backend.block_on(backend.rows(&backend.statements.pending, (tenant.as_str(), session_id.as_str())))?;
             for text in rows.into_iter().filter_map(|(entry,)| entry) {
                 let entry: TimelineEntry = from_json(&text)?;
                 entries.insert(entry.entry_id.clone(), entry);
@@ -1229,7 +1233,7 @@ impl Store for ScyllaStore {
         Ok(())
     }
 
-    fn apply(&mut self, tenant: &str, at: Timestamp, mutations: &[Mutation]) -> StoreResult<()> {
+    fn apply(&mut self, tenant: &TenantId, at: Timestamp, mutations: &[Mutation]) -> StoreResult<()> {
         for mutation in mutations {
             self.apply_one(tenant, at, mutation)?;
         }
@@ -1264,7 +1268,7 @@ impl Store for ScyllaStore {
                 let (tenant, contact_id, record) = row?;
                 let Some(record) = present(record) else { continue };
                 if let ContactRecord::Active(contact) = from_json(&record)? {
-                    live.push((tenant, contact_id, contact.state()));
+                    live.push((TenantId::from(tenant), ContactId::from(contact_id), contact.state()));
                 }
             }
             Ok::<_, StoreError>(live)
