@@ -7,6 +7,7 @@
 pub mod event;
 pub mod identity;
 pub mod ids;
+pub mod memory;
 pub mod model;
 pub mod resolve;
 pub mod store;

@@ -4,8 +4,8 @@
 //! same trait fits SQLite and a wide-column store.
 
 use crate::model::{
-    Claim, Contact, ContactId, ContactRecord, ExportedContact, Identifier, SessionId, SessionRecord, TenantConfig, TenantId,
-    TimelineCursor, TimelineEntry, Timestamp,
+    Change, Claim, Contact, ContactId, ContactRecord, ExportedContact, Identifier, SessionId, SessionRecord, TenantConfig,
+    TenantId, TimelineCursor, TimelineEntry, Timestamp,
 };
 
 /// What a store failure means to the caller.
@@ -108,6 +108,14 @@ pub trait Store: DirectoryView {
     /// Every live contact, ordered by tenant then contact id. A batch job, not a
     /// hot path: backends may scan.
     fn export(&self, visit: &mut dyn FnMut(ExportedContact) -> StoreResult<()>) -> StoreResult<()>;
+}
+
+/// Receives the change events of applied events, in processing order: every
+/// store keeps them with the write unit that caused them (an outbox).
+pub trait ChangeSink {
+    fn publish(&mut self, changes: Vec<Change>) -> StoreResult<()>;
+    /// The log position the open write unit's changes will be committed under.
+    fn open_unit(&self) -> Option<u64>;
 }
 
 /// Redirect chains longer than this mean corrupt data, not a real merge history.

@@ -7,14 +7,8 @@ pub mod jsonl;
 pub mod kafka;
 
 use crate::model::Change;
+pub use contactd_core::store::ChangeSink;
 use contactd_core::store::{StoreError, StoreResult};
-
-/// Receives the change events of applied events, in processing order.
-pub trait ChangeSink {
-    fn publish(&mut self, changes: Vec<Change>) -> StoreResult<()>;
-    /// The log position the open write unit's changes will be committed under.
-    fn open_unit(&self) -> Option<u64>;
-}
 
 /// The changes of one write unit, in order, under the unit's log position.
 #[derive(Clone, Debug, PartialEq)]

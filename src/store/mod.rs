@@ -3,6 +3,7 @@
 //! API share, and what the backends share.
 
 pub mod encoder;
+pub mod memory;
 pub mod scylla;
 pub mod sqlite;
 pub mod view;

@@ -290,7 +290,8 @@ macro_rules! conformance_suite {
     };
 }
 
-conformance_suite!(sqlite, crate::harness::Directory::new().store);
+conformance_suite!(memory, contactd::store::memory::MemoryStore::new());
+conformance_suite!(sqlite, crate::harness::Directory::on_disk().store);
 conformance_suite!(scylla_on_cassandra, crate::scylla::store());
 
 /// A connection's cached records must not outlive another process's commit.
@@ -535,7 +536,7 @@ impl contactd::publish::ChangeSink for FailingFirstCommit {
 
 #[test]
 fn a_failed_commit_is_rolled_back_and_the_retry_applies_the_batch_once() {
-    let mut store = FailingFirstCommit { inner: crate::harness::Directory::new().store, failed: false };
+    let mut store = FailingFirstCommit { inner: crate::harness::Directory::on_disk().store, failed: false };
     let line = crate::harness::identified("e1", 1, "s1", serde_json::json!({ "emails": ["a@x.cz"] })).to_string();
     let batch = [contactd::source::RawRecord {
         payload: line.into_bytes(),

@@ -1,4 +1,5 @@
-//! A directory in a temporary folder, fed events through the real pipeline.
+//! A directory, in memory or in a temporary folder, fed events through the
+//! real pipeline; and the servers and processes the tests drive.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -9,25 +10,44 @@ use std::time::{Duration, Instant};
 
 use contactd::model::{Change, EntryKind, ExportedContact};
 use contactd::pipeline::{self, Report};
-use contactd::publish::ChangeLog;
 use contactd::source::{Origin, RawRecord};
-use contactd::store::Store;
+use contactd::store::memory::MemoryStore;
 use contactd::store::sqlite::{SqliteOptions, SqliteStore};
+use contactd::store::{ChangeSink, Store};
 use serde_json::{Value, json};
 
-pub struct Directory {
-    pub store: SqliteStore,
-    /// Kept so the folder lives as long as the store.
-    _dir: tempfile::TempDir,
+pub struct Directory<S = MemoryStore> {
+    pub store: S,
+    /// Kept so the folder lives as long as a store on disk.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Directory {
+    /// In memory: what the rule tests run on, no file and no server.
     pub fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = SqliteStore::open(&dir.path().join("directory.sqlite3"), &SqliteOptions::default()).expect("store opens");
-        Self { store, _dir: dir }
+        Self { store: MemoryStore::new(), dir: None }
     }
 
+    pub fn changes(&self) -> Vec<Change> {
+        self.store.changes().cloned().collect()
+    }
+}
+
+impl Directory<SqliteStore> {
+    /// The embedded store in a temporary folder, for what reads it back from
+    /// disk: its outbox, the index beside it, the CLI.
+    pub fn on_disk() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("directory.sqlite3"), &SqliteOptions::default()).expect("store opens");
+        Self { store, dir: Some(dir) }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.as_ref().expect("a store on disk has its folder").path()
+    }
+}
+
+impl<S: Store + ChangeSink> Directory<S> {
     /// Feeds raw lines as one batch, returning the report and rejection reasons.
     pub fn feed_lines(&mut self, lines: &[String]) -> (Report, Vec<&'static str>) {
         let batch: Vec<RawRecord> = lines
@@ -64,10 +84,6 @@ impl Directory {
         total
     }
 
-    pub fn path(&self) -> &std::path::Path {
-        self._dir.path()
-    }
-
     pub fn export(&self) -> Vec<ExportedContact> {
         let mut contacts = Vec::new();
         self.store
@@ -77,10 +93,6 @@ impl Directory {
             })
             .expect("export");
         contacts
-    }
-
-    pub fn changes(&self) -> Vec<Change> {
-        self.store.read_after(0, usize::MAX).expect("outbox").into_iter().flat_map(|unit| unit.changes).collect()
     }
 
     pub fn contact_with_email(&self, email: &str) -> ExportedContact {

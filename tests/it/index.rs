@@ -12,11 +12,14 @@ use serde_json::json;
 
 use crate::harness::{Directory, identified, message, with};
 
-fn entries_in_store(directory: &Directory) -> u64 {
+/// The index reads the embedded store's outbox and sits beside it on disk.
+type OnDisk = Directory<contactd::store::sqlite::SqliteStore>;
+
+fn entries_in_store(directory: &OnDisk) -> u64 {
     directory.export().iter().map(|c| c.timeline_entries).sum()
 }
 
-pub(crate) fn follow(directory: &Directory, index: &SearchIndex) {
+pub(crate) fn follow(directory: &OnDisk, index: &SearchIndex) {
     let mut log = SqliteStore::open(&directory.path().join("directory.sqlite3"), &SqliteOptions::default()).unwrap();
     let report = follow_changes(&mut log, index, &FollowOptions::from(&Config::default().index), &AtomicBool::new(true)).unwrap();
     assert!(report.indexed);
@@ -33,7 +36,7 @@ fn contacts_matching(index: &SearchIndex, text: &str) -> usize {
     index.contacts.search(&query).unwrap().len()
 }
 
-fn conversation(directory: &mut Directory) {
+fn conversation(directory: &mut OnDisk) {
     let lines: Vec<String> = [
         identified("e1", 1, "s1", json!({ "emails": ["x@example.cz"] })),
         message("e2", 2, "s1", "first refund request"),
@@ -56,7 +59,7 @@ fn conversation(directory: &mut Directory) {
 
 #[test]
 fn a_full_run_indexes_every_entry_once() {
-    let mut directory = Directory::new();
+    let mut directory = Directory::on_disk();
     conversation(&mut directory);
     let index = SearchIndex::open_or_create(&directory.path().join("index")).unwrap();
     follow(&directory, &index);
@@ -72,7 +75,7 @@ fn a_full_run_indexes_every_entry_once() {
 
 /// Applies the whole outbox from the start as the follower does (only the first
 /// unit may be a replay) without a final commit; returns the last unit.
-fn apply_every_unit(directory: &Directory, writer: &mut IndexWriters) -> u64 {
+fn apply_every_unit(directory: &OnDisk, writer: &mut IndexWriters) -> u64 {
     let units = directory.store.read_after(0, usize::MAX).unwrap();
     for unit in &units {
         let delivery = if unit.seq == 1 { Delivery::AtLeastOnce } else { Delivery::FirstTime };
@@ -85,7 +88,7 @@ fn apply_every_unit(directory: &Directory, writer: &mut IndexWriters) -> u64 {
 
 #[test]
 fn a_run_that_dies_before_committing_is_replayed_exactly() {
-    let mut directory = Directory::new();
+    let mut directory = Directory::on_disk();
     conversation(&mut directory);
     let index = SearchIndex::open_or_create(&directory.path().join("index")).unwrap();
     // Apply every unit, including the merge that commits mid-unit, then stop
@@ -100,7 +103,7 @@ fn a_run_that_dies_before_committing_is_replayed_exactly() {
 
 #[test]
 fn an_erased_contact_leaves_neither_index() {
-    let mut directory = Directory::new();
+    let mut directory = Directory::on_disk();
     conversation(&mut directory);
     let index = SearchIndex::open_or_create(&directory.path().join("index")).unwrap();
     follow(&directory, &index);
@@ -118,7 +121,7 @@ fn an_erased_contact_leaves_neither_index() {
 
 #[test]
 fn entries_appended_again_after_an_unlink_are_indexed_once() {
-    let mut directory = Directory::new();
+    let mut directory = Directory::on_disk();
     // One unit per event: after the first, each is new to the index and added
     // without a delete by key. The unlink's delete by session is what removes
     // the documents that the second identification appends again.
@@ -138,7 +141,7 @@ fn entries_appended_again_after_an_unlink_are_indexed_once() {
 
 #[test]
 fn a_run_killed_between_the_two_index_commits_is_replayed_exactly() {
-    let mut directory = Directory::new();
+    let mut directory = Directory::on_disk();
     conversation(&mut directory);
     let index = SearchIndex::open_or_create(&directory.path().join("index")).unwrap();
     {
@@ -157,7 +160,7 @@ fn a_run_killed_between_the_two_index_commits_is_replayed_exactly() {
 }
 
 /// Applies every unit and commits once, so all of them fall between two commits.
-fn index_in_one_commit(directory: &Directory, index: &SearchIndex) {
+fn index_in_one_commit(directory: &OnDisk, index: &SearchIndex) {
     let mut writer = index.writer(50 << 20).unwrap();
     let last = apply_every_unit(directory, &mut writer);
     writer.commit(&Checkpoint { applied_through: last, ..Checkpoint::default() }).unwrap();
@@ -166,7 +169,7 @@ fn index_in_one_commit(directory: &Directory, index: &SearchIndex) {
 
 #[test]
 fn a_contact_changed_several_times_between_two_commits_is_found_by_its_last_state_only() {
-    let mut directory = Directory::new();
+    let mut directory = Directory::on_disk();
     directory.feed(&[
         identified("e1", 1, "s1", json!({ "name": "Olga", "emails": ["x@example.cz"] })),
         identified("e2", 2, "s1", json!({ "phones": ["+420777000444"] })),
@@ -182,7 +185,7 @@ fn a_contact_changed_several_times_between_two_commits_is_found_by_its_last_stat
 
 #[test]
 fn a_contact_deleted_after_changes_between_two_commits_is_not_indexed() {
-    let mut directory = Directory::new();
+    let mut directory = Directory::on_disk();
     directory.feed(&[
         identified("e1", 1, "s1", json!({ "emails": ["x@example.cz"] })),
         identified("e2", 2, "s2", json!({ "emails": ["y@example.cz"] })),
@@ -205,7 +208,7 @@ fn a_contact_deleted_after_changes_between_two_commits_is_not_indexed() {
 /// name or address.
 #[test]
 fn the_directory_finds_phones_as_written_and_names_by_their_start() {
-    let mut directory = Directory::new();
+    let mut directory = Directory::on_disk();
     directory.feed(&[
         crate::harness::configure("e0", 0),
         identified("e1", 1, "s1", json!({ "phones": ["+420 777 123 456"], "name": "Jana Nováková" })),

@@ -519,7 +519,7 @@ fn workers_sharing_a_data_dir_survive_rebalances_and_kill_9_without_loss_or_dupl
     assert!(a.terminate().success());
     assert!(b.terminate().success());
 
-    let mut alone = crate::harness::Directory::new();
+    let mut alone = crate::harness::Directory::on_disk();
     alone.feed(&all);
     let store = SqliteStore::open(&data.join("directory.sqlite3"), &SqliteOptions::default()).unwrap();
     assert_eq!(canonical(&store), canonical(&alone.store), "same directory as one process reading in order");
@@ -684,7 +684,7 @@ fn the_worker_waits_for_a_broker_that_is_down_at_start_and_mid_run() {
     eventually("the worker is ready again", || worker.ready() == Some(true));
     assert!(worker.terminate().success());
 
-    let mut alone = crate::harness::Directory::new();
+    let mut alone = crate::harness::Directory::on_disk();
     alone.feed(&all);
     let store = SqliteStore::open(&data.join("directory.sqlite3"), &SqliteOptions::default()).unwrap();
     assert_eq!(canonical(&store), canonical(&alone.store));
@@ -782,7 +782,7 @@ fn offset_gaps_left_by_transactions_are_counted_while_every_event_is_applied() {
     assert_eq!(gaps, (transactions.len() - 1) as f64, "one gap after each transaction but the last");
     assert!(worker.terminate().success());
 
-    let mut alone = crate::harness::Directory::new();
+    let mut alone = crate::harness::Directory::on_disk();
     alone.feed(&events);
     let store = SqliteStore::open(&data.join("directory.sqlite3"), &SqliteOptions::default()).unwrap();
     assert_eq!(canonical(&store), canonical(&alone.store), "every event applied");

@@ -927,7 +927,7 @@ fn check(steps: &[Step], batches: &[u8], offset: usize) -> Result<(), TestCaseEr
     for (_, happening) in &events {
         model.apply(happening);
     }
-    let mut directory = Directory::new();
+    let mut directory = Directory::on_disk();
     let lines: Vec<String> = events.iter().map(|(json, _)| json.to_string()).collect();
     let mut rest = &lines[..];
     for size in batches.iter().cycle() {
