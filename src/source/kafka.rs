@@ -1,5 +1,5 @@
 //! Kafka as the event source: the consumer's settings and the translation of a
-//! fetched message into a `RawRecord`. The worker (`crate::worker`) drives it.
+//! fetched message into a `RawRecord`. The worker module drives it.
 
 use rdkafka::ClientConfig;
 use rdkafka::message::{BorrowedMessage, Message};

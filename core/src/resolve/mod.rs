@@ -292,3 +292,62 @@ fn carries_state(kind: ChangeKind) -> bool {
             | ChangeKind::ContactMerged
     )
 }
+
+#[cfg(test)]
+mod tests {
+    //! The rules as plain functions: events decoded, resolved against the
+    //! in-memory store and their plans applied, with nothing else running.
+    //! The whole contract is exercised in the `contactd` crate's rule tests.
+
+    use super::*;
+    use crate::memory::MemoryStore;
+    use crate::store::Store;
+
+    fn event(id: &str, kind: &str, minute: u32, session: &str, extra: &str) -> Event {
+        let line = format!(
+            r#"{{"schema":"contact-event/v1","event_id":"{id}","tenant_id":"acme","type":"{kind}","occurred_at":"2026-11-02T08:{minute:02}:00Z","channel":"chat","session_id":"{session}"{extra}}}"#
+        );
+        crate::event::decode(line.as_bytes()).expect("a valid event")
+    }
+
+    fn apply(store: &mut MemoryStore, event: &Event) -> Resolution {
+        let resolution = resolve(event, store).expect("resolves");
+        if let Resolution::Applied(plan) | Resolution::Skipped(_, plan) = &resolution {
+            store.begin().unwrap();
+            store.apply(&event.tenant_id, event.occurred_at, &plan.mutations).unwrap();
+            store.commit().unwrap();
+        }
+        resolution
+    }
+
+    fn session_contact(store: &MemoryStore, session: &str) -> Option<ContactId> {
+        store.session(&"acme".into(), &session.into()).unwrap().and_then(|record| record.contact_id)
+    }
+
+    #[test]
+    fn two_sessions_with_one_email_resolve_to_one_contact_and_a_redelivery_changes_nothing() {
+        let mut store = MemoryStore::new();
+        let identity = r#","identity":{"emails":["Jana@Example.cz"]}"#;
+        let first = event("e1", "session.started", 0, "s1", identity);
+        assert!(matches!(apply(&mut store, &first), Resolution::Applied(plan) if plan.contacts_created == 1));
+        apply(&mut store, &event("e2", "session.started", 5, "s2", r#","identity":{"emails":["jana@example.cz"]}"#));
+        assert!(session_contact(&store, "s1").is_some());
+        assert_eq!(session_contact(&store, "s1"), session_contact(&store, "s2"), "one contact for one e-mail");
+        assert!(matches!(apply(&mut store, &first), Resolution::Duplicate { .. }));
+    }
+
+    #[test]
+    fn a_session_without_a_strong_identifier_waits_and_joins_when_one_arrives() {
+        let mut store = MemoryStore::new();
+        let message = r#","payload":{"message_id":"m1","author":"guest","text":"hello"}"#;
+        apply(&mut store, &event("e1", "message.posted", 0, "s1", message));
+        assert_eq!(session_contact(&store, "s1"), None);
+        assert_eq!(store.pending(&"acme".into(), &"s1".into()).unwrap().len(), 1, "the message waits in its session");
+        apply(&mut store, &event("e2", "identity.provided", 1, "s1", r#","identity":{"phones":["+420 777 123 456"]}"#));
+        let contact = session_contact(&store, "s1").expect("the phone founds a contact");
+        assert!(store.pending(&"acme".into(), &"s1".into()).unwrap().is_empty());
+        let texts: Vec<String> =
+            store.timeline(&"acme".into(), &contact, None, 10).unwrap().into_iter().map(|entry| entry.text).collect();
+        assert!(texts.contains(&"hello".to_owned()), "{texts:?}");
+    }
+}
