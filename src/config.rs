@@ -52,9 +52,14 @@ pub struct IndexerConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Bearer tokens per tenant, e.g. `acme = ["s3cret"]` under `[api.tokens]`.
-    /// A token opens its tenant's data only. Default none (every request is refused).
+    /// Read tokens per tenant, e.g. `acme = ["s3cret"]` under `[api.tokens]`:
+    /// search, contacts and timelines of that tenant only. Default none (every
+    /// request is refused).
     pub tokens: BTreeMap<String, Vec<String>>,
+    /// Write tokens per tenant, under `[api.write_tokens]`: what a read token
+    /// opens, and the operator endpoints (create, edit, delete, link, unlink,
+    /// notes). Default none.
+    pub write_tokens: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for IndexerConfig {
@@ -322,9 +327,13 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The token tables, by their key under `[api]` and in the environment.
+const TOKEN_TABLES: [(&str, &str); 2] = [("tokens", "API__TOKENS__"), ("write_tokens", "API__WRITE_TOKENS__")];
+
 fn is_tenant_tokens_key(key: &str) -> bool {
-    const TOKENS: &str = "API__TOKENS__";
-    key.len() > TOKENS.len() && key.get(..TOKENS.len()).is_some_and(|start| start.eq_ignore_ascii_case(TOKENS))
+    TOKEN_TABLES.iter().any(|(_, prefix)| {
+        key.len() > prefix.len() && key.get(..prefix.len()).is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    })
 }
 
 /// Overrides given on the command line; `None` leaves the lower layers' value.
@@ -384,10 +393,14 @@ impl Config {
         // reads from the environment: per-tenant token variables are read
         // apart, keeping the tenant as written.
         let settings = Env::prefixed("CONTACTD__").filter(|key| !is_tenant_tokens_key(key.as_str())).split("__");
-        let tenant_tokens =
-            Env::prefixed("CONTACTD__API__TOKENS__").map(|tenant| format!("api.tokens.{tenant}").into()).lowercase(false);
-        let config: Config =
-            figment.merge(settings).merge(tenant_tokens).merge(Serialized::defaults(flags)).extract().map_err(Box::new)?;
+        figment = figment.merge(settings);
+        for (table, prefix) in TOKEN_TABLES {
+            let tenant_tokens = Env::prefixed(&format!("CONTACTD__{prefix}"))
+                .map(move |tenant| format!("api.{table}.{tenant}").into())
+                .lowercase(false);
+            figment = figment.merge(tenant_tokens);
+        }
+        let config: Config = figment.merge(Serialized::defaults(flags)).extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
     }
@@ -439,24 +452,28 @@ impl Config {
         self.store_location().map(drop)
     }
 
-    /// Each token names one tenant: a token given to two would let the one
-    /// read the other's directory, whichever the server happened to keep.
+    /// Each token names one tenant and one scope: a token given to two
+    /// tenants would let the one read the other's directory, and one listed
+    /// as both a read and a write token would be whichever the server kept.
     fn validate_tokens(&self) -> Result<(), ConfigError> {
-        let mut tenant_of: BTreeMap<&str, &str> = BTreeMap::new();
-        for (tenant, tokens) in &self.api.tokens {
-            if !valid_tenant_id(tenant) {
-                return Err(ConfigError::Invalid(format!("api.tokens: {tenant:?} is not a tenant id")));
-            }
-            for token in tokens {
-                if token.trim().is_empty() {
-                    return Err(ConfigError::Invalid(format!("api.tokens.{tenant}: a token is empty")));
+        let mut granted: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+        for (table, tenants) in [("tokens", &self.api.tokens), ("write_tokens", &self.api.write_tokens)] {
+            for (tenant, tokens) in tenants {
+                if !valid_tenant_id(tenant) {
+                    return Err(ConfigError::Invalid(format!("api.{table}: {tenant:?} is not a tenant id")));
                 }
-                if let Some(other) = tenant_of.insert(token, tenant)
-                    && other != tenant
-                {
-                    return Err(ConfigError::Invalid(format!(
-                        "api.tokens: one token is given to tenants {other} and {tenant}; a token names one tenant"
-                    )));
+                for token in tokens {
+                    if token.trim().is_empty() {
+                        return Err(ConfigError::Invalid(format!("api.{table}.{tenant}: a token is empty")));
+                    }
+                    if let Some((other_table, other)) = granted.insert(token, (table, tenant))
+                        && (other_table, other) != (table, tenant.as_str())
+                    {
+                        return Err(ConfigError::Invalid(format!(
+                            "one token is given as api.{other_table}.{other} and api.{table}.{tenant}; a token names \
+                             one tenant and one scope"
+                        )));
+                    }
                 }
             }
         }
@@ -501,8 +518,10 @@ impl Config {
         if self.scylla.password.is_some() {
             value["scylla"]["password"] = REDACTED.into();
         }
-        for tokens in value["api"]["tokens"].as_object_mut().into_iter().flat_map(|t| t.values_mut()) {
-            *tokens = serde_json::json!([REDACTED]);
+        for (table, _) in TOKEN_TABLES {
+            for tokens in value["api"][table].as_object_mut().into_iter().flat_map(|t| t.values_mut()) {
+                *tokens = serde_json::json!([REDACTED]);
+            }
         }
         for (key, property) in value["kafka"]["properties"].as_object_mut().into_iter().flatten() {
             if ["password", "secret", "key"].iter().any(|word| key.contains(word)) {
@@ -572,11 +591,12 @@ mod tests {
         let mut config = Config::default();
         config.scylla.password = Some("scylla-pw".into());
         config.api.tokens.insert("acme".into(), vec!["tok-1".into(), "tok-2".into()]);
+        config.api.write_tokens.insert("acme".into(), vec!["wtok-1".into()]);
         config.kafka.properties.insert("sasl.password".into(), "kafka-pw".into());
         config.kafka.properties.insert("ssl.key.location".into(), "/keys/client.key".into());
         config.kafka.properties.insert("sasl.username".into(), "contactd".into());
         let printed = config.redacted().to_string();
-        for secret in ["scylla-pw", "tok-1", "tok-2", "kafka-pw", "/keys/client.key"] {
+        for secret in ["scylla-pw", "tok-1", "tok-2", "wtok-1", "kafka-pw", "/keys/client.key"] {
             assert!(!printed.contains(secret), "{secret} in {printed}");
         }
         assert!(printed.contains("\"acme\"") && printed.contains("\"contactd\""), "names stay visible: {printed}");
@@ -600,9 +620,11 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("CONTACTD__API__TOKENS__AcmeEU", r#"["t1"]"#);
             jail.set_env("CONTACTD__API__TOKENS__globex", r#"["t2"]"#);
+            jail.set_env("CONTACTD__API__WRITE_TOKENS__AcmeEU", r#"["w1"]"#);
             jail.set_env("CONTACTD__DATA_DIR", "from-env");
             let config = Config::load(None, &FlagOverrides::default()).expect("loads");
             assert_eq!(config.api.tokens.keys().collect::<Vec<_>>(), ["AcmeEU", "globex"]);
+            assert_eq!(config.api.write_tokens["AcmeEU"], ["w1"]);
             assert_eq!(config.data_dir, PathBuf::from("from-env"), "other settings are read as before");
             Ok(())
         });
@@ -623,7 +645,11 @@ mod tests {
             refused("indexer.listen");
             jail.set_env("CONTACTD__INDEXER__LISTEN", "127.0.0.1:9465");
             jail.set_env("CONTACTD__API__TOKENS", r#"{acme=["same"], globex=["same"]}"#);
-            refused("one token is given to tenants acme and globex");
+            refused("one token is given as api.tokens.acme and api.tokens.globex");
+            jail.set_env("CONTACTD__API__TOKENS", r#"{acme=["same"]}"#);
+            jail.set_env("CONTACTD__API__WRITE_TOKENS", r#"{acme=["same"]}"#);
+            refused("one token is given as api.tokens.acme and api.write_tokens.acme");
+            jail.set_env("CONTACTD__API__WRITE_TOKENS", "{}");
             jail.set_env("CONTACTD__API__TOKENS", r#"{acme=[" "]}"#);
             refused("api.tokens.acme: a token is empty");
             jail.set_env("CONTACTD__API__TOKENS", r#"{"ac me"=["t"]}"#);

@@ -114,12 +114,12 @@ pub fn decode_batch_within(batch: &[RawRecord], limits: &Limits) -> DecodedBatch
 /// Decodes a batch, then resolves and applies each event in order inside one
 /// write unit. On a store error nothing of the batch is kept, so the caller may
 /// retry it whole.
-pub fn process_batch<S: Store + ChangeSink>(store: &mut S, batch: &[RawRecord]) -> Result<BatchOutcome, StoreError> {
+pub fn process_batch<S: Store + ChangeSink + ?Sized>(store: &mut S, batch: &[RawRecord]) -> Result<BatchOutcome, StoreError> {
     apply_batch(store, &decode_batch(batch))
 }
 
 /// [`process_batch`] within configured limits.
-pub fn process_batch_within<S: Store + ChangeSink>(
+pub fn process_batch_within<S: Store + ChangeSink + ?Sized>(
     store: &mut S,
     batch: &[RawRecord],
     limits: &Limits,
@@ -129,7 +129,7 @@ pub fn process_batch_within<S: Store + ChangeSink>(
 
 /// Resolves and applies a decoded batch's events in order inside one write
 /// unit; see [`process_batch`].
-pub fn apply_batch<S: Store + ChangeSink>(store: &mut S, decoded: &DecodedBatch) -> Result<BatchOutcome, StoreError> {
+pub fn apply_batch<S: Store + ChangeSink + ?Sized>(store: &mut S, decoded: &DecodedBatch) -> Result<BatchOutcome, StoreError> {
     let mut outcome = BatchOutcome { rejections: decoded.rejections.clone(), ..BatchOutcome::default() };
     outcome.occurred_at = decoded.events.iter().map(|(_, event)| event.occurred_at).collect();
     if !outcome.rejections.is_empty() {
@@ -160,7 +160,7 @@ pub fn apply_batch<S: Store + ChangeSink>(store: &mut S, decoded: &DecodedBatch)
 
 /// Reads what the events will read first, in two rounds: the tenants'
 /// configurations, which normalizing identities needs, then the rest.
-fn read_ahead<S: Store>(store: &S, events: &[(usize, Event)]) -> Result<(), StoreError> {
+fn read_ahead<S: Store + ?Sized>(store: &S, events: &[(usize, Event)]) -> Result<(), StoreError> {
     if !store.reads_ahead() || events.is_empty() {
         return Ok(());
     }
@@ -182,7 +182,7 @@ fn read_ahead<S: Store>(store: &S, events: &[(usize, Event)]) -> Result<(), Stor
     store.read_ahead(&keys)
 }
 
-fn apply_events<S: Store + ChangeSink>(
+fn apply_events<S: Store + ChangeSink + ?Sized>(
     store: &mut S,
     events: &[(usize, Event)],
     limits: &Limits,
@@ -225,7 +225,7 @@ fn apply_events<S: Store + ChangeSink>(
 
 /// Retries a decoded batch on transient store failures with exponential
 /// backoff; any other failure stops the run.
-pub fn apply_batch_with_retry<S: Store + ChangeSink>(
+pub fn apply_batch_with_retry<S: Store + ChangeSink + ?Sized>(
     store: &mut S,
     decoded: &DecodedBatch,
     max_attempts: u32,

@@ -1,6 +1,7 @@
 //! The HTTP surface: liveness, readiness and metrics for orchestrators and
 //! Prometheus, and the search API (`search`).
 
+mod operator;
 pub mod search;
 
 use std::sync::Arc;

@@ -16,12 +16,14 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::config::ApiConfig;
 use crate::index::contacts::IDENTIFIER_KINDS;
 use crate::index::{ContactQuery, IndexError, SearchIndex, SortOrder, TimelineQuery};
 use crate::metrics::IndexerMetrics;
+use crate::model::Limits;
 use crate::model::{Channel, ContactId, TenantId, Timestamp};
 use crate::store::view::{self, ViewError};
-use crate::store::{DirectoryView, StoreError};
+use crate::store::{Backend, DirectoryView, StoreError};
 
 /// Results per page unless `limit` says otherwise, and the most it may say.
 const DEFAULT_LIMIT: usize = 20;
@@ -29,31 +31,50 @@ const MAX_LIMIT: usize = 100;
 /// Deepest hit a cursor may reach: offset paging costs grow with depth.
 const MAX_OFFSET: usize = 10_000;
 
-/// A store shared by request handlers, which run its blocking reads one at a time.
-pub type SharedStore = Arc<Mutex<Box<dyn DirectoryView + Send>>>;
+/// A store shared by request handlers, which run its blocking calls one at a time.
+pub type SharedStore = Arc<Mutex<Box<dyn Backend>>>;
+
+/// What a token may do within its tenant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    Read,
+    /// Read, and the operator endpoints.
+    Write,
+}
 
 #[derive(Clone)]
 pub struct SearchState {
     index: Arc<SearchIndex>,
-    store: SharedStore,
-    /// Token hashes to the tenant they open; hashing keeps the lookup from
-    /// leaking a token through timing.
-    tokens: Arc<HashMap<blake3::Hash, String>>,
+    pub(super) store: SharedStore,
+    /// Token hashes to the tenant and scope they open; hashing keeps the
+    /// lookup from leaking a token through timing.
+    tokens: Arc<HashMap<blake3::Hash, (String, Scope)>>,
+    pub(super) writes: Writes,
     metrics: IndexerMetrics,
 }
 
+/// Whether this server applies operator writes itself.
+#[derive(Clone, Debug)]
+pub enum Writes {
+    /// Embedded (`serve`): each write is an event applied to the store here,
+    /// within these limits.
+    Applied(Limits),
+    /// Refused with this explanation.
+    Refused(&'static str),
+}
+
 impl SearchState {
-    pub fn new(
-        index: Arc<SearchIndex>,
-        store: SharedStore,
-        tokens: &BTreeMap<String, Vec<String>>,
-        metrics: IndexerMetrics,
-    ) -> Self {
-        let tokens = tokens
-            .iter()
-            .flat_map(|(tenant, list)| list.iter().map(move |token| (blake3::hash(token.as_bytes()), tenant.clone())))
-            .collect();
-        Self { index, store, tokens: Arc::new(tokens), metrics }
+    pub fn new(index: Arc<SearchIndex>, store: SharedStore, api: &ApiConfig, writes: Writes, metrics: IndexerMetrics) -> Self {
+        let grants = |tokens: &BTreeMap<String, Vec<String>>, scope: Scope| {
+            tokens
+                .iter()
+                .flat_map(|(tenant, list)| {
+                    list.iter().map(move |token| (blake3::hash(token.trim().as_bytes()), (tenant.clone(), scope)))
+                })
+                .collect::<Vec<_>>()
+        };
+        let tokens = grants(&api.tokens, Scope::Read).into_iter().chain(grants(&api.write_tokens, Scope::Write)).collect();
+        Self { index, store, tokens: Arc::new(tokens), writes, metrics }
     }
 }
 
@@ -63,6 +84,7 @@ pub fn routes(state: SearchState) -> Router {
         .route("/v1/tenants/{tenant}/contacts/search", get(search_contacts))
         .route("/v1/tenants/{tenant}/contacts/{contact_id}", get(contact))
         .route("/v1/tenants/{tenant}/contacts/{contact_id}/timeline", get(timeline))
+        .merge(super::operator::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(errors_as_json))
@@ -73,11 +95,9 @@ async fn no_route(uri: axum::http::Uri) -> ApiError {
     ApiError { status: StatusCode::NOT_FOUND, error: "not_found", detail: format!("no route for {}", uri.path()) }
 }
 
-async fn method_not_allowed(method: axum::http::Method) -> Response {
-    let detail = format!("{method} is not allowed here; the API is read-only (GET)");
-    let mut response = ApiError { status: StatusCode::METHOD_NOT_ALLOWED, error: "method_not_allowed", detail }.into_response();
-    response.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET,HEAD"));
-    response
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    let detail = format!("{method} is not allowed on {}", uri.path());
+    ApiError { status: StatusCode::METHOD_NOT_ALLOWED, error: "method_not_allowed", detail }
 }
 
 /// Refusals made before a handler runs (a path that is not UTF-8, a request
@@ -112,13 +132,13 @@ async fn errors_as_json(response: Response) -> Response {
 /// A refused request: status plus a JSON body `{"error": ..., "detail": ...}`.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    error: &'static str,
-    detail: String,
+    pub(super) status: StatusCode,
+    pub(super) error: &'static str,
+    pub(super) detail: String,
 }
 
 impl ApiError {
-    fn bad_request(detail: impl Into<String>) -> Self {
+    pub(super) fn bad_request(detail: impl Into<String>) -> Self {
         Self { status: StatusCode::BAD_REQUEST, error: "bad_request", detail: detail.into() }
     }
 }
@@ -155,8 +175,10 @@ impl From<ViewError> for ApiError {
     }
 }
 
-/// Admits the request when its bearer token belongs to `tenant`.
-fn authorize(state: &SearchState, headers: &HeaderMap, tenant: &str) -> Result<(), ApiError> {
+/// Admits the request when its bearer token belongs to `tenant` with at
+/// least `needed`. Another tenant's token learns nothing of this one: it is
+/// told there is no such tenant.
+pub(super) fn authorize(state: &SearchState, headers: &HeaderMap, tenant: &str, needed: Scope) -> Result<(), ApiError> {
     let unauthorized = |detail: &str| ApiError { status: StatusCode::UNAUTHORIZED, error: "unauthorized", detail: detail.into() };
     let value = headers.get(header::AUTHORIZATION).ok_or_else(|| unauthorized("missing bearer token"))?;
     let token = value
@@ -165,16 +187,17 @@ fn authorize(state: &SearchState, headers: &HeaderMap, tenant: &str) -> Result<(
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| unauthorized("the Authorization header must be `Bearer TOKEN`"))?;
     match state.tokens.get(&blake3::hash(token.trim().as_bytes())) {
-        Some(granted) if granted == tenant => Ok(()),
-        Some(_) => {
-            Err(ApiError { status: StatusCode::FORBIDDEN, error: "forbidden", detail: "the token is not for this tenant".into() })
+        Some((granted, scope)) if granted == tenant && *scope >= needed => Ok(()),
+        Some((granted, _)) if granted == tenant => {
+            Err(ApiError { status: StatusCode::FORBIDDEN, error: "forbidden", detail: "the token may only read".into() })
         }
+        Some(_) => Err(ApiError { status: StatusCode::NOT_FOUND, error: "not_found", detail: format!("no tenant {tenant}") }),
         None => Err(unauthorized("unknown token")),
     }
 }
 
 /// Runs a handler's body, counting the request by status and its latency under `route`.
-async fn counted(
+pub(super) async fn counted(
     state: &SearchState,
     route: &str,
     handle: impl Future<Output = Result<Response, ApiError>>,
@@ -199,13 +222,17 @@ async fn in_index<T: Send + 'static>(
     Ok(tokio::task::spawn_blocking(move || search(&index)).await.map_err(join_error)??)
 }
 
-/// Runs a store read on a blocking thread, one read at a time.
-async fn in_store<T: Send + 'static>(
+/// Runs a store read on a blocking thread, one store call at a time.
+pub(super) async fn in_store<T: Send + 'static>(
     state: &SearchState,
     read: impl FnOnce(&dyn DirectoryView) -> Result<T, ViewError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let store = Arc::clone(&state.store);
-    let read = move || read(store.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref());
+    let read = move || {
+        let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let view: &dyn DirectoryView = &**store;
+        read(view)
+    };
     Ok(tokio::task::spawn_blocking(read).await.map_err(join_error)??)
 }
 
@@ -262,7 +289,7 @@ async fn search_timeline(
     params: Result<Query<TimelineSearchParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     counted(&state, "search", async {
-        authorize(&state, &headers, &tenant)?;
+        authorize(&state, &headers, &tenant, Scope::Read)?;
         let params = query(params)?;
         let order = match params.order.as_deref() {
             None | Some("best") => SortOrder::Best,
@@ -310,7 +337,7 @@ async fn search_contacts(
     params: Result<Query<ContactSearchParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     counted(&state, "contacts_search", async {
-        authorize(&state, &headers, &tenant)?;
+        authorize(&state, &headers, &tenant, Scope::Read)?;
         let params = query(params)?;
         let has: Vec<String> =
             params.has.iter().flat_map(|h| h.split(',')).map(str::trim).filter(|h| !h.is_empty()).map(str::to_owned).collect();
@@ -345,7 +372,7 @@ async fn contact(
     params: Result<Query<NoParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     counted(&state, "contact", async {
-        authorize(&state, &headers, &tenant)?;
+        authorize(&state, &headers, &tenant, Scope::Read)?;
         query(params)?;
         let view = in_store(&state, move |store| view::contact_view(store, &tenant, &contact_id)).await?;
         Ok(Json(view).into_response())
@@ -367,7 +394,7 @@ async fn timeline(
     params: Result<Query<TimelineParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     counted(&state, "timeline", async {
-        authorize(&state, &headers, &tenant)?;
+        authorize(&state, &headers, &tenant, Scope::Read)?;
         let params = query(params)?;
         let limit = page_limit(params.limit)?;
         let page =
@@ -378,6 +405,6 @@ async fn timeline(
     .await
 }
 
-fn join_error(error: tokio::task::JoinError) -> ApiError {
+pub(super) fn join_error(error: tokio::task::JoinError) -> ApiError {
     ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, error: "internal", detail: error.to_string() }
 }

@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 
 use crate::cli::Command;
 use crate::config::{Config, StoreLocation};
-use crate::store::Store;
+use crate::store::Backend;
 use crate::store::scylla::{ScyllaBackend, ScyllaOptions, ScyllaStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 
@@ -60,7 +60,7 @@ fn open_sqlite(config: &Config) -> anyhow::Result<(SqliteStore, PathBuf)> {
 }
 
 /// The store `store` names, for commands that work on either.
-fn open_store(config: &Config) -> anyhow::Result<Box<dyn Store + Send>> {
+fn open_store(config: &Config) -> anyhow::Result<Box<dyn Backend>> {
     Ok(match config.store_location()? {
         StoreLocation::Sqlite(_) => Box::new(open_sqlite(config)?.0),
         StoreLocation::Scylla(target) => Box::new(ScyllaStore::new(connect_scylla(&ScyllaOptions::new(target, &config.scylla))?)),
@@ -69,7 +69,7 @@ fn open_store(config: &Config) -> anyhow::Result<Box<dyn Store + Send>> {
 
 /// The store, for commands that only read it: a mistyped `--data-dir` is an
 /// error, not a new empty directory that answers "no such contact".
-fn open_existing_store(config: &Config) -> anyhow::Result<Box<dyn Store + Send>> {
+fn open_existing_store(config: &Config) -> anyhow::Result<Box<dyn Backend>> {
     if let StoreLocation::Sqlite(path) = config.store_location()?
         && !path.is_file()
     {

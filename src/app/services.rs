@@ -17,6 +17,8 @@ use crate::config::{Config, StoreLocation};
 use crate::health::Health;
 use crate::index::SearchIndex;
 use crate::metrics::{IndexerMetrics, WorkerMetrics};
+use crate::pipeline::FollowOptions;
+use crate::publish::ChangeLog;
 use crate::store::scylla::{ScyllaOptions, ScyllaStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 
@@ -113,7 +115,10 @@ pub fn worker(config: &Config, shutdown: impl Future<Output = ()> + Send + 'stat
 /// Keeps the indexes current from Kafka's changes topic and serves the search
 /// API until `shutdown` completes.
 pub fn indexer(config: &Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    search_server(config, shutdown, |index, metrics, health, stop| {
+    let writes = api::search::Writes::Refused(
+        "at scale an operator's change is an event on the events topic: publish the contract's operator event there",
+    );
+    search_server(config, writes, shutdown, |index, metrics, health, stop| {
         crate::indexer::run(config, index, metrics, health, stop).context("indexing")
     })
 }
@@ -121,13 +126,33 @@ pub fn indexer(config: &Config, shutdown: impl Future<Output = ()> + Send + 'sta
 /// How often `serve` looks for the commits another process made to the index.
 const EMBEDDED_RELOAD: Duration = Duration::from_secs(1);
 
-/// Serves the search API over what `ingest` indexes into the data directory
-/// until `shutdown` completes.
+/// Serves the search API and the operator endpoints over the data directory
+/// until `shutdown` completes. Operator writes are applied to the SQLite
+/// store here; their changes reach the index within `EMBEDDED_RELOAD`, as do
+/// `ingest`'s from another process.
 pub fn serve(config: &Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    search_server(config, shutdown, |index, _, health, stop| {
+    let sqlite = match config.store_location()? {
+        StoreLocation::Sqlite(path) => Some(path),
+        StoreLocation::Scylla(_) => None,
+    };
+    let writes = match sqlite {
+        Some(_) => api::search::Writes::Applied(config.limits),
+        None => api::search::Writes::Refused(
+            "serve applies operator writes to the embedded SQLite store; with Scylla, publish the contract's operator \
+             event to the events topic",
+        ),
+    };
+    let follow = FollowOptions { lock_wait: Duration::ZERO, ..FollowOptions::from(&config.index) };
+    search_server(config, writes, shutdown, |index, _, health, stop| {
+        let mut log = sqlite.map(|path| SqliteStore::open(&path, &SqliteOptions::from(&config.sqlite))).transpose()?;
         health.set_broker_up(true);
         while !stop.load(Ordering::Acquire) {
             health.polled();
+            if let Some(log) = &mut log
+                && let Err(error) = index_new_units(log, index, &follow)
+            {
+                tracing::warn!(%error, "indexing the operators' changes failed; retrying");
+            }
             if let Err(error) = index.reload() {
                 tracing::warn!(%error, "reloading the index failed");
             }
@@ -137,10 +162,23 @@ pub fn serve(config: &Config, shutdown: impl Future<Output = ()> + Send + 'stati
     })
 }
 
+/// Indexes the outbox units the index has not seen, if any (the writer lock
+/// is taken only then, and not waited for: an `ingest` holding it indexes
+/// them itself).
+fn index_new_units(log: &mut SqliteStore, index: &SearchIndex, follow: &FollowOptions) -> anyhow::Result<()> {
+    let applied_through = index.checkpoint()?.applied_through;
+    if log.read_after(applied_through, 1)?.is_empty() {
+        return Ok(());
+    }
+    crate::pipeline::follow_changes(log, index, follow, &AtomicBool::new(true))?;
+    Ok(())
+}
+
 /// The search API with probes and metrics, while `keep_current` keeps the
 /// index current until the stop flag is raised.
 fn search_server(
     config: &Config,
+    writes: api::search::Writes,
     shutdown: impl Future<Output = ()> + Send + 'static,
     keep_current: impl FnOnce(&SearchIndex, &IndexerMetrics, &Health, &AtomicBool) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
@@ -156,7 +194,7 @@ fn search_server(
         let metrics = metrics.clone();
         Arc::new(move || metrics.render())
     };
-    let search = api::search::SearchState::new(Arc::clone(&index), store, &config.api.tokens, metrics.clone());
+    let search = api::search::SearchState::new(Arc::clone(&index), store, &config.api, writes, metrics.clone());
     let router = api::probes(Arc::clone(&health), render).merge(api::search::routes(search));
     let serving = Serving::start(&config.indexer.listen, "indexer.listen", router, 2, shutdown)?;
     let outcome = keep_current(&index, &metrics, &health, &serving.shutdown);

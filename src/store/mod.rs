@@ -10,6 +10,12 @@ pub mod view;
 
 pub use contactd_core::store::*;
 
+/// A backend as the services hold it behind a trait object: the directory,
+/// the sink of its changes and the outbox that keeps them.
+pub trait Backend: Store + ChangeSink + crate::publish::Outbox + Send {}
+
+impl<T: Store + ChangeSink + crate::publish::Outbox + Send> Backend for T {}
+
 use crate::model::Identifier;
 
 /// Both backends keep records as JSON text: what one writes the other reads.

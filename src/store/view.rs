@@ -49,8 +49,8 @@ pub fn timeline_page(
     cursor: Option<&str>,
     limit: usize,
 ) -> Result<TimelinePage, ViewError> {
-    let (contact_id, _) = live_contact(view, tenant, requested)?;
     let cursor = cursor.map(|c| TimelineCursor::decode(c).ok_or_else(|| ViewError::BadCursor(c.to_owned()))).transpose()?;
+    let (contact_id, _) = live_contact(view, tenant, requested)?;
     let limit = limit.max(1);
     let mut entries = view.timeline(tenant, &contact_id, cursor.as_ref(), limit + 1)?;
     let next_cursor = if entries.len() > limit {

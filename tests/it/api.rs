@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::harness::{EXAMPLES, Service, contactd, export};
 
@@ -14,7 +14,9 @@ fn served() -> (tempfile::TempDir, Service) {
     let data = dir.path().join("data");
     assert!(contactd(&data, &["ingest", "--quiet", EXAMPLES]).status.success());
     let config = dir.path().join("contactd.toml");
-    std::fs::write(&config, "[api.tokens]\nacme = [\"acme-token\"]\nglobex = [\"globex-token\", \"globex-rotated\"]\n").unwrap();
+    let tokens = "[api.tokens]\nacme = [\"acme-token\"]\nglobex = [\"globex-token\", \"globex-rotated\"]\n\
+                  [api.write_tokens]\nacme = [\"acme-writer\"]\n";
+    std::fs::write(&config, tokens).unwrap();
     let service = Service::start(&data, &config, "serve");
     (dir, service)
 }
@@ -96,8 +98,8 @@ fn no_query_or_id_reaches_another_tenant() {
         }
     }
     let refused = [
-        ("/v1/tenants/globex/search?q=warranty", "acme-token", 403),
-        (&*format!("/v1/tenants/globex/contacts/{}", globex[0]), "acme-token", 403),
+        ("/v1/tenants/globex/search?q=warranty", "acme-token", 404),
+        (&*format!("/v1/tenants/globex/contacts/{}", globex[0]), "acme-token", 404),
         ("/v1/tenants/globex/search?q=warranty", "not-a-token", 401),
         ("/v1/tenants/acme/search?q=refund", "", 401),
     ];
@@ -144,7 +146,7 @@ fn every_refusal_is_json_and_hostile_requests_leave_the_server_answering() {
         (format!("GET /nowhere HTTP/1.1\r\n{auth}"), 404, "not_found"),
         (format!("POST /nowhere HTTP/1.1\r\n{auth}"), 404, "not_found"),
         (format!("POST /v1/tenants/acme/search?q=a HTTP/1.1\r\n{auth}Content-Length: 0\r\n"), 405, "method_not_allowed"),
-        (format!("DELETE /v1/tenants/acme/contacts/c-1 HTTP/1.1\r\n{auth}"), 405, "method_not_allowed"),
+        (format!("DELETE /v1/tenants/acme/contacts/c-1/timeline HTTP/1.1\r\n{auth}"), 405, "method_not_allowed"),
         (format!("GET /v1/tenants/%FF/search?q=a HTTP/1.1\r\n{auth}"), 400, "bad_request"),
         (format!("GET /v1/tenants/acme/contacts/%C3%28/timeline HTTP/1.1\r\n{auth}"), 400, "bad_request"),
         (format!("GET {nested} HTTP/1.1\r\n{auth}"), 414, ""),
@@ -175,8 +177,9 @@ fn every_refusal_is_json_and_hostile_requests_leave_the_server_answering() {
     assert!(!body["hits"].as_array().unwrap().is_empty());
 }
 
-/// `schemas/openapi.json` and the server agree: every documented path answers,
-/// every documented query parameter is accepted, and the server takes no other.
+/// `schemas/openapi.json` and the server agree: every documented path and
+/// method answers, every documented query parameter is accepted, and the
+/// server takes no other.
 #[test]
 fn the_openapi_description_matches_the_server() {
     let (_dir, service) = served();
@@ -192,9 +195,17 @@ fn the_openapi_description_matches_the_server() {
         }
     };
     let paths = spec["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 4);
-    for (template, operation) in paths {
-        let path = template.replace("{tenant}", "acme").replace("{contact_id}", "c-ee65d7f55a29e57945dc1fce");
+    assert_eq!(paths.len(), 8);
+    for (template, operations) in paths {
+        let path = template
+            .replace("{tenant}", "acme")
+            .replace("{contact_id}", "c-ee65d7f55a29e57945dc1fce")
+            .replace("{session_id}", "s-phone-call");
+        for method in operations.as_object().unwrap().keys().filter(|method| *method != "get") {
+            let (status, _, body) = send(&service, &method.to_uppercase(), &path, "acme-token", "", "{}");
+            assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")), "{method} {template} is served for writers");
+        }
+        let Some(operation) = operations.get("get").map(|get| json!({ "get": get })) else { continue };
         let mut query = Vec::new();
         for parameter in operation["get"]["parameters"].as_array().unwrap().iter().map(resolve) {
             if parameter["in"] == "query"
@@ -211,4 +222,81 @@ fn the_openapi_description_matches_the_server() {
         let (status, body) = get(&service, &format!("{path}?undocumented=1"), "acme-token");
         assert_eq!(status, 400, "{template} refuses parameters it does not document: {body}");
     }
+}
+
+/// The request and what came back, parsed; an empty body is `null`.
+fn send(service: &Service, method: &str, path: &str, token: &str, headers: &str, body: &str) -> (u16, String, Value) {
+    let (status, head, text) = service.send(method, path, token, headers, body).expect("the API answers");
+    let json =
+        if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}")) };
+    (status, head, json)
+}
+
+/// The seed's operator actions over HTTP on the embedded default: each is an
+/// operator event applied through the pipeline, and shows in the directory,
+/// the timeline and search.
+#[test]
+fn an_operator_creates_edits_links_notes_and_deletes_a_contact_over_http() {
+    let (dir, service) = served();
+    let created = r#"{"identity": {"name": "Petr Svoboda", "emails": ["Petr@Example.cz"]}}"#;
+    let (status, _, refused) = send(&service, "POST", "/v1/tenants/acme/contacts", "acme-token", "", created);
+    assert_eq!((status, refused["error"].as_str()), (403, Some("forbidden")), "a read token cannot write");
+    let (status, _, _) = send(&service, "POST", "/v1/tenants/globex/contacts", "acme-writer", "", created);
+    assert_eq!(status, 404, "another tenant's token finds no tenant");
+
+    let key = "Idempotency-Key: create-petr\r\n";
+    let (status, head, petr) = send(&service, "POST", "/v1/tenants/acme/contacts", "acme-writer", key, created);
+    assert_eq!(status, 201, "{petr}");
+    let id = petr["contact_id"].as_str().expect("the created contact").to_owned();
+    assert!(head.to_ascii_lowercase().contains(&format!("location: /v1/tenants/acme/contacts/{id}")), "{head}");
+    let event_id =
+        |head: &str| head.lines().find_map(|line| line.to_ascii_lowercase().strip_prefix("event-id: ").map(str::to_owned));
+    assert!(event_id(&head).is_some(), "{head}");
+    assert_eq!((petr["name"].as_str(), petr["emails"][0].as_str()), (Some("Petr Svoboda"), Some("petr@example.cz")));
+    let (status, again_head, again) = send(&service, "POST", "/v1/tenants/acme/contacts", "acme-writer", key, created);
+    assert_eq!((status, again["contact_id"].as_str()), (201, Some(id.as_str())), "a retried request is one event");
+    assert_eq!(event_id(&again_head), event_id(&head));
+    let other = r#"{"identity": {"name": "Eva Dvořáková", "emails": ["eva@example.cz"]}}"#;
+    let (status, _, eva) = send(&service, "POST", "/v1/tenants/acme/contacts", "acme-writer", key, other);
+    assert_eq!(status, 201);
+    assert_ne!(eva["contact_id"].as_str(), Some(id.as_str()), "a key reused for another request is no retry");
+    let (status, _, known) = send(&service, "POST", "/v1/tenants/acme/contacts", "acme-writer", "", created);
+    assert_eq!((status, known["contact_id"].as_str()), (201, Some(id.as_str())), "a known customer's contact: {known}");
+    let petrs = export(&dir.path().join("data")).into_iter().filter(|c| c["emails"][0] == "petr@example.cz").count();
+    assert_eq!(petrs, 1);
+
+    let contact = format!("/v1/tenants/acme/contacts/{id}");
+    let edit = r#"{"set_name": "Petr S.", "add": {"phones": ["+420 777 000 111"]}}"#;
+    let (status, _, edited) = send(&service, "PATCH", &contact, "acme-writer", "", edit);
+    assert_eq!((status, edited["name"].as_str()), (200, Some("Petr S.")), "{edited}");
+    assert_eq!(edited["phones"][0], "+420777000111");
+    for (body, expected) in [(r#"{"set_name": 5}"#, 422), (r#"{"nickname": "P"}"#, 422), ("{", 400)] {
+        let (status, _, error) = send(&service, "PATCH", &contact, "acme-writer", "", body);
+        assert_eq!(status, expected, "{body}: {error}");
+        assert!(error["detail"].is_string(), "a JSON error: {error}");
+    }
+    let (status, _, _) = send(&service, "PATCH", "/v1/tenants/acme/contacts/c-nobody", "acme-writer", "", edit);
+    assert_eq!(status, 404);
+    let long_key = format!("Idempotency-Key: {}\r\n", "k".repeat(129));
+    assert_eq!(send(&service, "PATCH", &contact, "acme-writer", &long_key, edit).0, 400);
+
+    let note = r#"{"text": "called back about the invoice", "author": "operator-7"}"#;
+    let (status, _, noted) = send(&service, "POST", &format!("{contact}/notes"), "acme-writer", "", note);
+    assert_eq!((status, noted["contact_id"].as_str()), (201, Some(id.as_str())), "{noted}");
+    let found = || {
+        let (_, hits) = get(&service, "/v1/tenants/acme/search?q=invoice", "acme-token");
+        contact_ids(&hits, "hits").contains(&id)
+    };
+    crate::harness::eventually("the note is searchable", found);
+
+    let session = "/v1/tenants/acme/sessions/s-phone-call/contact";
+    let (status, _, linked) = send(&service, "PUT", session, "acme-writer", "", &format!(r#"{{"contact_id": "{id}"}}"#));
+    assert_eq!(status, 200, "{linked}");
+    assert!(linked["sessions"].as_array().unwrap().iter().any(|s| s == "s-phone-call"), "{linked}");
+    assert_eq!(send(&service, "DELETE", session, "acme-writer", "", "").0, 204);
+    let (_, shown) = get(&service, &contact, "acme-token");
+    assert!(!shown["sessions"].as_array().unwrap().iter().any(|s| s == "s-phone-call"), "{shown}");
+
+    assert_eq!(send(&service, "DELETE", &contact, "acme-writer", "", "").0, 204);
+    assert_eq!(get(&service, &contact, "acme-token").0, 410, "an erased contact is gone");
 }

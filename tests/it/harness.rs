@@ -295,6 +295,24 @@ impl Service {
         Some((status, body))
     }
 
+    /// Status, head and body of a `method` request with a bearer token, extra
+    /// header lines (each ending in CRLF) and a JSON body.
+    pub fn send(&self, method: &str, path: &str, token: &str, headers: &str, body: &str) -> Option<(u16, String, String)> {
+        let lines = format!(
+            "{method} {path} HTTP/1.1\r\nAuthorization: Bearer {token}\r\n{headers}Content-Type: application/json\r\n\
+             Content-Length: {}\r\n",
+            body.len()
+        );
+        let mut stream = TcpStream::connect(&self.probes).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(stream, "{lines}Host: {}\r\nConnection: close\r\n\r\n{body}", self.probes).ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let status = response.split_whitespace().nth(1)?.parse().ok()?;
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        Some((status, head.to_owned(), body.to_owned()))
+    }
+
     /// Status, head and body of a request given as its first lines (request
     /// line and headers, each ending in CRLF); `Host` and `Connection: close` are added.
     pub fn request(&self, lines: &str) -> Option<(u16, String, String)> {

@@ -9,10 +9,7 @@ use serde_json::json;
 use super::{Lookup, Resolver, Skip, Step, Target, Unresolvable};
 use crate::event::{EmailDirection, Event, EventBody};
 use crate::identity::{self, IdentitySource, NormalizedIdentity};
-use crate::model::{
-    Channel, ContactId, Details, EntryKind, Identifier, IdentifierKind, NameSource, SessionId, TenantConfig, TimelineEntry,
-    derived_id,
-};
+use crate::model::{Channel, Details, EntryKind, Identifier, IdentifierKind, NameSource, SessionId, TenantConfig, TimelineEntry};
 use crate::store::{DirectoryView, Mutation, StoreResult};
 
 fn provided_identity(event: &Event, config: &TenantConfig) -> NormalizedIdentity {
@@ -127,15 +124,16 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             }
         }
         if target.is_none() {
-            let founder = if matches!(event.body, EventBody::ContactCreated) {
-                Some(derived_id("c-", &[&tenant, &event.event_id]))
+            let founds = if matches!(event.body, EventBody::ContactCreated) {
+                true
             } else if let Some(first) = participants.first().filter(|_| identity.strongest().is_none()) {
                 founding = NormalizedIdentity { identifiers: vec![first.clone()], ..identity.clone() };
-                Some(derived_id("c-", &[&tenant, &event.event_id]))
+                true
             } else {
-                identity.strongest().map(|_| derived_id("c-", &[&tenant, &event.event_id]))
+                identity.strongest().is_some()
             };
-            if let Some(id) = founder.map(ContactId::from) {
+            if founds {
+                let id = super::founded_contact_id(event);
                 self.create(id.clone());
                 target = Some(id);
             }

@@ -115,6 +115,12 @@ pub fn resolve_within<V: DirectoryView + ?Sized>(event: &Event, view: &V, limits
 }
 
 /// The identity an event brings: its own, and what an operator's edit adds.
+/// The id of the contact `event` founds, if it founds one: derived from the
+/// event, so that a redelivery or a replay founds the same contact.
+pub fn founded_contact_id(event: &Event) -> ContactId {
+    ContactId::from(derived_id("c-", &[&event.tenant_id, &event.event_id]))
+}
+
 enum Step {
     Done,
     Skip(Skip),

@@ -78,6 +78,13 @@ setting of contactd is an integer. */}}
       name: {{ . }}
       key: tokens
 {{- end }}
+{{- with .Values.api.writeTokensSecret }}
+- name: CONTACTD__API__WRITE_TOKENS
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: tokens
+{{- end }}
 {{- range .Values.secretEnv }}
 - name: {{ .name }}
   valueFrom:
