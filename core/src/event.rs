@@ -189,7 +189,7 @@ struct Envelope<'a> {
     session_id: Option<String>,
     #[serde(default)]
     contact_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "identity_object")]
     identity: Option<RawIdentity>,
     #[serde(default, borrow)]
     payload: Option<&'a RawValue>,
@@ -253,10 +253,40 @@ struct NotePayload {
 struct ContactUpdatedPayload {
     #[serde(default)]
     set_name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "identity_object")]
     add: Option<RawIdentity>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "identity_object")]
     remove: Option<RawIdentity>,
+}
+
+/// An identity block as the contract writes it: a JSON object, or null. Serde
+/// alone would also take a JSON array for the struct, which the schema refuses.
+fn identity_object<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<RawIdentity>, D::Error> {
+    struct ObjectOrNull;
+    impl<'de> serde::de::Visitor<'de> for ObjectOrNull {
+        type Value = Option<RawIdentity>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("an identity object or null")
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            RawIdentity::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    deserializer.deserialize_option(ObjectOrNull)
 }
 
 fn payload<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>, kind: &str) -> Result<T, DecodeError> {
@@ -485,6 +515,8 @@ mod tests {
             (r#"{"schema":"contact-event/v2"}"#, "missing_field".into()),
             (&line(r#","type":"message.posted","payload":{"text":"x"}"#), "missing_field".into()),
             (&line(r#","type":"message.posted","payload":{"message_id":1,"author":"guest","text":"x"}"#), "wrong_type".into()),
+            (&line(r#","type":"identity.provided","identity":[]"#), "wrong_type".into()),
+            (&line(r#","type":"contact.updated","payload":{"add":["a@b.cz"]}"#), "wrong_type".into()),
             (&line(r#","type":"session.exploded""#), "unknown_type".into()),
             (&line(r#","type":"session.started""#).replace(r#""chat""#, r#""fax""#), "wrong_type".into()),
             (&line(r#","type":"session.started""#).replace("v1", "v9"), "unknown_schema".into()),

@@ -20,7 +20,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::search::{ApiError, Scope, SearchState, Writes, authorize, counted, join_error};
-use crate::event::{Event, SCHEMA_V1, decode_within};
+use rdkafka::producer::FutureRecord;
+use rdkafka::util::Timeout;
+
+use crate::event::{Event, EventBody, SCHEMA_V1, decode_within, partition_key};
 use crate::model::{Change, Claim, ContactId, SessionId, TenantId, Timestamp, derived_id};
 use crate::pipeline;
 use crate::resolve::{founded_contact_id, identifiers_looked_up};
@@ -29,6 +32,8 @@ use crate::store::view;
 use crate::store::{Backend, StoreError, StoreResult};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// How long a write waits for the broker's acknowledgement.
+const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const EVENT_ID: &str = "event-id";
 
 pub fn routes() -> Router<SearchState> {
@@ -123,6 +128,17 @@ impl OperatorEvent {
     }
 }
 
+/// An event applied here, or handed to the workers.
+enum Outcome {
+    Applied(Applied),
+    /// Published to the events topic: the answer is a 202 naming the event,
+    /// and `GET .../contacts/{id}?after=EVENT_ID` waits until it is applied.
+    Queued {
+        event_id: String,
+        contact: Option<ContactId>,
+    },
+}
+
 /// What applying an event did, as the answer needs it.
 struct Applied {
     event_id: String,
@@ -131,11 +147,11 @@ struct Applied {
     contact: Option<ContactId>,
 }
 
-/// Applies `event` through the pipeline, refusing first what the decoder
-/// would dead-letter.
-async fn apply(state: &SearchState, event: OperatorEvent) -> Result<Applied, ApiError> {
+/// Applies `event` through the pipeline, or publishes it for the workers,
+/// refusing first what the decoder would dead-letter.
+async fn apply(state: &SearchState, event: OperatorEvent) -> Result<Outcome, ApiError> {
     let limits = match &state.writes {
-        Writes::Applied(limits) => *limits,
+        Writes::Applied(limits) | Writes::Published { limits, .. } => *limits,
         Writes::Refused(why) => {
             return Err(ApiError { status: StatusCode::NOT_IMPLEMENTED, error: "not_implemented", detail: (*why).into() });
         }
@@ -151,6 +167,21 @@ async fn apply(state: &SearchState, event: OperatorEvent) -> Result<Applied, Api
             });
         }
     };
+    if let Writes::Published { producer, topic, .. } = &state.writes {
+        let key = partition_key(&payload).unwrap_or_default();
+        let record = FutureRecord::to(topic).payload(&payload).key(&key);
+        producer.send(record, Timeout::After(PUBLISH_TIMEOUT)).await.map_err(|(error, _)| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error: "broker_unavailable",
+            detail: format!("the event could not be published: {error}"),
+        })?;
+        let contact = match &decoded.body {
+            EventBody::SessionLinked { contact_id, .. } => Some(contact_id.clone()),
+            EventBody::ContactCreated if decoded.contact_id.is_none() => Some(founded_contact_id(&decoded)),
+            _ => decoded.contact_id.clone(),
+        };
+        return Ok(Outcome::Queued { event_id, contact });
+    }
     let store = Arc::clone(&state.store);
     let record = RawRecord { payload, origin: Origin { source: "api".into(), partition: None, position: 0 } };
     let applied = tokio::task::spawn_blocking(move || {
@@ -170,7 +201,7 @@ async fn apply(state: &SearchState, event: OperatorEvent) -> Result<Applied, Api
         let detail = format!("the event belongs to history an erasure removed ({reason})");
         return Err(ApiError { status: StatusCode::GONE, error: "erased", detail });
     }
-    Ok(Applied { event_id, contact })
+    Ok(Outcome::Applied(Applied { event_id, contact }))
 }
 
 /// The contact an applied event is about: the last one its changes name; for
@@ -267,7 +298,10 @@ async fn create_contact(
         if let Some(identity) = new.identity {
             event = event.with("identity", identity);
         }
-        let applied = apply(&state, event).await?;
+        let applied = match apply(&state, event).await? {
+            Outcome::Applied(applied) => applied,
+            Outcome::Queued { event_id, contact } => return Ok(event_answer(event_id, StatusCode::ACCEPTED, contact)),
+        };
         let location = applied.contact.as_ref().map(|id| format!("/v1/tenants/{tenant}/contacts/{id}"));
         let mut response = contact_answer(&state, tenant, applied, StatusCode::CREATED).await?;
         if let Some(value) = location.and_then(|location| HeaderValue::from_str(&location).ok()) {
@@ -290,7 +324,10 @@ async fn edit_contact(
         let payload = json!({ "set_name": edit.set_name, "add": edit.add, "remove": edit.remove });
         let event =
             OperatorEvent::new(&headers, &tenant, "contact.updated")?.with("contact_id", &contact_id).with("payload", payload);
-        let applied = apply(&state, event).await?;
+        let applied = match apply(&state, event).await? {
+            Outcome::Applied(applied) => applied,
+            Outcome::Queued { event_id, contact } => return Ok(event_answer(event_id, StatusCode::ACCEPTED, contact)),
+        };
         contact_answer(&state, tenant, applied, StatusCode::OK).await
     })
     .await
@@ -304,7 +341,10 @@ async fn delete_contact(
     counted(&state, "delete_contact", async {
         authorize(&state, &headers, &tenant, Scope::Write)?;
         let event = OperatorEvent::new(&headers, &tenant, "contact.deleted")?.with("contact_id", &contact_id);
-        let applied = apply(&state, event).await?;
+        let applied = match apply(&state, event).await? {
+            Outcome::Applied(applied) => applied,
+            Outcome::Queued { event_id, contact } => return Ok(event_answer(event_id, StatusCode::ACCEPTED, contact)),
+        };
         Ok(event_answer(applied.event_id, StatusCode::NO_CONTENT, None))
     })
     .await
@@ -322,7 +362,10 @@ async fn link_session(
         let event = OperatorEvent::new(&headers, &tenant, "session.linked")?
             .with("session_id", &session_id)
             .with("contact_id", link.contact_id);
-        let applied = apply(&state, event).await?;
+        let applied = match apply(&state, event).await? {
+            Outcome::Applied(applied) => applied,
+            Outcome::Queued { event_id, contact } => return Ok(event_answer(event_id, StatusCode::ACCEPTED, contact)),
+        };
         contact_answer(&state, tenant, applied, StatusCode::OK).await
     })
     .await
@@ -336,7 +379,10 @@ async fn unlink_session(
     counted(&state, "unlink_session", async {
         authorize(&state, &headers, &tenant, Scope::Write)?;
         let event = OperatorEvent::new(&headers, &tenant, "session.unlinked")?.with("session_id", &session_id);
-        let applied = apply(&state, event).await?;
+        let applied = match apply(&state, event).await? {
+            Outcome::Applied(applied) => applied,
+            Outcome::Queued { event_id, contact } => return Ok(event_answer(event_id, StatusCode::ACCEPTED, contact)),
+        };
         Ok(event_answer(applied.event_id, StatusCode::NO_CONTENT, None))
     })
     .await
@@ -357,7 +403,10 @@ async fn note(
     event.note_named_by_event = note.note_id.is_none();
     let payload = json!({ "note_id": note.note_id.unwrap_or_default(), "author": note.author, "text": note.text });
     let event = event.with(target.0, target.1).with("payload", payload);
-    let applied = apply(state, event).await?;
+    let applied = match apply(state, event).await? {
+        Outcome::Applied(applied) => applied,
+        Outcome::Queued { event_id, contact } => return Ok(event_answer(event_id, StatusCode::ACCEPTED, contact)),
+    };
     Ok(event_answer(applied.event_id, StatusCode::CREATED, applied.contact))
 }
 

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -53,12 +53,14 @@ pub struct SearchState {
     metrics: IndexerMetrics,
 }
 
-/// Whether this server applies operator writes itself.
-#[derive(Clone, Debug)]
+/// What this server does with an operator's write, once it is an event.
+#[derive(Clone)]
 pub enum Writes {
-    /// Embedded (`serve`): each write is an event applied to the store here,
-    /// within these limits.
+    /// Embedded (`serve`): applies it to the store here, within these limits.
     Applied(Limits),
+    /// At scale (`indexer`): publishes it to the events topic, keyed as the
+    /// connectors key events, for the workers to apply; the answer is a 202.
+    Published { producer: rdkafka::producer::FutureProducer, topic: String, limits: Limits },
     /// Refused with this explanation.
     Refused(&'static str),
 }
@@ -148,6 +150,9 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(json!({ "error": self.error, "detail": self.detail }))).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
         response
     }
@@ -360,24 +365,57 @@ async fn search_contacts(
     .await
 }
 
-/// The contact view takes no parameters; a misspelt one is refused, not ignored.
+/// The contact view's one parameter; a misspelt one is refused, not ignored.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NoParams {}
+struct ContactParams {
+    /// An operator event's id (an `Event-Id`): answer once it is applied.
+    after: Option<String>,
+}
+
+/// How long `?after=` waits for its event, and how often it looks.
+const AFTER_PATIENCE: Duration = Duration::from_secs(5);
+const AFTER_POLL: Duration = Duration::from_millis(50);
 
 async fn contact(
     State(state): State<SearchState>,
     Path((tenant, contact_id)): Path<(TenantId, ContactId)>,
     headers: HeaderMap,
-    params: Result<Query<NoParams>, QueryRejection>,
+    params: Result<Query<ContactParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     counted(&state, "contact", async {
         authorize(&state, &headers, &tenant, Scope::Read)?;
-        query(params)?;
+        if let Some(event_id) = query(params)?.after {
+            await_event(&state, &tenant, event_id).await?;
+        }
         let view = in_store(&state, move |store| view::contact_view(store, &tenant, &contact_id)).await?;
         Ok(Json(view).into_response())
     })
     .await
+}
+
+/// Waits until the store has applied `event_id`: up to `AFTER_PATIENCE` where
+/// workers apply the writes this server publishes (then 503, ask again);
+/// not at all where writes are applied here before they are answered (an
+/// event the store does not know is 404).
+async fn await_event(state: &SearchState, tenant: &TenantId, event_id: String) -> Result<(), ApiError> {
+    let patience = if matches!(state.writes, Writes::Published { .. }) { AFTER_PATIENCE } else { Duration::ZERO };
+    let started = Instant::now();
+    loop {
+        let (tenant, looked_up) = (tenant.clone(), event_id.clone());
+        if in_store(state, move |store| Ok(store.event_unit(&tenant, &looked_up)?)).await?.is_some() {
+            return Ok(());
+        }
+        if patience.is_zero() {
+            let detail = format!("event {event_id} was never applied here");
+            return Err(ApiError { status: StatusCode::NOT_FOUND, error: "unknown_event", detail });
+        }
+        if started.elapsed() >= patience {
+            let detail = format!("event {event_id} is not applied yet; ask again");
+            return Err(ApiError { status: StatusCode::SERVICE_UNAVAILABLE, error: "pending", detail });
+        }
+        tokio::time::sleep(AFTER_POLL).await;
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -112,12 +112,17 @@ pub fn worker(config: &Config, shutdown: impl Future<Output = ()> + Send + 'stat
     }
 }
 
-/// Keeps the indexes current from Kafka's changes topic and serves the search
-/// API until `shutdown` completes.
+/// Keeps the indexes current from Kafka's changes topic and serves the API
+/// until `shutdown` completes; operators' writes are published to the first
+/// events topic for the workers to apply.
 pub fn indexer(config: &Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let writes = api::search::Writes::Refused(
-        "at scale an operator's change is an event on the events topic: publish the contract's operator event there",
-    );
+    // Operators' writes join the events topic as the connectors' events do,
+    // keyed the same way, for the workers to apply.
+    let writes = api::search::Writes::Published {
+        producer: crate::publish::kafka::producer(&config.kafka).context("creating the producer")?,
+        topic: config.kafka.events_topics[0].clone(),
+        limits: config.limits,
+    };
     search_server(config, writes, shutdown, |index, metrics, health, stop| {
         crate::indexer::run(config, index, metrics, health, stop).context("indexing")
     })

@@ -468,6 +468,8 @@ impl SqliteStore {
     }
 
     /// Looks `key` up in a cache map, reading and remembering it on a miss.
+    /// Outside a unit (the API, `contact`) it reads the file: only `begin`
+    /// learns whether another process committed since the cache was filled.
     fn cached<K, T>(
         &self,
         map: impl Fn(&mut Cache) -> &mut HashMap<K, Option<T>>,
@@ -478,6 +480,9 @@ impl SqliteStore {
         K: std::hash::Hash + Eq,
         T: Clone,
     {
+        if self.open_unit.get().is_none() {
+            return load();
+        }
         if let Some(hit) = map(&mut self.cache.borrow_mut()).get(&key) {
             return Ok(hit.clone());
         }

@@ -315,6 +315,23 @@ fn a_cache_never_hides_another_writers_commit() {
     first.commit().unwrap();
 }
 
+/// A reader outside any unit (the API of `indexer` or `serve`, beside a
+/// worker or an `ingest` writing the file) sees each commit as it lands: it
+/// once kept showing a contact as first read.
+#[test]
+fn reads_outside_a_unit_see_another_writers_commits() {
+    use contactd::store::sqlite::{SqliteOptions, SqliteStore};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("directory.sqlite3");
+    let reader = SqliteStore::open(&path, &SqliteOptions::default()).unwrap();
+    let mut writer = SqliteStore::open(&path, &SqliteOptions::default()).unwrap();
+    write(&mut writer, "t1", vec![Mutation::PutContact { contact_id: "c1".into(), record: contact("c1") }]);
+    assert_eq!(reader.contact(&"t1".into(), &"c1".into()).unwrap(), Some(contact("c1")));
+    let merged = ContactRecord::Merged { into: "c2".into() };
+    write(&mut writer, "t1", vec![Mutation::PutContact { contact_id: "c1".into(), record: merged.clone() }]);
+    assert_eq!(reader.contact(&"t1".into(), &"c1".into()).unwrap(), Some(merged));
+}
+
 /// Writers of one process take turns at the file; one that cannot get its turn
 /// within the busy timeout fails as busy, which callers retry, and gets it once
 /// the other commits.

@@ -691,6 +691,55 @@ fn the_worker_waits_for_a_broker_that_is_down_at_start_and_mid_run() {
     assert_eq!(canonical(&store), canonical(&alone.store));
 }
 
+/// At scale an operator's write is an event on the events topic: the indexer
+/// publishes it and answers 202 with its id, a worker applies it, and
+/// `?after=` on the contact waits until it has.
+#[test]
+fn operator_writes_at_scale_go_through_the_events_topic_and_after_waits_for_them() {
+    let cluster = Cluster::start(1, 2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = "lanes = 1\n[api.tokens]\nacme = [\"acme-token\"]\n[api.write_tokens]\nacme = [\"acme-writer\"]\n";
+    let config = write_config(dir.path(), "contactd.toml", &cluster, tokens);
+    let data = dir.path().join("data");
+    let worker = Service::start(&data, &config, "worker");
+    let indexer = Service::start(&data, &config, "indexer");
+    let send =
+        |method: &str, path: &str, body: &str| indexer.send(method, path, "acme-writer", "", body).expect("the API answers");
+    let event_of = |head: &str| {
+        head.lines()
+            .find_map(|line| line.to_ascii_lowercase().strip_prefix("event-id: ").map(str::to_owned))
+            .expect("an Event-Id")
+    };
+    let after = |event: &str| {
+        indexer.get_with(&format!("/v1/tenants/acme/contacts/c-ops?after={event}"), Some("acme-token")).expect("answers")
+    };
+
+    let created = r#"{"contact_id": "c-ops", "identity": {"name": "Petr Svoboda", "emails": ["petr@example.cz"]}}"#;
+    let (status, head, body) = send("POST", "/v1/tenants/acme/contacts", created);
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["contact_id"], "c-ops");
+    let (status, shown) = after(&event_of(&head));
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(serde_json::from_str::<Value>(&shown).unwrap()["name"], "Petr Svoboda");
+
+    let (status, head, _) = send("PATCH", "/v1/tenants/acme/contacts/c-ops", r#"{"add": {"phones": ["+420 777 000 111"]}}"#);
+    assert_eq!(status, 202);
+    let (_, shown) = after(&event_of(&head));
+    assert!(shown.contains("+420777000111"), "{shown}");
+    let (status, head, _) = send("PUT", "/v1/tenants/acme/sessions/s-call/contact", r#"{"contact_id": "c-ops"}"#);
+    assert_eq!(status, 202);
+    let (_, shown) = after(&event_of(&head));
+    assert!(shown.contains("s-call"), "{shown}");
+
+    let (status, head, _) = send("DELETE", "/v1/tenants/acme/contacts/c-ops", "");
+    assert_eq!(status, 202);
+    assert_eq!(after(&event_of(&head)).0, 410, "erased once the worker applied the deletion");
+    let (status, body) = after("api-never-sent");
+    assert_eq!(status, 503, "a bounded wait for an event nobody sent: {body}");
+    assert!(worker.terminate().success());
+    assert!(indexer.terminate().success());
+}
+
 #[test]
 fn the_indexer_resumes_from_its_index_after_kill_9_with_no_missing_or_duplicate_documents() {
     let cluster = Cluster::start(2, 3, 1);

@@ -56,6 +56,8 @@ fn the_event_schema_rejects_what_the_decoder_dead_letters() {
         ("identity", json!({ "emails": "not-a-list" })),
         ("identity", json!({ "facebook_psid": { "psid": "1" } })),
         ("identity", json!({ "source": "telepathy" })),
+        ("identity", json!([])),
+        ("identity", json!(["Ann"])),
         ("extra_field", json!("ignored")),
         ("identity", json!({ "name": "Ann", "params": { "crm_id": "C-1" } })),
         ("identity", json!({ "emails": (0..100).map(|n| format!("u{n}@example.cz")).collect::<Vec<_>>() })),
