@@ -175,9 +175,10 @@ async fn apply(state: &SearchState, event: OperatorEvent) -> Result<Outcome, Api
             error: "broker_unavailable",
             detail: format!("the event could not be published: {error}"),
         })?;
+        // Only what the event names: a create without a contact id may yet
+        // join the contact that owns one of its identifiers.
         let contact = match &decoded.body {
             EventBody::SessionLinked { contact_id, .. } => Some(contact_id.clone()),
-            EventBody::ContactCreated if decoded.contact_id.is_none() => Some(founded_contact_id(&decoded)),
             _ => decoded.contact_id.clone(),
         };
         return Ok(Outcome::Queued { event_id, contact });
