@@ -165,6 +165,26 @@ fn a_unit_left_half_written_is_finished_by_the_next_worker_to_meet_its_events() 
     }
 }
 
+/// A worker killed after writing its unit's redo but before marking any of
+/// its events processed left nothing the directory shows: the unit is no
+/// unfinished unit, and the next worker resolves its events afresh.
+#[test]
+fn a_unit_whose_writer_died_before_marking_its_events_has_no_effect() {
+    use contactd::store::scylla::CommitStep;
+    let lines = example_lines();
+    let (expected, _) = process(&mut store(), &lines);
+    let options = options(fresh_keyspace());
+    migrate(&options).unwrap();
+    let backend = ScyllaBackend::connect(&options).unwrap();
+    let mut killed = ScyllaStore::new(std::sync::Arc::clone(&backend));
+    killed.crash_next_commit_after(CommitStep::Redo);
+    process(&mut killed, &lines);
+    assert_eq!(backend.unfinished_units().unwrap(), 0, "a redo no event points at is no unfinished unit");
+    let (directory, _) = process(&mut ScyllaStore::new(std::sync::Arc::clone(&backend)), &lines);
+    assert_eq!(directory, expected);
+    assert_eq!(backend.unfinished_units().unwrap(), 0);
+}
+
 /// When another worker has meanwhile moved on a record the half-written unit
 /// meant to write, the unit cannot be finished: it is undone, and its events
 /// are resolved again against what the other worker wrote.

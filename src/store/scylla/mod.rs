@@ -385,7 +385,6 @@ struct Statements {
     unit_insert: Statement,
     unit_read: Statement,
     unit_state: Statement,
-    units_count: Statement,
     units_scan: Statement,
     unit_claim: Statement,
     unit_release: Statement,
@@ -489,7 +488,6 @@ impl Statements {
             unit_insert: prepare(format!("INSERT INTO {ks}.units (seq, state, redo) VALUES (?, ?, ?)"), true),
             unit_read: prepare(format!("SELECT state, redo FROM {ks}.units WHERE seq = ?"), true),
             unit_state: prepare(format!("SELECT state FROM {ks}.units WHERE seq = ?"), true),
-            units_count: prepare(format!("SELECT count(*) FROM {ks}.units"), true),
             units_scan: prepare(format!("SELECT seq, redo FROM {ks}.units"), true),
             unit_claim: prepare(format!("UPDATE {ks}.units SET state = ? WHERE seq = ? IF state = ?"), false),
             unit_release: prepare(format!("DELETE FROM {ks}.units WHERE seq = ? IF state = ?"), false),
@@ -521,7 +519,6 @@ impl Statements {
             &self.unit_insert,
             &self.unit_read,
             &self.unit_state,
-            &self.units_count,
             &self.units_scan,
             &self.unit_claim,
             &self.unit_release,
@@ -582,14 +579,6 @@ impl ScyllaBackend {
             last_seq: AtomicU64::new(0),
             lightweight_transactions: AtomicU64::new(0),
         }))
-    }
-
-    /// Units some worker left half written that nobody has met since
-    /// (`unit.rs`): each is finished or undone by the next reader of one of its
-    /// events. Scans a small table.
-    pub fn unfinished_units(&self) -> StoreResult<u64> {
-        let rows: Vec<(i64,)> = self.block_on(self.rows(&self.statements.units_count, ()))?;
-        Ok(rows.first().map_or(0, |(count,)| count.unsigned_abs()))
     }
 
     /// Conditional writes (lightweight transactions) this process has sent.

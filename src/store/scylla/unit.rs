@@ -39,8 +39,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::{
-    RecordKey, ScyllaStore, Statements, StoreError, StoreResult, Table, Unit, Write, bind_key, from_json, record_key, to_json,
-    update_values,
+    RecordKey, ScyllaBackend, ScyllaStore, Statements, StoreError, StoreResult, Table, Unit, Write, bind_key, from_json,
+    record_key, to_json, update_values,
 };
 use crate::model::Timestamp;
 
@@ -215,9 +215,37 @@ fn parse_state(state: &str) -> Option<(&str, Duration)> {
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CommitStep {
+    /// The `units` row, before any event is marked processed.
+    Redo,
     ProcessedEvents,
     Records,
     Rows,
+}
+
+impl ScyllaBackend {
+    /// Units some worker left half written with events marked processed under
+    /// them that nobody has met since (`unit.rs`): each is finished or undone
+    /// by the next reader of one of its events. A unit whose writer died
+    /// before marking any of its events had no effect (they are resolved
+    /// again) and is not counted; its row expires with the table's TTL. Scans
+    /// a small table.
+    pub fn unfinished_units(&self) -> StoreResult<u64> {
+        self.block_on(async {
+            let rows: Vec<(i64, Option<String>)> = self.rows(&self.statements.units_scan, ()).await?;
+            let mut unfinished = 0;
+            for (seq, redo) in rows {
+                let redo: Redo = from_json(&redo.unwrap_or_default())?;
+                for (tenant, event) in &redo.seen {
+                    let marked: Vec<(Option<i64>,)> = self.rows(&self.statements.event_unit, (tenant, event)).await?;
+                    if marked.iter().any(|(unit,)| *unit == Some(seq)) {
+                        unfinished += 1;
+                        break;
+                    }
+                }
+            }
+            Ok(unfinished)
+        })
+    }
 }
 
 /// How a unit left half written ended.
@@ -251,6 +279,9 @@ impl ScyllaStore {
             let writing = state_now(WRITING);
             let state = CqlValue::Text(writing.clone());
             backend.execute(&s.unit_insert, vec![seq.clone(), state, CqlValue::Text(to_json(&redo))]).await?;
+            if crashes_after(CommitStep::Redo) {
+                return Ok(());
+            }
             self.mark_seen(unit.seq, &redo.seen).await?;
             if crashes_after(CommitStep::ProcessedEvents) {
                 return Ok(());
