@@ -28,11 +28,16 @@ pub fn fresh_keyspace() -> String {
     format!("contactd_test_{:016x}", rand::random::<u64>())
 }
 
-/// A store on a fresh, migrated keyspace.
-pub fn store() -> ScyllaStore {
+/// A connection to a fresh, migrated keyspace, for stores that share it.
+pub fn fresh_backend() -> std::sync::Arc<ScyllaBackend> {
     let options = options(fresh_keyspace());
     assert_eq!(migrate(&options).expect("migrate"), SCHEMA_VERSION);
-    ScyllaStore::new(ScyllaBackend::connect(&options).expect("connect"))
+    ScyllaBackend::connect(&options).expect("connect")
+}
+
+/// A store on a fresh, migrated keyspace.
+pub fn store() -> ScyllaStore {
+    ScyllaStore::new(fresh_backend())
 }
 
 #[test]
@@ -151,9 +156,7 @@ fn a_unit_left_half_written_is_finished_by_the_next_worker_to_meet_its_events() 
     let lines = example_lines();
     let (expected, _) = process(&mut store(), &lines);
     for step in [CommitStep::ProcessedEvents, CommitStep::Records, CommitStep::Rows] {
-        let options = options(fresh_keyspace());
-        migrate(&options).unwrap();
-        let backend = ScyllaBackend::connect(&options).unwrap();
+        let backend = fresh_backend();
         let mut killed = ScyllaStore::new(std::sync::Arc::clone(&backend));
         killed.crash_next_commit_after(step);
         let (_, first_attempt) = process(&mut killed, &lines);
@@ -173,9 +176,7 @@ fn a_unit_whose_writer_died_before_marking_its_events_has_no_effect() {
     use contactd::store::scylla::CommitStep;
     let lines = example_lines();
     let (expected, _) = process(&mut store(), &lines);
-    let options = options(fresh_keyspace());
-    migrate(&options).unwrap();
-    let backend = ScyllaBackend::connect(&options).unwrap();
+    let backend = fresh_backend();
     let mut killed = ScyllaStore::new(std::sync::Arc::clone(&backend));
     killed.crash_next_commit_after(CommitStep::Redo);
     process(&mut killed, &lines);
@@ -195,9 +196,7 @@ fn a_half_written_unit_that_lost_its_race_meanwhile_is_undone_and_its_events_res
         let identity = serde_json::json!({ "emails": ["jana@example.cz"] });
         crate::harness::with(crate::harness::event(id, "session.started", 1, Some(session)), "identity", identity).to_string()
     };
-    let options = options(fresh_keyspace());
-    migrate(&options).unwrap();
-    let backend = ScyllaBackend::connect(&options).unwrap();
+    let backend = fresh_backend();
     let mut killed = ScyllaStore::new(std::sync::Arc::clone(&backend));
     killed.crash_next_commit_after(CommitStep::ProcessedEvents);
     process(&mut killed, &[started("e1", "s1")]);
@@ -223,9 +222,7 @@ fn a_claim_rewritten_with_the_value_it_holds_still_races_as_a_write() {
     use contactd::model::{Claim, Timestamp};
     use contactd::model::{Identifier, IdentifierKind};
     use contactd::store::{DirectoryView, Mutation};
-    let options = options(fresh_keyspace());
-    migrate(&options).unwrap();
-    let backend = ScyllaBackend::connect(&options).unwrap();
+    let backend = fresh_backend();
     let open = || ScyllaStore::new(std::sync::Arc::clone(&backend));
     let email = Identifier { kind: IdentifierKind::Email, value: "jana@example.cz".into() };
     let at = Timestamp::from_micros(1);
@@ -261,9 +258,7 @@ fn a_claim_is_checked_against_its_contact_as_stored_now_not_as_read_earlier() {
     use contactd::model::{Claim, Timestamp};
     use contactd::model::{Identifier, IdentifierKind};
     use contactd::store::{DirectoryView, Mutation};
-    let options = options(fresh_keyspace());
-    migrate(&options).unwrap();
-    let backend = ScyllaBackend::connect(&options).unwrap();
+    let backend = fresh_backend();
     let open = || ScyllaStore::new(std::sync::Arc::clone(&backend));
     let email = Identifier { kind: IdentifierKind::Email, value: "jana@example.cz".into() };
     let at = Timestamp::from_micros(1);
@@ -299,9 +294,7 @@ fn a_claim_read_ahead_is_checked_at_commit_like_any_read() {
     use contactd::model::{Claim, Timestamp};
     use contactd::model::{Identifier, IdentifierKind};
     use contactd::store::{DirectoryView, Mutation, ReadAhead};
-    let options = options(fresh_keyspace());
-    migrate(&options).unwrap();
-    let backend = ScyllaBackend::connect(&options).unwrap();
+    let backend = fresh_backend();
     let open = || ScyllaStore::new(std::sync::Arc::clone(&backend));
     let email = Identifier { kind: IdentifierKind::Email, value: "jana@example.cz".into() };
     let at = Timestamp::from_micros(1);
@@ -361,9 +354,7 @@ fn the_rows_of_a_record_are_read_only_once_the_unit_that_wrote_it_is_whole() {
     use contactd::model::{Identifier, IdentifierKind, Timestamp};
     use contactd::store::DirectoryView;
     use contactd::store::scylla::CommitStep;
-    let options = options(fresh_keyspace());
-    migrate(&options).unwrap();
-    let backend = ScyllaBackend::connect(&options).unwrap();
+    let backend = fresh_backend();
     let open = || ScyllaStore::new(std::sync::Arc::clone(&backend));
     let email = Identifier { kind: IdentifierKind::Email, value: "jana@example.cz".into() };
     let mut killed = open();
@@ -400,9 +391,7 @@ fn the_rows_of_a_record_are_read_only_once_the_unit_that_wrote_it_is_whole() {
 fn a_unit_writing_the_rows_of_a_record_races_with_every_writer_of_the_record() {
     use contactd::model::{Channel, ContactRecord, Details, EntryKind, Identifier, IdentifierKind, TimelineEntry, Timestamp};
     use contactd::store::{DirectoryView, Mutation};
-    let options = options(fresh_keyspace());
-    migrate(&options).unwrap();
-    let backend = ScyllaBackend::connect(&options).unwrap();
+    let backend = fresh_backend();
     let open = || ScyllaStore::new(std::sync::Arc::clone(&backend));
     let email = Identifier { kind: IdentifierKind::Email, value: "jana@example.cz".into() };
     let at = Timestamp::from_micros(1);
