@@ -330,6 +330,31 @@ pub enum ConfigError {
 /// The token tables, by their key under `[api]` and in the environment.
 const TOKEN_TABLES: [(&str, &str); 2] = [("tokens", "API__TOKENS__"), ("write_tokens", "API__WRITE_TOKENS__")];
 
+/// Settings whose values are text, read from the environment as written.
+/// Figment reads every other variable as a TOML-like value, so a Scylla
+/// password `12345` would arrive as a number (and stop the binary) and
+/// `00123` as 123.
+const TEXT_SETTINGS: [&str; 18] = [
+    "data_dir",
+    "store",
+    "scylla.username",
+    "scylla.password",
+    "scylla.tls_ca_file",
+    "scylla.tls_cert_file",
+    "scylla.tls_key_file",
+    "scylla.local_dc",
+    "scylla.replication",
+    "kafka.brokers",
+    "kafka.changes_topic",
+    "kafka.dead_letter_topic",
+    "kafka.group_id",
+    "worker.listen",
+    "indexer.group_id",
+    "indexer.listen",
+    "log.format",
+    "log.filter",
+];
+
 fn is_tenant_tokens_key(key: &str) -> bool {
     TOKEN_TABLES.iter().any(|(_, prefix)| {
         key.len() > prefix.len() && key.get(..prefix.len()).is_some_and(|start| start.eq_ignore_ascii_case(prefix))
@@ -393,7 +418,10 @@ impl Config {
         // reads from the environment: per-tenant token variables are read
         // apart, keeping the tenant as written.
         let settings = Env::prefixed("CONTACTD__").filter(|key| !is_tenant_tokens_key(key.as_str())).split("__");
-        figment = figment.merge(settings);
+        figment = figment.merge(settings.clone().ignore(&TEXT_SETTINGS));
+        for (key, text) in settings.only(&TEXT_SETTINGS).iter() {
+            figment = figment.merge(Serialized::default(key.as_str(), text));
+        }
         for (table, prefix) in TOKEN_TABLES {
             let tenant_tokens = Env::prefixed(&format!("CONTACTD__{prefix}"))
                 .map(move |tenant| format!("api.{table}.{tenant}").into())
@@ -569,6 +597,58 @@ mod tests {
             assert_eq!(Config::load(Some(&file), &flags).unwrap().data_dir, PathBuf::from("from-flag"));
             Ok(())
         });
+    }
+
+    #[test]
+    #[expect(clippy::result_large_err, reason = "figment::Jail's closure must return figment's own Result")]
+    fn text_settings_from_the_environment_are_taken_as_written() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CONTACTD__SCYLLA__PASSWORD", "00123");
+            jail.set_env("CONTACTD__SCYLLA__USERNAME", "true");
+            jail.set_env("CONTACTD__KAFKA__GROUP_ID", "1.50");
+            jail.set_env("CONTACTD__WORKER__LANES", "3");
+            let config = Config::load(None, &FlagOverrides::default()).unwrap();
+            assert_eq!(config.scylla.password.as_deref(), Some("00123"));
+            assert_eq!(config.scylla.username.as_deref(), Some("true"));
+            assert_eq!(config.kafka.group_id, "1.50");
+            assert_eq!(config.worker.lanes, 3, "other settings are still read as values");
+            Ok(())
+        });
+    }
+
+    /// Every text setting is in TEXT_SETTINGS: a new one left out would be
+    /// read from the environment as a number or a boolean when it looks like one.
+    #[test]
+    fn every_text_setting_is_read_as_written() {
+        fn text_leaves(value: &serde_json::Value, path: &str, found: &mut Vec<String>) {
+            match value {
+                serde_json::Value::String(_) => found.push(path.to_owned()),
+                serde_json::Value::Object(fields) => {
+                    for (key, field) in fields {
+                        let path = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                        text_leaves(field, &path, found);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut config = Config::default();
+        let text = Some(String::from("x"));
+        config.scylla = ScyllaConfig {
+            username: text.clone(),
+            password: text.clone(),
+            tls_ca_file: text.clone(),
+            tls_cert_file: text.clone(),
+            tls_key_file: text.clone(),
+            local_dc: text,
+            ..ScyllaConfig::default()
+        };
+        let mut found = Vec::new();
+        text_leaves(&serde_json::to_value(&config).unwrap(), "", &mut found);
+        let mut listed: Vec<String> = TEXT_SETTINGS.iter().map(|s| (*s).to_owned()).collect();
+        listed.sort();
+        found.sort();
+        assert_eq!(found, listed);
     }
 
     #[test]
