@@ -17,7 +17,7 @@ use crate::health::Health;
 use crate::index::{Checkpoint, Delivery, IndexError, SearchIndex};
 use crate::metrics::IndexerMetrics;
 use crate::model::Change;
-use crate::source::kafka::consumer_config;
+use crate::source::kafka::{GroupLag, consumer_config};
 
 /// How often the topic's partition count is checked, so partitions added while
 /// running are indexed too.
@@ -118,8 +118,55 @@ fn partition_count(consumer: &BaseConsumer, topic: &str, health: &Health, shutdo
 }
 
 /// Consumes `indexer.topic` into `index` until `shutdown` is set, committing by
-/// time or size; returns after a final commit.
+/// time or size; returns after a final commit. Meanwhile reports the workers'
+/// lag as the broker keeps it.
 pub fn run(
+    config: &Config,
+    index: &SearchIndex,
+    metrics: &IndexerMetrics,
+    health: &Health,
+    shutdown: &AtomicBool,
+) -> Result<(), IndexerError> {
+    let indexing_ended = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            report_group_lag(config, metrics, || shutdown.load(Ordering::Acquire) || indexing_ended.load(Ordering::Acquire))
+        });
+        let result = index_changes(config, index, metrics, health, shutdown);
+        indexing_ended.store(true, Ordering::Release);
+        result
+    })
+}
+
+/// Sets `contactd_group_lag` every `LAG_INTERVAL` until `ended`. A failed
+/// read keeps the last figures and is retried: the alert on them has its own
+/// `for` delay, and the indexer's health says whether the broker answers.
+fn report_group_lag(config: &Config, metrics: &IndexerMetrics, ended: impl Fn() -> bool) {
+    let group = match GroupLag::new(&config.kafka) {
+        Ok(group) => group,
+        Err(error) => {
+            warn!(%error, "cannot read the workers' consumer group; contactd_group_lag stays unset");
+            return;
+        }
+    };
+    let mut last_read: Option<Instant> = None;
+    while !ended() {
+        if last_read.is_none_or(|at| at.elapsed() >= LAG_INTERVAL) {
+            last_read = Some(Instant::now());
+            match group.read(METADATA_TIMEOUT) {
+                Ok(lags) => {
+                    for (topic, partition, lag) in lags {
+                        metrics.group_lag.with_label_values(&[topic.as_str(), &partition.to_string()]).set(lag);
+                    }
+                }
+                Err(error) => warn!(%error, "reading the workers' committed offsets failed; retrying"),
+            }
+        }
+        std::thread::sleep(POLL_TIMEOUT);
+    }
+}
+
+fn index_changes(
     config: &Config,
     index: &SearchIndex,
     metrics: &IndexerMetrics,

@@ -202,6 +202,9 @@ pub struct IndexerMetrics {
     pub documents: IntGaugeVec,
     /// Changes on the topic not yet in this replica's index, by `partition`.
     pub lag: IntGaugeVec,
+    /// The workers' consumer group's lag from its committed offsets, by
+    /// `topic` and `partition`: reported while no worker runs.
+    pub group_lag: IntGaugeVec,
     /// Offset commits mirroring the index's checkpoint to Kafka, by `result`.
     pub offset_mirrors: IntCounterVec,
     /// API requests by `route` and `status`.
@@ -237,6 +240,14 @@ impl IndexerMetrics {
                 &["partition"],
             )
             .expect("valid metric"),
+            group_lag: IntGaugeVec::new(
+                Opts::new(
+                    "contactd_group_lag",
+                    "The workers' consumer group: high watermark minus the offset it committed, as the broker keeps them",
+                ),
+                &["topic", "partition"],
+            )
+            .expect("valid metric"),
             offset_mirrors: IntCounterVec::new(
                 Opts::new("contactd_index_offset_mirrors_total", "Offset commits mirroring the index checkpoint"),
                 &["result"],
@@ -252,12 +263,13 @@ impl IndexerMetrics {
             registry,
             names: Vec::new(),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
             Box::new(metrics.changes.clone()),
             Box::new(metrics.commit_seconds.clone()),
             Box::new(metrics.freshness_seconds.clone()),
             Box::new(metrics.documents.clone()),
             Box::new(metrics.lag.clone()),
+            Box::new(metrics.group_lag.clone()),
             Box::new(metrics.offset_mirrors.clone()),
             Box::new(metrics.requests.clone()),
             Box::new(metrics.request_seconds.clone()),

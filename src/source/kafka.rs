@@ -1,9 +1,13 @@
 //! Kafka as the event source: the consumer's settings and the translation of a
 //! fetched message into a `RawRecord`. The worker module drives it.
 
-use rdkafka::ClientConfig;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::{Origin, RawRecord};
 use crate::config::{KafkaConfig, WorkerConfig};
@@ -57,6 +61,45 @@ pub fn lag(statistics: &Statistics) -> Vec<(String, i32, i64)> {
         }
     }
     lags
+}
+
+/// The workers' lag as the broker keeps it, for alerting that outlives the
+/// workers: asks for the group's committed offsets without joining the group,
+/// so it answers while no worker runs (when the workers' own lag series are
+/// gone with them).
+pub struct GroupLag {
+    consumer: BaseConsumer,
+    topics: Vec<String>,
+}
+
+impl GroupLag {
+    pub fn new(kafka: &KafkaConfig) -> Result<Self, KafkaError> {
+        Ok(Self { consumer: consumer_config(kafka, &kafka.group_id, &[]).create()?, topics: kafka.events_topics.clone() })
+    }
+
+    /// Per partition of every events topic: the high watermark minus the
+    /// group's committed offset, or minus the low watermark where the group
+    /// has committed nothing (everything retained is still to do).
+    pub fn read(&self, timeout: Duration) -> Result<Vec<(String, i32, i64)>, KafkaError> {
+        let mut partitions = TopicPartitionList::new();
+        for topic in &self.topics {
+            let metadata = self.consumer.fetch_metadata(Some(topic), timeout)?;
+            for partition in metadata.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions()) {
+                partitions.add_partition(topic, partition.id());
+            }
+        }
+        let committed = self.consumer.committed_offsets(partitions, timeout)?;
+        let mut lags = Vec::with_capacity(committed.count());
+        for element in committed.elements() {
+            let (low, high) = self.consumer.fetch_watermarks(element.topic(), element.partition(), timeout)?;
+            let done = match element.offset() {
+                Offset::Offset(offset) => offset.max(low),
+                _ => low,
+            };
+            lags.push((element.topic().to_owned(), element.partition(), (high - done).max(0)));
+        }
+        Ok(lags)
+    }
 }
 
 /// Whether librdkafka holds a working connection to any broker.

@@ -740,6 +740,28 @@ fn operator_writes_at_scale_go_through_the_events_topic_and_after_waits_for_them
     assert!(indexer.terminate().success());
 }
 
+/// The lag alerts read the workers' committed offsets through the indexer,
+/// so they still speak while every worker is gone.
+#[test]
+fn the_indexer_reports_the_workers_lag_while_no_worker_runs() {
+    let cluster = Cluster::start(2, 1, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "contactd.toml", &cluster, "");
+    let data = dir.path().join("data");
+    let file = dir.path().join("events.jsonl");
+    write_jsonl(&file, &corpus(100, 0));
+    let events = cluster.produce(&file) as f64;
+    let indexer = Service::start(&data, &config, "indexer");
+    eventually("with no worker, the whole topic is the group's lag", || {
+        indexer.metric("contactd_group_lag", &format!("topic=\"{}\"", cluster.events)) == events
+    });
+    let worker = Service::start(&data, &config, "worker");
+    eventually("the worker commits every event", || cluster.committed(2).iter().sum::<i64>() as f64 == events);
+    assert!(worker.terminate().success());
+    eventually("the indexer sees the lag gone after the worker left", || indexer.metric("contactd_group_lag", "") == 0.0);
+    assert!(indexer.terminate().success());
+}
+
 #[test]
 fn the_indexer_resumes_from_its_index_after_kill_9_with_no_missing_or_duplicate_documents() {
     let cluster = Cluster::start(2, 3, 1);

@@ -67,13 +67,26 @@ fn alert_rules_name_only_exported_metrics() {
 fn alert_rules_watch_lag_dead_letters_store_errors_and_index_freshness() {
     let used = metric_names(&std::fs::read_to_string(ALERTS).unwrap());
     for needed in [
-        "contactd_consumer_lag",
+        "contactd_group_lag",
         "contactd_dead_letters_total",
         "contactd_store_unit_seconds_count",
         "contactd_index_freshness_seconds_bucket",
     ] {
         assert!(used.contains(needed), "no alert uses {needed}");
     }
+}
+
+/// The person on call finds each alert in docs/operations.md, with what it
+/// means and what to do.
+#[test]
+fn every_alert_has_its_entry_in_the_on_call_guide() {
+    let operations = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
+    let guide = operations.split_once("## On call").expect("docs/operations.md has an On call section").1;
+    let alerts = std::fs::read_to_string(ALERTS).unwrap();
+    let names: Vec<&str> = alerts.lines().filter_map(|line| line.trim().strip_prefix("- alert: ")).collect();
+    assert!(names.len() >= 15, "{names:?}");
+    let missing: Vec<&&str> = names.iter().filter(|name| !guide.contains(&format!("### {name}"))).collect();
+    assert!(missing.is_empty(), "alerts without an entry in the on-call guide: {missing:?}");
 }
 
 #[test]
@@ -113,4 +126,23 @@ fn the_image_sets_no_setting_the_config_file_would_lose_to() {
             assert!(text.lines().any(|line| line.starts_with(&format!("{key} = "))), "{config} does not set {key}");
         }
     }
+
+    // Started the way the chart and compose start the image: its ENV lines,
+    // CONTACTD_CONFIG naming the file, and what the file says is what runs.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("contactd.toml");
+    std::fs::write(&file, "data_dir = \"/srv/from-file\"\n[log]\nformat = \"text\"\nfilter = \"contactd=trace\"\n").unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_contactd"));
+    for line in dockerfile.lines().filter_map(|line| line.trim().strip_prefix("ENV ")) {
+        let (name, value) = line.split_once(['=', ' ']).expect("ENV NAME=VALUE");
+        command.env(name, value.trim_matches('"'));
+    }
+    let output = command.env("CONTACTD_CONFIG", &file).arg("config").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let effective: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(effective["data_dir"], "/srv/from-file");
+    assert_eq!(
+        (effective["log"]["format"].as_str(), effective["log"]["filter"].as_str()),
+        (Some("text"), Some("contactd=trace"))
+    );
 }
