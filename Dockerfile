@@ -2,7 +2,9 @@
 # contactd: one binary for every role (worker, indexer, migrate, ingest, ...).
 # Build: docker build -t contactd .
 
-FROM rust:1-bookworm AS build
+# Base images are pinned to a release (CI refuses floating tags), so a rebuild
+# is the build that was tested; move them on purpose.
+FROM rust:1.95.0-bookworm AS build
 # librdkafka is built from source by rdkafka-sys (cmake-free, needs make and a
 # C toolchain, both in the image); its TLS and SASL/SCRAM and the Scylla
 # driver's TLS link OpenSSL.
@@ -19,7 +21,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && cp target/release/contactd /usr/local/bin/contactd \
     && strip --strip-debug /usr/local/bin/contactd
 
-FROM debian:bookworm-slim
+FROM debian:12.12-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \

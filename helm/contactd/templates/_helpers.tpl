@@ -45,6 +45,11 @@ app.kubernetes.io/component: {{ index . 1 }}
 contactd.toml. Optional strings are left out when empty, as the binary expects.
 */}}
 {{- define "contactd.config" -}}
+{{- range $key, $_ := .Values.kafka.properties }}
+{{- if regexMatch "password|secret|\\.pem$|jaas" $key }}
+{{- fail (printf "kafka.properties.%s is a secret and would land in a ConfigMap: pass it through secretEnv (CONTACTD__KAFKA__PROPERTIES from a Secret)" $key) }}
+{{- end }}
+{{- end }}
 {{- if not (hasPrefix "scylla://" .Values.store.url) }}
 {{- fail "store.url must be scylla://host[,host...][:port]/keyspace: pods cannot share the embedded SQLite store" }}
 {{- end }}
@@ -107,6 +112,9 @@ setting of contactd is an integer. */}}
   secret:
     secretName: {{ required "store.tls.secretName is required with store.tls.enabled" $.Values.store.tls.secretName }}
 {{- end }}
+{{- with $.Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "contactd.volumeMounts" -}}
@@ -120,6 +128,31 @@ setting of contactd is an integer. */}}
   mountPath: /etc/contactd/scylla-tls
   readOnly: true
 {{- end }}
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Spread constraints of one component, pass (list $ "worker"): each entry of
+its topologySpread with the component's pods as the ones to spread. */}}
+{{- define "contactd.topologySpread" -}}
+{{- $ := index . 0 }}
+{{- $component := index . 1 }}
+{{- range (index $.Values $component).topologySpread }}
+- maxSkew: {{ .maxSkew | default 1 }}
+  topologyKey: {{ .topologyKey }}
+  whenUnsatisfiable: {{ .whenUnsatisfiable | default "ScheduleAnyway" }}
+  labelSelector:
+    matchLabels:
+      {{- include "contactd.selectorLabels" (list $ $component) | nindent 6 }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when workers scale with a KEDA ScaledObject: worker.keda.enabled
+true, or "auto" on a cluster that serves KEDA's API. */}}
+{{- define "contactd.keda" -}}
+{{- $keda := .Values.worker.keda.enabled }}
+{{- if or (eq (toString $keda) "true") (and (eq (toString $keda) "auto") (.Capabilities.APIVersions.Has "keda.sh/v1alpha1/ScaledObject")) }}true{{ end }}
 {{- end }}
 
 {{- define "contactd.probes" -}}
