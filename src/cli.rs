@@ -52,8 +52,11 @@ pub enum Command {
     Export(ExportArgs),
     /// Full-text search over one tenant's history; JSON hits, best first.
     Search(SearchArgs),
-    /// Show one contact with its timeline, newest first.
+    /// Show one contact with its timeline, newest first (or, with --explain,
+    /// why each identifier and conversation is its).
     Contact(ContactArgs),
+    /// List one tenant's open identity conflicts, newest first: JSON, one per line.
+    Conflicts(ConflictsArgs),
     /// Consume contact events from Kafka into the directory, publishing changes
     /// and dead letters, until SIGTERM or SIGINT.
     Worker(ListenArgs),
@@ -138,6 +141,22 @@ pub struct ContactArgs {
     pub limit: usize,
     /// Continue after this cursor (the `next_cursor` of the previous page;
     /// one for entries before 1970 starts with `-`).
+    #[arg(long, allow_hyphen_values = true)]
+    pub cursor: Option<String>,
+    /// Instead of the timeline, show for every identifier and conversation
+    /// the rule and event that attached it, and the merges that carried it.
+    #[arg(long, conflicts_with_all = ["limit", "cursor"])]
+    pub explain: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConflictsArgs {
+    #[arg(long)]
+    pub tenant: String,
+    /// Conflicts per page, 1 to 100.
+    #[arg(long, default_value_t = 20, value_parser = page_size)]
+    pub limit: usize,
+    /// Continue after this cursor (printed last, as {"next_cursor": ...}).
     #[arg(long, allow_hyphen_values = true)]
     pub cursor: Option<String>,
 }

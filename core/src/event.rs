@@ -132,6 +132,15 @@ pub enum EventBody {
     SessionUnlinked {
         session_id: SessionId,
     },
+    /// An operator merges `from` into `into` (docs/contract.md 3.7).
+    ContactMerged {
+        into: ContactRef,
+        from: ContactId,
+    },
+    /// An operator settles an open identity conflict as "leave as is".
+    ConflictDismissed {
+        conflict_id: String,
+    },
 }
 
 /// Whom an operator's event names: a contact, or the contact of a session
@@ -159,6 +168,8 @@ impl EventBody {
             Self::ContactDeleted { .. } => "contact.deleted",
             Self::SessionLinked { .. } => "session.linked",
             Self::SessionUnlinked { .. } => "session.unlinked",
+            Self::ContactMerged { .. } => "contact.merged",
+            Self::ConflictDismissed { .. } => "conflict.dismissed",
         }
     }
 }
@@ -247,6 +258,16 @@ struct NotePayload {
     note_id: String,
     author: String,
     text: String,
+}
+
+#[derive(Deserialize)]
+struct ContactMergedPayload {
+    from_contact_id: String,
+}
+
+#[derive(Deserialize)]
+struct ConflictDismissedPayload {
+    conflict_id: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -429,6 +450,18 @@ pub fn decode_within(bytes: &[u8], limits: &Limits) -> Result<Event, DecodeError
             contact_id: require("contact_id", contact_id.as_ref(), kind)?,
         },
         "session.unlinked" => EventBody::SessionUnlinked { session_id: require("session_id", session_id.as_ref(), kind)? },
+        "contact.merged" => {
+            let p: ContactMergedPayload = payload(raw, kind)?;
+            EventBody::ContactMerged {
+                into: contact_ref(contact_id.as_ref(), session_id.as_ref(), kind)?,
+                from: ContactId::parse(p.from_contact_id)?,
+            }
+        }
+        "conflict.dismissed" => {
+            let p: ConflictDismissedPayload = payload(raw, kind)?;
+            check_len("conflict_id", &p.conflict_id, 128)?;
+            EventBody::ConflictDismissed { conflict_id: p.conflict_id }
+        }
         other => return Err(DecodeError::UnknownType(other.to_owned())),
     };
     match &body {
@@ -447,7 +480,9 @@ pub fn decode_within(bytes: &[u8], limits: &Limits) -> Result<Event, DecodeError
         | EventBody::ContactCreated
         | EventBody::ContactDeleted { .. }
         | EventBody::SessionLinked { .. }
-        | EventBody::SessionUnlinked { .. } => {}
+        | EventBody::SessionUnlinked { .. }
+        | EventBody::ContactMerged { .. }
+        | EventBody::ConflictDismissed { .. } => {}
     }
     check_identifier_count(envelope.identity.as_ref(), &body, limits)?;
     Ok(Event {

@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::model::{
-    Change, Claim, ContactId, ContactRecord, ExportedContact, Identifier, SessionId, SessionRecord, TenantConfig, TenantId,
-    TimelineCursor, TimelineEntry, Timestamp,
+    Change, Claim, ConflictRecord, ContactId, ContactRecord, ExportedContact, Identifier, SessionId, SessionRecord, TenantConfig,
+    TenantId, TimelineCursor, TimelineEntry, Timestamp,
 };
 use crate::store::{ChangeSink, DirectoryView, Mutation, Store, StoreError, StoreResult};
 
@@ -26,6 +26,8 @@ struct State {
     links: HashMap<(TenantId, ContactId), BTreeSet<SessionId>>,
     timelines: HashMap<(TenantId, ContactId), BTreeMap<Position, TimelineEntry>>,
     pending: HashMap<(TenantId, SessionId), BTreeMap<String, TimelineEntry>>,
+    /// Per tenant, by when raised and id: the queue's order read backwards.
+    conflicts: HashMap<TenantId, BTreeMap<Position, ConflictRecord>>,
     units: Vec<(u64, Vec<Change>)>,
 }
 
@@ -115,6 +117,10 @@ impl MemoryStore {
             Mutation::ClearPending { session_id } => {
                 state.pending.remove(&(t, session_id.clone()));
             }
+            Mutation::PutConflict(record) => {
+                let position = (record.raised_at, record.conflict_id.clone());
+                state.conflicts.entry(t).or_default().insert(position, record.clone());
+            }
         }
         Ok(())
     }
@@ -168,6 +174,20 @@ impl DirectoryView for MemoryStore {
     fn pending(&self, tenant: &TenantId, session_id: &SessionId) -> StoreResult<Vec<TimelineEntry>> {
         let entries = self.state.pending.get(&(tenant.clone(), session_id.clone()));
         Ok(entries.map(|entries| entries.values().cloned().collect()).unwrap_or_default())
+    }
+
+    fn conflict(&self, tenant: &TenantId, conflict_id: &str) -> StoreResult<Option<ConflictRecord>> {
+        let conflicts = self.state.conflicts.get(tenant);
+        Ok(conflicts.and_then(|c| c.values().find(|record| record.conflict_id == conflict_id)).cloned())
+    }
+
+    fn conflicts(&self, tenant: &TenantId, before: Option<&TimelineCursor>, limit: usize) -> StoreResult<Vec<ConflictRecord>> {
+        let Some(conflicts) = self.state.conflicts.get(tenant) else { return Ok(Vec::new()) };
+        let newest_first: Box<dyn Iterator<Item = &ConflictRecord>> = match before {
+            None => Box::new(conflicts.values().rev()),
+            Some(cursor) => Box::new(conflicts.range(..(cursor.occurred_at, cursor.entry_id.clone())).rev().map(|(_, c)| c)),
+        };
+        Ok(newest_first.take(limit).cloned().collect())
     }
 }
 

@@ -259,6 +259,79 @@ impl NameField {
 pub struct OwnedIdentifier {
     pub identifier: Identifier,
     pub added_at: Timestamp,
+    /// How the identifier came to this contact; none on records written
+    /// before provenance was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<Provenance>,
+}
+
+/// Why an identifier or a session belongs to its contact: the rule of
+/// docs/contract.md section 3 that attached it, the event it was applied to,
+/// and the merges that carried it here since. Recorded when the claim or the
+/// attachment is written, so `explain` reads it instead of guessing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub rule: Rule,
+    pub event_id: String,
+    pub at: Timestamp,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merges: Vec<MergeStep>,
+}
+
+/// The rules that attach an identifier or a session to a contact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// The event founded the contact (3.3), or an operator created it.
+    FoundedContact,
+    /// An identifier nobody owned, of an event resolved to the contact (3.4).
+    UnownedIdentifier,
+    /// An operator added it (`contact.updated`).
+    OperatorAdd,
+    /// The first e-mail participant already in the directory took the
+    /// message (3.6), or the first one founded the contact.
+    EmailThread,
+    /// Seen while its session had no contact; claimed when the session resolved (3.3).
+    WaitedInSession,
+    /// The event named the contact (`contact_id`, 3.1).
+    ExplicitContact,
+    /// The session's event carried an identifier the contact owns (3.2).
+    OwnerOfIdentifier,
+    /// An operator's "Select Existing" (`session.linked`, 3.7).
+    OperatorLink,
+}
+
+impl Rule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FoundedContact => "founded_contact",
+            Self::UnownedIdentifier => "unowned_identifier",
+            Self::OperatorAdd => "operator_add",
+            Self::EmailThread => "email_thread",
+            Self::WaitedInSession => "waited_in_session",
+            Self::ExplicitContact => "explicit_contact",
+            Self::OwnerOfIdentifier => "owner_of_identifier",
+            Self::OperatorLink => "operator_link",
+        }
+    }
+}
+
+/// One merge that moved an identifier or a session: from which contact, by
+/// which event, and whether a link (3.7) or an operator's merge caused it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeStep {
+    pub from_contact_id: ContactId,
+    pub event_id: String,
+    pub at: Timestamp,
+    pub by: MergedBy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MergedBy {
+    #[serde(rename = "session.linked")]
+    SessionLinked,
+    #[serde(rename = "contact.merged")]
+    ContactMerged,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,6 +415,9 @@ pub struct SessionRecord {
     /// resolving the session need not read it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub has_pending: bool,
+    /// How the session came to its contact, while it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached_by: Option<Provenance>,
 }
 
 /// Who holds an identifier: a contact, or nobody since `at` (released by an
@@ -449,7 +525,36 @@ pub struct TimelineEntry {
     pub details: Details,
 }
 
-/// Where a page of a timeline starts: strictly older than this position.
+/// An identity conflict (docs/contract.md 3.4) as the review queue keeps it:
+/// an identifier a contact claimed while another owned it (or while the
+/// claimant held the most identifiers a contact may). Open until an operator
+/// dismisses it or the identifier's ownership is settled (the two contacts
+/// merged, the identifier moved or released), which readers judge from the
+/// claims as they are then.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictRecord {
+    pub conflict_id: String,
+    pub identifier: Identifier,
+    /// The contact owning the identifier when the conflict was raised; none
+    /// when the claimant was at its identifier limit.
+    pub owner_contact_id: Option<ContactId>,
+    pub claimant_contact_id: ContactId,
+    pub session_id: Option<SessionId>,
+    pub event_id: String,
+    pub raised_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dismissed: Option<Dismissal>,
+}
+
+/// An operator's "leave as is" (`conflict.dismissed`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dismissal {
+    pub event_id: String,
+    pub at: Timestamp,
+}
+
+/// Where a page of a timeline, or of the conflict queue, starts: strictly
+/// older than this position.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TimelineCursor {
     pub occurred_at: Timestamp,
@@ -546,6 +651,9 @@ pub struct ChangeData {
     pub identifier: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_contact_id: Option<ContactId>,
+    /// On `identity.conflict`: the conflict's id in the review queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<SessionId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -4,8 +4,8 @@
 //! same trait fits SQLite and a wide-column store.
 
 use crate::model::{
-    Change, Claim, Contact, ContactId, ContactRecord, ExportedContact, Identifier, SessionId, SessionRecord, TenantConfig,
-    TenantId, TimelineCursor, TimelineEntry, Timestamp,
+    Change, Claim, ConflictRecord, Contact, ContactId, ContactRecord, ExportedContact, Identifier, SessionId, SessionRecord,
+    TenantConfig, TenantId, TimelineCursor, TimelineEntry, Timestamp,
 };
 
 /// What a store failure means to the caller.
@@ -75,23 +75,61 @@ pub trait DirectoryView {
     fn timeline_len(&self, tenant: &TenantId, contact_id: &ContactId) -> StoreResult<u64>;
     /// Entries of a session that has not resolved to a contact yet.
     fn pending(&self, tenant: &TenantId, session_id: &SessionId) -> StoreResult<Vec<TimelineEntry>>;
+    fn conflict(&self, tenant: &TenantId, conflict_id: &str) -> StoreResult<Option<ConflictRecord>>;
+    /// The tenant's conflicts, newest raised first (ties by id, descending),
+    /// strictly before `before`, at most `limit`; dismissed and settled ones
+    /// included (readers judge which are open).
+    fn conflicts(&self, tenant: &TenantId, before: Option<&TimelineCursor>, limit: usize) -> StoreResult<Vec<ConflictRecord>>;
 }
 
 /// One write, within one tenant. A plan's mutations are applied in order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Mutation {
-    MarkSeen { event_id: String },
+    MarkSeen {
+        event_id: String,
+    },
     PutTenantConfig(TenantConfig),
-    PutSession { session_id: SessionId, record: SessionRecord },
-    PutContact { contact_id: ContactId, record: ContactRecord },
-    LinkSession { contact_id: ContactId, session_id: SessionId },
-    UnlinkSession { contact_id: ContactId, session_id: SessionId },
-    SetClaim { identifier: Identifier, claim: Claim },
-    PutEntry { contact_id: ContactId, entry: TimelineEntry },
-    DeleteEntry { contact_id: ContactId, occurred_at: Timestamp, entry_id: String },
-    DeleteTimeline { contact_id: ContactId },
-    PutPending { session_id: SessionId, entry: TimelineEntry },
-    ClearPending { session_id: SessionId },
+    PutSession {
+        session_id: SessionId,
+        record: SessionRecord,
+    },
+    PutContact {
+        contact_id: ContactId,
+        record: ContactRecord,
+    },
+    LinkSession {
+        contact_id: ContactId,
+        session_id: SessionId,
+    },
+    UnlinkSession {
+        contact_id: ContactId,
+        session_id: SessionId,
+    },
+    SetClaim {
+        identifier: Identifier,
+        claim: Claim,
+    },
+    PutEntry {
+        contact_id: ContactId,
+        entry: TimelineEntry,
+    },
+    DeleteEntry {
+        contact_id: ContactId,
+        occurred_at: Timestamp,
+        entry_id: String,
+    },
+    DeleteTimeline {
+        contact_id: ContactId,
+    },
+    PutPending {
+        session_id: SessionId,
+        entry: TimelineEntry,
+    },
+    ClearPending {
+        session_id: SessionId,
+    },
+    /// Raises a conflict, or records its dismissal: an upsert by id.
+    PutConflict(ConflictRecord),
 }
 
 /// A directory backend. Writes happen in units opened by `begin` and closed by

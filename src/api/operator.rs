@@ -1,6 +1,6 @@
 //! The operator endpoints, `/v1/tenants/{tenant}/...` with a write token:
-//! create, edit and delete a contact, link a conversation to a contact or
-//! disconnect it, add a note. Each request becomes the contract's operator
+//! create, edit, merge and delete a contact, link a conversation to a contact
+//! or disconnect it, add a note, dismiss an identity conflict. Each request becomes the contract's operator
 //! event (docs/contract.md 1), is decoded like any event, and is applied
 //! through the pipeline every event goes through; nothing writes the store
 //! another way. With an `Idempotency-Key` header the event id is derived
@@ -43,6 +43,8 @@ pub fn routes() -> Router<SearchState> {
         .route("/v1/tenants/{tenant}/contacts/{contact_id}/notes", post(contact_note))
         .route("/v1/tenants/{tenant}/sessions/{session_id}/contact", put(link_session).delete(unlink_session))
         .route("/v1/tenants/{tenant}/sessions/{session_id}/notes", post(session_note))
+        .route("/v1/tenants/{tenant}/contacts/{contact_id}/merge", post(merge_contact))
+        .route("/v1/tenants/{tenant}/conflicts/{conflict_id}/dismiss", post(dismiss_conflict))
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,6 +67,12 @@ struct ContactEdit {
 #[serde(deny_unknown_fields)]
 struct Link {
     contact_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Merge {
+    from_contact_id: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +187,7 @@ async fn apply(state: &SearchState, event: OperatorEvent) -> Result<Outcome, Api
         // join the contact that owns one of its identifiers.
         let contact = match &decoded.body {
             EventBody::SessionLinked { contact_id, .. } => Some(contact_id.clone()),
+            EventBody::ConflictDismissed { .. } => None,
             _ => decoded.contact_id.clone(),
         };
         return Ok(Outcome::Queued { event_id, contact });
@@ -195,7 +204,11 @@ async fn apply(state: &SearchState, event: OperatorEvent) -> Result<Outcome, Api
     .map_err(join_error)?;
     let (outcome, contact) = applied.map_err(|error| ApiError::from(view::ViewError::Store(error)))?;
     if let Some(rejection) = outcome.rejections.first() {
-        let status = if rejection.reason == "unknown_contact" { StatusCode::NOT_FOUND } else { StatusCode::UNPROCESSABLE_ENTITY };
+        let status = if matches!(rejection.reason, "unknown_contact" | "unknown_conflict") {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
         return Err(ApiError { status, error: rejection.reason, detail: rejection.detail.clone() });
     }
     if let Some(reason) = outcome.report.skipped.keys().next() {
@@ -427,4 +440,58 @@ async fn session_note(
     new: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     counted(&state, "session_note", note(&state, &headers, &tenant, ("session_id", session_id.into_string()), new)).await
+}
+
+/// An operator's merge (`contact.merged`): `from_contact_id` joins the
+/// contact of the path, which the answer shows.
+async fn merge_contact(
+    State(state): State<SearchState>,
+    Path((tenant, contact_id)): Path<(TenantId, ContactId)>,
+    headers: HeaderMap,
+    merge: Result<Json<Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    counted(&state, "merge_contact", async {
+        authorize(&state, &headers, &tenant, Scope::Write)?;
+        let merge: Merge = body(merge)?;
+        let event = OperatorEvent::new(&headers, &tenant, "contact.merged")?
+            .with("contact_id", &contact_id)
+            .with("payload", json!({ "from_contact_id": merge.from_contact_id }));
+        let applied = match apply(&state, event).await? {
+            Outcome::Applied(applied) => applied,
+            Outcome::Queued { event_id, contact } => return Ok(event_answer(event_id, StatusCode::ACCEPTED, contact)),
+        };
+        let applied = Applied { contact: Some(contact_id), ..applied };
+        contact_answer(&state, tenant, applied, StatusCode::OK).await
+    })
+    .await
+}
+
+/// "Leave as is" for an open identity conflict (`conflict.dismissed`). A
+/// conflict the store does not know is 404 here, before anything is
+/// published.
+async fn dismiss_conflict(
+    State(state): State<SearchState>,
+    Path((tenant, conflict_id)): Path<(TenantId, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    counted(&state, "dismiss_conflict", async {
+        authorize(&state, &headers, &tenant, Scope::Write)?;
+        let known = super::search::in_store(&state, {
+            let (tenant, conflict_id) = (tenant.clone(), conflict_id.clone());
+            move |store| Ok(store.conflict(&tenant, &conflict_id)?.is_some())
+        })
+        .await?;
+        if !known {
+            let detail = format!("tenant {tenant} has no conflict {conflict_id}");
+            return Err(ApiError { status: StatusCode::NOT_FOUND, error: "unknown_conflict", detail });
+        }
+        let event =
+            OperatorEvent::new(&headers, &tenant, "conflict.dismissed")?.with("payload", json!({ "conflict_id": conflict_id }));
+        let applied = match apply(&state, event).await? {
+            Outcome::Applied(applied) => applied,
+            Outcome::Queued { event_id, .. } => return Ok(event_answer(event_id, StatusCode::ACCEPTED, None)),
+        };
+        Ok(event_answer(applied.event_id, StatusCode::NO_CONTENT, None))
+    })
+    .await
 }

@@ -86,6 +86,8 @@ pub fn routes(state: SearchState) -> Router {
         .route("/v1/tenants/{tenant}/contacts/search", get(search_contacts))
         .route("/v1/tenants/{tenant}/contacts/{contact_id}", get(contact))
         .route("/v1/tenants/{tenant}/contacts/{contact_id}/timeline", get(timeline))
+        .route("/v1/tenants/{tenant}/contacts/{contact_id}/explain", get(explain))
+        .route("/v1/tenants/{tenant}/conflicts", get(conflicts))
         .merge(super::operator::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -438,6 +440,44 @@ async fn timeline(
         let page =
             in_store(&state, move |store| view::timeline_page(store, &tenant, &contact_id, params.cursor.as_deref(), limit))
                 .await?;
+        Ok(Json(page).into_response())
+    })
+    .await
+}
+
+/// A route that takes no query parameters, and says so to a request with some.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
+
+/// Why each identifier and conversation belongs to the contact.
+async fn explain(
+    State(state): State<SearchState>,
+    Path((tenant, contact_id)): Path<(TenantId, ContactId)>,
+    headers: HeaderMap,
+    params: Result<Query<NoParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    counted(&state, "explain", async {
+        authorize(&state, &headers, &tenant, Scope::Read)?;
+        query(params)?;
+        let view = in_store(&state, move |store| view::explain_view(store, &tenant, &contact_id)).await?;
+        Ok(Json(view).into_response())
+    })
+    .await
+}
+
+/// The open identity conflicts, newest first, a page at a time.
+async fn conflicts(
+    State(state): State<SearchState>,
+    Path(tenant): Path<TenantId>,
+    headers: HeaderMap,
+    params: Result<Query<TimelineParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    counted(&state, "conflicts", async {
+        authorize(&state, &headers, &tenant, Scope::Read)?;
+        let params = query(params)?;
+        let limit = page_limit(params.limit)?;
+        let page = in_store(&state, move |store| view::conflict_page(store, &tenant, params.cursor.as_deref(), limit)).await?;
         Ok(Json(page).into_response())
     })
     .await

@@ -14,7 +14,7 @@ use serde_json::json;
 use tracing::debug;
 
 use super::{open_existing_store, open_sqlite, output, say};
-use crate::cli::{ContactArgs, ExportArgs, IngestArgs, SearchArgs};
+use crate::cli::{ConflictsArgs, ContactArgs, ExportArgs, IngestArgs, SearchArgs};
 use crate::config::Config;
 use crate::index::{SearchIndex, TimelineQuery};
 use crate::model::{Claim, ContactId, Identifier, TenantId};
@@ -266,10 +266,31 @@ pub(super) fn contact(args: &ContactArgs, config: &Config) -> anyhow::Result<()>
         }
         (None, None) => bail!("give a contact id or --identifier"),
     };
+    if args.explain {
+        let explained = view::explain_view(&*store, tenant, &requested)?;
+        return say(&format!("{}\n", serde_json::to_string_pretty(&explained)?));
+    }
     let mut view = view::contact_view(&*store, tenant, &requested)?;
     let page = view::timeline_page(&*store, tenant, &requested, args.cursor.as_deref(), args.limit)?;
     let object = view.as_object_mut().expect("a contact view is an object");
     object.insert("timeline".into(), json!(page.entries));
     object.insert("next_cursor".into(), json!(page.next_cursor));
     say(&format!("{}\n", serde_json::to_string_pretty(&view)?))
+}
+
+pub(super) fn conflicts(args: &ConflictsArgs, config: &Config) -> anyhow::Result<()> {
+    let store = open_existing_store(config)?;
+    let tenant = &TenantId::parse(args.tenant.clone())?;
+    let page = view::conflict_page(&*store, tenant, args.cursor.as_deref(), args.limit)?;
+    let mut out = output(None)?;
+    for conflict in &page.conflicts {
+        serde_json::to_writer(&mut out, conflict)?;
+        out.write_all(b"\n")?;
+    }
+    if let Some(cursor) = page.next_cursor {
+        serde_json::to_writer(&mut out, &json!({ "next_cursor": cursor }))?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
 }

@@ -22,8 +22,8 @@ use super::encoder::ChangeEncoder;
 use super::{DirectoryView, Mutation, Store, StoreError, StoreResult, from_json, identifier_hash, to_json};
 use crate::config::SqliteConfig;
 use crate::model::{
-    Change, Claim, ContactId, ContactRecord, ExportedContact, Identifier, SessionId, SessionRecord, TenantConfig, TenantId,
-    TimelineCursor, TimelineEntry, Timestamp,
+    Change, Claim, ConflictRecord, ContactId, ContactRecord, ExportedContact, Identifier, SessionId, SessionRecord, TenantConfig,
+    TenantId, TimelineCursor, TimelineEntry, Timestamp,
 };
 use crate::publish::{ChangeLog, ChangeSink, ChangeUnit, EncodedUnit, Outbox};
 
@@ -59,6 +59,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS timeline_by_contact ON timeline (tenant, conta
 CREATE TABLE IF NOT EXISTS pending (tenant TEXT NOT NULL, session_id TEXT NOT NULL, entry_id TEXT NOT NULL, entry TEXT NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS pending_by_session ON pending (tenant, session_id, entry_id);
 CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, changes TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS conflicts (tenant TEXT NOT NULL, conflict_id TEXT NOT NULL, raised_at INTEGER NOT NULL,
+    record TEXT NOT NULL, PRIMARY KEY (tenant, conflict_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conflicts_newest_first ON conflicts (tenant, raised_at DESC, conflict_id DESC);
 ";
 
 #[derive(Clone, Debug)]
@@ -570,7 +573,8 @@ impl SqliteStore {
         Ok(Some((unit.seq, encoded.changes)))
     }
 
-    fn entries(&self, sql: &str, params: impl rusqlite::Params) -> StoreResult<Vec<TimelineEntry>> {
+    /// The JSON rows of a query, decoded.
+    fn entries<T: DeserializeOwned>(&self, sql: &str, params: impl rusqlite::Params) -> StoreResult<Vec<T>> {
         let mut statement = self.conn.prepare_cached(sql).map_err(sql_error)?;
         let rows = statement.query_map(params, |row| row.get::<_, String>(0)).map_err(sql_error)?;
         rows.map(|row| from_json(&row.map_err(sql_error)?)).collect()
@@ -640,6 +644,17 @@ impl SqliteStore {
             Mutation::ClearPending { session_id } => {
                 conn.prepare_cached("DELETE FROM pending WHERE tenant = ?1 AND session_id = ?2")?
                     .execute(params![tenant.as_str(), session_id.as_str()])?;
+            }
+            Mutation::PutConflict(record) => {
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO conflicts (tenant, conflict_id, raised_at, record) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![
+                    tenant.as_str(),
+                    record.conflict_id,
+                    record.raised_at.micros(),
+                    to_json(record)
+                ])?;
             }
         }
         Ok(())
@@ -758,6 +773,25 @@ impl DirectoryView for SqliteStore {
             "SELECT entry FROM pending WHERE tenant = ?1 AND session_id = ?2 ORDER BY entry_id",
             params![tenant.as_str(), session_id.as_str()],
         )
+    }
+
+    fn conflict(&self, tenant: &TenantId, conflict_id: &str) -> StoreResult<Option<ConflictRecord>> {
+        self.row("SELECT record FROM conflicts WHERE tenant = ?1 AND conflict_id = ?2", params![tenant.as_str(), conflict_id])
+    }
+
+    fn conflicts(&self, tenant: &TenantId, before: Option<&TimelineCursor>, limit: usize) -> StoreResult<Vec<ConflictRecord>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match before {
+            None => self.entries(
+                "SELECT record FROM conflicts WHERE tenant = ?1 ORDER BY raised_at DESC, conflict_id DESC LIMIT ?2",
+                params![tenant.as_str(), limit],
+            ),
+            Some(cursor) => self.entries(
+                "SELECT record FROM conflicts WHERE tenant = ?1 AND (raised_at, conflict_id) < (?2, ?3)
+                 ORDER BY raised_at DESC, conflict_id DESC LIMIT ?4",
+                params![tenant.as_str(), cursor.occurred_at.micros(), cursor.entry_id, limit],
+            ),
+        }
     }
 }
 

@@ -195,12 +195,13 @@ fn the_openapi_description_matches_the_server() {
         }
     };
     let paths = spec["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 8);
+    assert_eq!(paths.len(), 12);
     for (template, operations) in paths {
         let path = template
             .replace("{tenant}", "acme")
             .replace("{contact_id}", "c-ee65d7f55a29e57945dc1fce")
-            .replace("{session_id}", "s-phone-call");
+            .replace("{session_id}", "s-phone-call")
+            .replace("{conflict_id}", "cf-none");
         for method in operations.as_object().unwrap().keys().filter(|method| *method != "get") {
             let (status, _, body) = send(&service, &method.to_uppercase(), &path, "acme-token", "", "{}");
             assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")), "{method} {template} is served for writers");
@@ -299,4 +300,72 @@ fn an_operator_creates_edits_links_notes_and_deletes_a_contact_over_http() {
 
     assert_eq!(send(&service, "DELETE", &contact, "acme-writer", "", "").0, 204);
     assert_eq!(get(&service, &contact, "acme-token").0, 410, "an erased contact is gone");
+}
+
+/// The review queue over HTTP on the embedded default: a conflict two
+/// conversations raise is listed (and by the CLI), explain says why each
+/// identifier and conversation is the contact's, a dismissal or a merge
+/// takes it off the queue.
+#[test]
+fn operators_review_conflicts_merge_contacts_and_ask_why_over_http() {
+    let (dir, service) = served();
+    let data = dir.path().join("data");
+    let lines = [
+        r#"{"schema":"contact-event/v1","event_id":"q1","tenant_id":"acme","type":"identity.provided","occurred_at":"2026-11-05T08:00:00Z","channel":"chat","session_id":"q-chat","identity":{"emails":["olga@example.cz"]}}"#,
+        r#"{"schema":"contact-event/v1","event_id":"q2","tenant_id":"acme","type":"identity.provided","occurred_at":"2026-11-05T08:01:00Z","channel":"whatsapp","session_id":"q-wa","identity":{"whatsapp_id":"+420606000111"}}"#,
+        r#"{"schema":"contact-event/v1","event_id":"q3","tenant_id":"acme","type":"identity.provided","occurred_at":"2026-11-05T08:02:00Z","channel":"whatsapp","session_id":"q-wa","identity":{"emails":["olga@example.cz"]}}"#,
+        r#"{"schema":"contact-event/v1","event_id":"q4","tenant_id":"acme","type":"identity.provided","occurred_at":"2026-11-05T08:03:00Z","channel":"whatsapp","session_id":"q-wa","identity":{"phones":["+420 777 123 456"]}}"#,
+    ];
+    let file = dir.path().join("conflicts.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    assert!(contactd(&data, &["ingest", "--quiet", file.to_str().unwrap()]).status.success());
+
+    let (status, page) = get(&service, "/v1/tenants/acme/conflicts?limit=1", "acme-token");
+    assert_eq!(status, 200, "{page}");
+    let conflicts = page["conflicts"].as_array().unwrap();
+    assert_eq!(conflicts.len(), 1, "{page}");
+    let newest = &conflicts[0];
+    assert_eq!((newest["value"].as_str(), newest["event_id"].as_str()), (Some("+420777123456"), Some("q4")), "newest first");
+    let cursor = page["next_cursor"].as_str().expect("a second page");
+    let (_, second) = get(&service, &format!("/v1/tenants/acme/conflicts?limit=1&cursor={cursor}"), "acme-token");
+    assert_eq!(second["conflicts"][0]["value"], "olga@example.cz", "{second}");
+    let olga_conflict = second["conflicts"][0]["conflict_id"].as_str().unwrap().to_owned();
+    let olga = second["conflicts"][0]["owner_contact_id"].as_str().unwrap().to_owned();
+    let claimant = second["conflicts"][0]["claimant_contact_id"].as_str().unwrap().to_owned();
+    let listed = contactd(&data, &["conflicts", "--tenant", "acme"]);
+    assert!(listed.status.success());
+    let cli: Vec<Value> =
+        String::from_utf8(listed.stdout).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(cli.len(), 2, "the CLI lists the same queue: {cli:?}");
+    assert_eq!(cli[1]["conflict_id"], olga_conflict.as_str());
+
+    let dismiss = format!("/v1/tenants/acme/conflicts/{}/dismiss", newest["conflict_id"].as_str().unwrap());
+    assert_eq!(send(&service, "POST", &dismiss, "acme-token", "", "").0, 403);
+    assert_eq!(send(&service, "POST", &dismiss, "acme-writer", "", "").0, 204);
+    assert_eq!(send(&service, "POST", "/v1/tenants/acme/conflicts/cf-none/dismiss", "acme-writer", "", "").0, 404);
+    let (_, page) = get(&service, "/v1/tenants/acme/conflicts", "acme-token");
+    assert_eq!(page["conflicts"].as_array().unwrap().len(), 1, "dismissed: {page}");
+
+    let merge = format!("/v1/tenants/acme/contacts/{olga}/merge");
+    let (status, _, merged) =
+        send(&service, "POST", &merge, "acme-writer", "", &format!(r#"{{"from_contact_id": "{claimant}"}}"#));
+    assert_eq!(status, 200, "{merged}");
+    assert_eq!(merged["contact_id"], olga.as_str());
+    assert_eq!(merged["channel_ids"]["whatsapp"][0], "+420606000111", "{merged}");
+    let (status, _, error) = send(&service, "POST", &merge, "acme-writer", "", r#"{"from_contact_id": "c-nobody"}"#);
+    assert_eq!((status, error["error"].as_str()), (404, Some("unknown_contact")));
+    assert_eq!(send(&service, "POST", &merge, "acme-writer", "", r#"{"from": "x"}"#).0, 422);
+    let (_, page) = get(&service, "/v1/tenants/acme/conflicts", "acme-token");
+    assert!(page["conflicts"].as_array().unwrap().is_empty(), "the merge settled the last one: {page}");
+
+    let (status, why) = get(&service, &format!("/v1/tenants/acme/contacts/{claimant}/explain"), "acme-token");
+    assert_eq!(status, 200, "{why}");
+    assert_eq!(why["contact_id"], olga.as_str(), "the survivor of a merged contact");
+    let whatsapp = why["identifiers"].as_array().unwrap().iter().find(|i| i["kind"] == "whatsapp").unwrap();
+    assert_eq!((whatsapp["rule"].as_str(), whatsapp["event_id"].as_str()), (Some("founded_contact"), Some("q2")));
+    assert_eq!(whatsapp["merged"][0]["by"], "contact.merged", "{why}");
+    assert_eq!(whatsapp["merged"][0]["from_contact_id"], claimant.as_str());
+    let explained = contactd(&data, &["contact", "--tenant", "acme", &olga, "--explain"]);
+    let cli: Value = serde_json::from_slice(&explained.stdout).unwrap();
+    assert_eq!(cli["identifiers"], why["identifiers"], "the CLI explains the same");
 }

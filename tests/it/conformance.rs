@@ -3,8 +3,8 @@
 
 use contactd::model::Channel;
 use contactd::model::{
-    Claim, Contact, ContactId, ContactRecord, EntryKind, SessionId, SessionRecord, TenantConfig, TenantId, TimelineCursor,
-    TimelineEntry, Timestamp,
+    Claim, ConflictRecord, Contact, ContactId, ContactRecord, EntryKind, SessionId, SessionRecord, TenantConfig, TenantId,
+    TimelineCursor, TimelineEntry, Timestamp,
 };
 use contactd::model::{Identifier, IdentifierKind};
 use contactd::publish::{ChangeSink, Outbox};
@@ -263,6 +263,53 @@ pub fn events_lead_back_to_their_change_units<S: Store + ChangeSink + Outbox>(st
     assert!(third > second, "a position an event points to is never reused, even once forgotten");
 }
 
+fn conflict(id: &str, micros: i64) -> ConflictRecord {
+    ConflictRecord {
+        conflict_id: id.into(),
+        identifier: email("a@x.cz"),
+        owner_contact_id: Some("c1".into()),
+        claimant_contact_id: "c2".into(),
+        session_id: Some("s1".into()),
+        event_id: format!("e-{id}"),
+        raised_at: Timestamp::from_micros(micros),
+        dismissed: None,
+    }
+}
+
+pub fn conflicts_page_newest_first_and_are_found_by_id<S: Store>(store: &mut S) {
+    let (t1, t2): (TenantId, TenantId) = ("t1".into(), "t2".into());
+    write(store, "t2", vec![Mutation::PutConflict(conflict("cf-a", 50))]);
+    write(
+        store,
+        "t1",
+        vec![
+            Mutation::PutConflict(conflict("cf-x", 10)),
+            Mutation::PutConflict(conflict("cf-a", 20)),
+            Mutation::PutConflict(conflict("cf-b", 20)),
+        ],
+    );
+    let ids = |page: Vec<ConflictRecord>| page.into_iter().map(|c| c.conflict_id).collect::<Vec<_>>();
+    assert_eq!(ids(store.conflicts(&t1, None, 2).unwrap()), ["cf-b", "cf-a"], "newest first, ties by id descending");
+    let cursor = TimelineCursor { occurred_at: Timestamp::from_micros(20), entry_id: "cf-a".into() };
+    assert_eq!(ids(store.conflicts(&t1, Some(&cursor), 10).unwrap()), ["cf-x"]);
+    assert_eq!(store.conflict(&t1, "cf-x").unwrap(), Some(conflict("cf-x", 10)));
+    assert_eq!(store.conflict(&t2, "cf-x").unwrap(), None, "tenants are apart");
+    assert_eq!(store.conflict(&t1, "cf-zzz").unwrap(), None);
+
+    let dismissed = ConflictRecord {
+        dismissed: Some(contactd::model::Dismissal { event_id: "e-d".into(), at: Timestamp::from_micros(30) }),
+        ..conflict("cf-a", 20)
+    };
+    store.begin().unwrap();
+    let later = Timestamp::from_micros(AT.micros() + 1);
+    store.apply(&t1, later, &[Mutation::PutConflict(dismissed.clone()), Mutation::PutConflict(conflict("cf-c", 30))]).unwrap();
+    assert_eq!(store.conflict(&t1, "cf-a").unwrap(), Some(dismissed.clone()), "the unit reads its own write");
+    assert_eq!(ids(store.conflicts(&t1, None, 1).unwrap()), ["cf-c"], "the unit lists its own conflict");
+    store.commit().unwrap();
+    assert_eq!(store.conflict(&t1, "cf-a").unwrap(), Some(dismissed), "an upsert by id");
+    assert_eq!(ids(store.conflicts(&t1, None, 10).unwrap()), ["cf-c", "cf-b", "cf-a", "cf-x"]);
+}
+
 /// Runs every check of the suite, each against a fresh store from `$make`.
 macro_rules! conformance_suite {
     ($backend:ident, $make:expr) => {
@@ -277,6 +324,7 @@ macro_rules! conformance_suite {
                 rollback_discards_the_unit,
                 export_lists_live_contacts_in_order,
                 events_lead_back_to_their_change_units,
+                conflicts_page_newest_first_and_are_found_by_id,
             );
         }
     };
@@ -513,6 +561,17 @@ impl DirectoryView for FailingFirstCommit {
     }
     fn pending(&self, tenant: &TenantId, session_id: &SessionId) -> contactd::store::StoreResult<Vec<TimelineEntry>> {
         self.inner.pending(tenant, session_id)
+    }
+    fn conflict(&self, tenant: &TenantId, conflict_id: &str) -> contactd::store::StoreResult<Option<ConflictRecord>> {
+        self.inner.conflict(tenant, conflict_id)
+    }
+    fn conflicts(
+        &self,
+        tenant: &TenantId,
+        before: Option<&TimelineCursor>,
+        limit: usize,
+    ) -> contactd::store::StoreResult<Vec<ConflictRecord>> {
+        self.inner.conflicts(tenant, before, limit)
     }
 }
 

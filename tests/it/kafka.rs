@@ -21,7 +21,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::harness::{
     Conversation, EXAMPLES, PATIENCE, Service, assert_one_owner_per_identifier, canonical, contactd, conversation_events,
@@ -418,19 +418,10 @@ fn a_worker_on_the_scylla_store_builds_the_same_directory_as_ingest() {
     let cluster = Cluster::start(1, 2, 1);
     let produced = cluster.produce(Path::new(EXAMPLES));
     let dir = tempfile::tempdir().unwrap();
-    let keyspace = format!("contactd_worker_{:08x}", rand::random::<u32>());
-    let store = format!(
-        "store = \"scylla://{}/{keyspace}\"\n[scylla]\nreplication = \"{{'class': 'SimpleStrategy', 'replication_factor': 1}}\"\n",
-        servers::cassandra()
-    );
     let config = write_config(dir.path(), "contactd.toml", &cluster, "lanes = 1\n");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, format!("{store}{text}")).unwrap();
+    let version = on_scylla(&config);
+    assert_eq!(version, contactd::store::scylla::SCHEMA_VERSION, "migrated to this build's schema");
     let data = dir.path().join("data");
-    let migrated = Command::new(env!("CARGO_BIN_EXE_contactd")).arg("--config").arg(&config).arg("migrate").output().unwrap();
-    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
-    let version = format!("schema version {}", contactd::store::scylla::SCHEMA_VERSION);
-    assert!(String::from_utf8_lossy(&migrated.stdout).contains(&version), "{}", String::from_utf8_lossy(&migrated.stdout));
 
     let worker = Service::start(&data, &config, "worker");
     eventually("every offset is committed", || cluster.committed(1) == [produced as i64]);
@@ -694,12 +685,34 @@ fn the_worker_waits_for_a_broker_that_is_down_at_start_and_mid_run() {
 /// At scale an operator's write is an event on the events topic: the indexer
 /// publishes it and answers 202 with its id, a worker applies it, and
 /// `?after=` on the contact waits until it has.
+/// A fresh Scylla keyspace (on the test servers' Cassandra), migrated, as the
+/// store of `config`.
+fn on_scylla(config: &Path) -> i32 {
+    let keyspace = format!("contactd_worker_{:08x}", rand::random::<u32>());
+    let store = format!(
+        "store = \"scylla://{}/{keyspace}\"\n[scylla]\nreplication = \"{{'class': 'SimpleStrategy', 'replication_factor': 1}}\"\n",
+        servers::cassandra()
+    );
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(config, format!("{store}{text}")).unwrap();
+    let migrated = Command::new(env!("CARGO_BIN_EXE_contactd")).arg("--config").arg(config).arg("migrate").output().unwrap();
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+    let said = String::from_utf8_lossy(&migrated.stdout);
+    said.split("schema version ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"))
+}
+
+/// The operator API at scale: Kafka in, the Scylla store (on Cassandra), the
+/// indexer publishing writes and reading the store, a worker applying them.
 #[test]
 fn operator_writes_at_scale_go_through_the_events_topic_and_after_waits_for_them() {
     let cluster = Cluster::start(1, 2, 1);
     let dir = tempfile::tempdir().unwrap();
     let tokens = "lanes = 1\n[api.tokens]\nacme = [\"acme-token\"]\n[api.write_tokens]\nacme = [\"acme-writer\"]\n";
     let config = write_config(dir.path(), "contactd.toml", &cluster, tokens);
+    on_scylla(&config);
     let data = dir.path().join("data");
     let worker = Service::start(&data, &config, "worker");
     let indexer = Service::start(&data, &config, "indexer");
@@ -730,6 +743,37 @@ fn operator_writes_at_scale_go_through_the_events_topic_and_after_waits_for_them
     assert_eq!(status, 202);
     let (_, shown) = after(&event_of(&head));
     assert!(shown.contains("s-call"), "{shown}");
+
+    // A second contact claims Petr's e-mail: a conflict in the queue, which
+    // a merge settles, and explain tells how the merged identifiers came.
+    let (status, head, _) =
+        send("POST", "/v1/tenants/acme/contacts", r#"{"contact_id": "c-two", "identity": {"whatsapp_id": "+420606000111"}}"#);
+    assert_eq!(status, 202);
+    assert_eq!(after(&event_of(&head)).0, 200);
+    let (status, head, _) = send("PATCH", "/v1/tenants/acme/contacts/c-two", r#"{"add": {"emails": ["petr@example.cz"]}}"#);
+    assert_eq!(status, 202);
+    after(&event_of(&head));
+    let read = |path: &str| {
+        let (status, body) = indexer.get_with(path, Some("acme-token")).expect("answers");
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    let queue = read("/v1/tenants/acme/conflicts");
+    assert_eq!(queue["conflicts"][0]["owner_contact_id"], "c-ops", "{queue}");
+    assert_eq!(queue["conflicts"][0]["claimant_contact_id"], "c-two", "{queue}");
+    assert_eq!(send("POST", "/v1/tenants/acme/conflicts/cf-none/dismiss", "").0, 404, "checked against the store");
+    let (status, head, body) = send("POST", "/v1/tenants/acme/contacts/c-ops/merge", r#"{"from_contact_id": "c-two"}"#);
+    assert_eq!((status, serde_json::from_str::<Value>(&body).unwrap()["contact_id"].as_str()), (202, Some("c-ops")));
+    let (_, shown) = after(&event_of(&head));
+    assert!(shown.contains("+420606000111"), "{shown}");
+    assert_eq!(read("/v1/tenants/acme/conflicts")["conflicts"], json!([]), "the merge settled it");
+    let why = read("/v1/tenants/acme/contacts/c-two/explain");
+    assert_eq!(why["contact_id"], "c-ops");
+    let whatsapp = why["identifiers"].as_array().unwrap().iter().find(|i| i["kind"] == "whatsapp").unwrap().clone();
+    assert_eq!(
+        (whatsapp["rule"].as_str(), whatsapp["merged"][0]["by"].as_str()),
+        (Some("founded_contact"), Some("contact.merged"))
+    );
 
     let (status, head, _) = send("DELETE", "/v1/tenants/acme/contacts/c-ops", "");
     assert_eq!(status, 202);

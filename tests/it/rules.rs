@@ -402,3 +402,165 @@ fn a_merge_loop_in_corrupt_data_is_an_error_not_a_hang() {
     let page = view::timeline_page(&directory.store, &"acme".into(), &"c-b".into(), None, 10);
     assert!(matches!(page, Err(ViewError::Store(StoreError::Corrupt(_)))), "{page:?}");
 }
+
+fn operator(id: &str, kind: &str, minute: u32, fields: Value) -> Value {
+    let mut e = with(event(id, kind, minute, None), "channel", json!("operator"));
+    e.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+    e
+}
+
+fn open_conflicts(directory: &Directory) -> Vec<contactd::store::view::OpenConflict> {
+    contactd::store::view::conflict_page(&directory.store, &"acme".into(), None, 100).unwrap().conflicts
+}
+
+/// Two customers' sessions that collide on one e-mail: Jana's chat founds
+/// her contact with it, then the WhatsApp contact of another session claims it.
+fn a_conflict(directory: &mut Directory) -> (String, String) {
+    directory.feed(&[
+        identified("e1", 0, "chat-1", json!({ "emails": ["jana@example.cz"] })),
+        identified("e2", 1, "wa-1", json!({ "whatsapp_id": "+420777123456" })),
+        identified("e3", 2, "wa-1", json!({ "emails": ["jana@example.cz"] })),
+    ]);
+    let jana = directory.contact_with_email("jana@example.cz").contact_id.into_string();
+    let other = directory.export().into_iter().find(|c| c.state.emails.is_empty()).unwrap().contact_id.into_string();
+    (jana, other)
+}
+
+#[test]
+fn an_identity_conflict_waits_in_the_review_queue_until_a_merge_settles_it() {
+    let mut directory = Directory::new();
+    let (jana, other) = a_conflict(&mut directory);
+    let open = open_conflicts(&directory);
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(
+        (open[0].owner_contact_id.as_deref(), open[0].claimant_contact_id.as_str()),
+        (Some(jana.as_str()), other.as_str())
+    );
+    assert_eq!(
+        (open[0].value.as_str(), open[0].event_id.as_str(), open[0].session_id.as_deref()),
+        ("jana@example.cz", "e3", Some("wa-1"))
+    );
+    let raised = directory.changes().into_iter().find(|c| c.kind == ChangeKind::IdentityConflict).expect("a conflict change");
+    assert_eq!(raised.data.conflict_id.as_deref(), Some(open[0].conflict_id.as_str()), "the change names the queue's conflict");
+
+    directory.feed(&[operator(
+        "e4",
+        "contact.merged",
+        10,
+        json!({ "contact_id": jana, "payload": { "from_contact_id": other } }),
+    )]);
+    assert!(open_conflicts(&directory).is_empty(), "merged: one contact owns the e-mail");
+    let merged = directory.contact_with_email("jana@example.cz");
+    assert_eq!(merged.contact_id, jana.as_str());
+    assert_eq!(merged.state.channel_ids.whatsapp, ["+420777123456"]);
+    assert_eq!(merged.sessions, ["chat-1", "wa-1"]);
+    assert_eq!(directory.export().len(), 1);
+    let kinds: Vec<ChangeKind> = directory.changes().iter().filter(|c| c.caused_by == "e4").map(|c| c.kind).collect();
+    assert_eq!(kinds, [ChangeKind::ContactMerged, ChangeKind::TimelineAppended]);
+}
+
+#[test]
+fn a_dismissed_or_moved_conflict_leaves_the_queue_and_a_replayed_dismissal_changes_nothing() {
+    let mut dismissed = Directory::new();
+    a_conflict(&mut dismissed);
+    let conflict_id = open_conflicts(&dismissed)[0].conflict_id.clone();
+    let dismissal = operator("e4", "conflict.dismissed", 10, json!({ "payload": { "conflict_id": conflict_id } }));
+    dismissed.feed(std::slice::from_ref(&dismissal));
+    assert!(open_conflicts(&dismissed).is_empty());
+    assert_eq!(dismissed.export().len(), 2, "leave as is: nothing moved");
+    let replay = dismissed.feed(&[dismissal]);
+    assert_eq!(replay.duplicates, 1);
+    let stored = dismissed.store.conflict(&"acme".into(), &conflict_id).unwrap().unwrap();
+    assert_eq!(stored.dismissed.map(|d| d.event_id).as_deref(), Some("e4"));
+    let (_, rejected) =
+        dismissed.feed_lines(&[
+            operator("e5", "conflict.dismissed", 11, json!({ "payload": { "conflict_id": "cf-none" } })).to_string()
+        ]);
+    assert_eq!(rejected, ["unknown_conflict"]);
+
+    // Moved by an operator: removed from the owner, added to the claimant.
+    let mut moved = Directory::new();
+    let (jana, other) = a_conflict(&mut moved);
+    moved.feed(&[operator(
+        "e4",
+        "contact.updated",
+        10,
+        json!({ "contact_id": jana, "payload": { "remove": { "emails": ["jana@example.cz"] } } }),
+    )]);
+    assert!(open_conflicts(&moved).is_empty(), "released: nobody owns the e-mail, so nothing is in conflict");
+    moved.feed(&[operator(
+        "e5",
+        "contact.updated",
+        11,
+        json!({ "contact_id": other, "payload": { "add": { "emails": ["jana@example.cz"] } } }),
+    )]);
+    assert_eq!(moved.contact_with_email("jana@example.cz").contact_id, other.as_str());
+}
+
+#[test]
+fn a_merge_names_its_contacts_and_is_dead_lettered_when_one_is_unknown() {
+    let mut directory = Directory::new();
+    let (jana, other) = a_conflict(&mut directory);
+    let (_, rejected) = directory.feed_lines(&[
+        operator("m1", "contact.merged", 10, json!({ "contact_id": jana, "payload": { "from_contact_id": "c-nobody" } }))
+            .to_string(),
+        operator("m2", "contact.merged", 10, json!({ "contact_id": "c-nobody", "payload": { "from_contact_id": other } }))
+            .to_string(),
+        operator("m3", "contact.merged", 10, json!({ "contact_id": jana, "payload": { "from_contact_id": jana } })).to_string(),
+    ]);
+    assert_eq!(rejected, ["unknown_contact", "unknown_contact"], "merging a contact into itself changes nothing");
+    // By session: the contact of the conversation in front of the operator.
+    directory.feed(&[operator(
+        "m4",
+        "contact.merged",
+        11,
+        json!({ "session_id": "chat-1", "payload": { "from_contact_id": other } }),
+    )]);
+    assert_eq!(directory.export().len(), 1);
+    assert_eq!(directory.contact_with_email("jana@example.cz").contact_id, jana.as_str());
+}
+
+#[test]
+fn explain_says_which_rule_and_event_attached_each_identifier_and_session_through_merges() {
+    let mut directory = Directory::new();
+    directory.feed(&[
+        with(event("e1", "session.started", 0, Some("anon")), "identity", json!({ "browser_id": "b-1" })),
+        identified("e2", 1, "anon", json!({ "phones": ["+420 603 111 222"] })),
+        identified("e3", 2, "chat-2", json!({ "phones": ["+420603111222"], "emails": ["ann@example.cz"] })),
+        with(
+            with(event("e4", "email.received", 3, Some("mail-1")), "channel", json!("email")),
+            "payload",
+            json!({ "thread_id": "t1", "message_id": "m1", "subject": "hi", "text": "hello", "participants": ["ann@example.cz"] }),
+        ),
+        operator("e5", "contact.created", 4, json!({ "contact_id": "c-op", "identity": { "emails": ["bob@example.cz"] } })),
+        operator("e6", "contact.updated", 5, json!({ "contact_id": "c-op", "payload": { "add": { "phones": ["+420 604 000 111"] } } })),
+        with(with(event("e7", "session.linked", 6, Some("chat-2")), "contact_id", json!("c-op")), "channel", json!("operator")),
+    ]);
+    let ann = directory.contact_with_email("ann@example.cz");
+    assert_eq!(ann.contact_id, "c-op", "the link merged Ann's contact into the operator's");
+    let explained = contactd::store::view::explain_view(&directory.store, &"acme".into(), &"c-op".into()).unwrap();
+    let rule_of = |list: &str, key: &str, value: &str| -> (String, String, Vec<String>) {
+        let item = explained[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i[key] == value)
+            .unwrap_or_else(|| panic!("{value} in {explained}"));
+        let merged = item["merged"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| format!("{}:{}", m["by"].as_str().unwrap(), m["event_id"].as_str().unwrap()))
+            .collect();
+        (item["rule"].as_str().unwrap().to_owned(), item["event_id"].as_str().unwrap().to_owned(), merged)
+    };
+    let link = vec!["session.linked:e7".to_owned()];
+    assert_eq!(rule_of("identifiers", "value", "+420603111222"), ("founded_contact".into(), "e2".into(), link.clone()));
+    assert_eq!(rule_of("identifiers", "value", "b-1"), ("waited_in_session".into(), "e2".into(), link.clone()));
+    assert_eq!(rule_of("identifiers", "value", "ann@example.cz"), ("unowned_identifier".into(), "e3".into(), link.clone()));
+    assert_eq!(rule_of("identifiers", "value", "bob@example.cz"), ("founded_contact".into(), "e5".into(), vec![]));
+    assert_eq!(rule_of("identifiers", "value", "+420604000111"), ("operator_add".into(), "e6".into(), vec![]));
+    assert_eq!(rule_of("sessions", "session_id", "anon"), ("founded_contact".into(), "e2".into(), link.clone()));
+    assert_eq!(rule_of("sessions", "session_id", "chat-2"), ("owner_of_identifier".into(), "e3".into(), link.clone()));
+    assert_eq!(rule_of("sessions", "session_id", "mail-1"), ("email_thread".into(), "e4".into(), link));
+}

@@ -76,6 +76,27 @@ fn the_event_schema_rejects_what_the_decoder_dead_letters() {
     let deleted = json!({ "schema": "contact-event/v1", "event_id": "e1", "tenant_id": "acme", "type": "contact.deleted",
         "occurred_at": "2026-11-02T09:00:00Z", "channel": "operator" });
     assert_schema_agrees_with_decoder(&events, &deleted.to_string());
+
+    let operator = |kind: &str, extra: Value| {
+        let mut event = json!({ "schema": "contact-event/v1", "event_id": "e1", "tenant_id": "acme", "type": kind,
+            "occurred_at": "2026-11-02T09:00:00Z", "channel": "operator" });
+        event.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        event.to_string()
+    };
+    for (kind, extra) in [
+        ("contact.merged", json!({ "contact_id": "c-1", "payload": { "from_contact_id": "c-2" } })),
+        ("contact.merged", json!({ "session_id": "s1", "payload": { "from_contact_id": "c-2" } })),
+        ("contact.merged", json!({ "payload": { "from_contact_id": "c-2" } })),
+        ("contact.merged", json!({ "contact_id": "c-1" })),
+        ("contact.merged", json!({ "contact_id": "c-1", "payload": { "from_contact_id": "" } })),
+        ("contact.merged", json!({ "contact_id": "c-1", "payload": { "from_contact_id": 7 } })),
+        ("conflict.dismissed", json!({ "payload": { "conflict_id": "cf-1" } })),
+        ("conflict.dismissed", json!({ "payload": {} })),
+        ("conflict.dismissed", json!({ "payload": { "conflict_id": "" } })),
+        ("conflict.dismissed", json!({})),
+    ] {
+        assert_schema_agrees_with_decoder(&events, &operator(kind, extra));
+    }
 }
 
 #[test]

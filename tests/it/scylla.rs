@@ -186,6 +186,27 @@ fn a_unit_whose_writer_died_before_marking_its_events_has_no_effect() {
     assert_eq!(backend.unfinished_units().unwrap(), 0);
 }
 
+/// A reader outside a unit (the API waiting for an operator's event) counts
+/// an event as applied only once its unit is whole, and never takes the unit
+/// over from its writer: the next worker to redeliver the event does.
+#[test]
+fn a_reader_outside_a_unit_waits_for_the_events_unit_and_never_takes_it_over() {
+    use contactd::store::DirectoryView;
+    use contactd::store::scylla::CommitStep;
+    let lines = example_lines();
+    let backend = fresh_backend();
+    let mut killed = ScyllaStore::new(std::sync::Arc::clone(&backend));
+    killed.crash_next_commit_after(CommitStep::ProcessedEvents);
+    process(&mut killed, &lines);
+    let reader = ScyllaStore::new(std::sync::Arc::clone(&backend));
+    let first = serde_json::from_str::<serde_json::Value>(&lines[0]).unwrap();
+    let (tenant, event) = (first["tenant_id"].as_str().unwrap().into(), first["event_id"].as_str().unwrap());
+    assert_eq!(reader.event_unit(&tenant, event).unwrap(), None, "marked, but its unit is not whole");
+    assert_eq!(backend.unfinished_units().unwrap(), 1, "the reader left the unit to its writer or a worker");
+    process(&mut ScyllaStore::new(std::sync::Arc::clone(&backend)), &lines);
+    assert!(reader.event_unit(&tenant, event).unwrap().is_some(), "applied once a worker finished the unit");
+}
+
 /// When another worker has meanwhile moved on a record the half-written unit
 /// meant to write, the unit cannot be finished: it is undone, and its events
 /// are resolved again against what the other worker wrote.
@@ -281,7 +302,7 @@ fn a_claim_is_checked_against_its_contact_as_stored_now_not_as_read_earlier() {
 fn contact_owning(id: &str, identifier: &contactd::model::Identifier) -> contactd::store::Mutation {
     use contactd::model::{Contact, ContactRecord, OwnedIdentifier, Timestamp};
     use contactd::store::Mutation;
-    let owned = OwnedIdentifier { identifier: identifier.clone(), added_at: Timestamp::from_micros(1) };
+    let owned = OwnedIdentifier { identifier: identifier.clone(), added_at: Timestamp::from_micros(1), by: None };
     let contact = Contact { id: id.into(), name: None, identifiers: vec![owned], created_at: Timestamp::from_micros(1) };
     Mutation::PutContact { contact_id: id.into(), record: ContactRecord::Active(contact) }
 }

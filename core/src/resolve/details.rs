@@ -1,24 +1,27 @@
 //! A contact's details (docs/contract.md 3.4 and 3.5): identifiers claimed
 //! and released, and names, as interactions and operators' edits change them.
 
-use super::{Resolver, Target};
-use crate::model::{ChangeData, ChangeKind, Claim, ContactId, EntryKind, Identifier, NameField, NameSource, OwnedIdentifier};
+use super::{Resolver, Step, Target, Unresolvable};
+use crate::model::{
+    ChangeData, ChangeKind, Claim, ConflictRecord, ContactId, Dismissal, EntryKind, Identifier, NameField, NameSource,
+    OwnedIdentifier, Provenance, Rule, derived_id,
+};
 use crate::store::{DirectoryView, Mutation, StoreResult};
 
 impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
-    /// Attaches identifiers nobody owns; records a conflict for those owned by
-    /// someone else (never moves them, docs/contract.md 3.4).
-    pub(super) fn claim_all(&mut self, contact_id: &ContactId, identifiers: &[Identifier]) -> StoreResult<()> {
+    /// Attaches identifiers nobody owns, each with the rule that brings it
+    /// (its provenance); raises a conflict for those owned by someone else
+    /// (never moves them, docs/contract.md 3.4).
+    pub(super) fn claim_all(&mut self, contact_id: &ContactId, identifiers: &[(Identifier, Rule)]) -> StoreResult<()> {
         let occurred_at = self.event.occurred_at;
-        for identifier in identifiers {
+        for (identifier, rule) in identifiers {
             if self.contact(contact_id).owns(identifier) {
                 continue;
             }
             let most = self.limits.identifiers_per_contact;
             if self.contact(contact_id).identifiers.len() >= most {
-                let details = ChangeData { identifier: Some(identifier.to_string()), ..ChangeData::default() };
                 let text = format!("{identifier} not added: the contact holds {most} identifiers, the most one contact may");
-                self.record(contact_id, ChangeKind::IdentityConflict, EntryKind::IdentityConflict, text, details);
+                self.raise_conflict(contact_id, identifier, None, text);
                 continue;
             }
             match self.view.claim(self.tenant(), identifier)? {
@@ -26,13 +29,8 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
                     if let Target::Active(owner) = self.follow(&owner)?
                         && owner != *contact_id
                     {
-                        let details = ChangeData {
-                            identifier: Some(identifier.to_string()),
-                            owner_contact_id: Some(owner.clone()),
-                            ..ChangeData::default()
-                        };
                         let text = format!("{identifier} belongs to contact {owner}; left there for an operator to settle");
-                        self.record(contact_id, ChangeKind::IdentityConflict, EntryKind::IdentityConflict, text, details);
+                        self.raise_conflict(contact_id, identifier, Some(owner), text);
                         continue;
                     }
                 }
@@ -45,7 +43,9 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
                 identifier: identifier.clone(),
                 claim: Claim::Owned { contact_id: contact_id.clone() },
             });
-            self.contact(contact_id).identifiers.push(OwnedIdentifier { identifier: identifier.clone(), added_at: occurred_at });
+            let by = Provenance { rule: *rule, event_id: self.event.event_id.clone(), at: occurred_at, merges: Vec::new() };
+            let owned = OwnedIdentifier { identifier: identifier.clone(), added_at: occurred_at, by: Some(by) };
+            self.contact(contact_id).identifiers.push(owned);
             let details = ChangeData { identifier: Some(identifier.to_string()), ..ChangeData::default() };
             self.record(
                 contact_id,
@@ -56,6 +56,46 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             );
         }
         Ok(())
+    }
+
+    /// Records an identity conflict: a change, a timeline entry and a record
+    /// in the review queue, all naming the conflict's id (derived from the
+    /// event and the identifier, so a redelivery raises the same one).
+    fn raise_conflict(&mut self, claimant: &ContactId, identifier: &Identifier, owner: Option<ContactId>, text: String) {
+        let event = self.event;
+        let value = identifier.to_string();
+        let conflict_id = derived_id("cf-", &[&event.tenant_id, &event.event_id, &value]);
+        self.plan.mutations.push(Mutation::PutConflict(ConflictRecord {
+            conflict_id: conflict_id.clone(),
+            identifier: identifier.clone(),
+            owner_contact_id: owner.clone(),
+            claimant_contact_id: claimant.clone(),
+            session_id: event.session_id.clone(),
+            event_id: event.event_id.clone(),
+            raised_at: event.occurred_at,
+            dismissed: None,
+        }));
+        let details = ChangeData {
+            identifier: Some(value),
+            owner_contact_id: owner,
+            conflict_id: Some(conflict_id),
+            ..ChangeData::default()
+        };
+        self.record(claimant, ChangeKind::IdentityConflict, EntryKind::IdentityConflict, text, details);
+    }
+
+    /// An operator leaves a conflict as it is (`conflict.dismissed`): the
+    /// queue no longer lists it. Dismissing it again changes nothing.
+    pub(super) fn dismiss_conflict(&mut self, conflict_id: &str) -> StoreResult<Step> {
+        let event = self.event;
+        let Some(mut record) = self.view.conflict(&event.tenant_id, conflict_id)? else {
+            return Ok(Step::Reject(Unresolvable::UnknownConflict(conflict_id.to_owned())));
+        };
+        if record.dismissed.is_none() {
+            record.dismissed = Some(Dismissal { event_id: event.event_id.clone(), at: event.occurred_at });
+            self.plan.mutations.push(Mutation::PutConflict(record));
+        }
+        Ok(Step::Done)
     }
 
     pub(super) fn release_all(&mut self, contact_id: &ContactId, identifiers: &[Identifier]) {

@@ -9,7 +9,9 @@ use serde_json::json;
 use super::{Lookup, Resolver, Skip, Step, Target, Unresolvable};
 use crate::event::{EmailDirection, Event, EventBody};
 use crate::identity::{self, IdentitySource, NormalizedIdentity};
-use crate::model::{Channel, Details, EntryKind, Identifier, IdentifierKind, NameSource, SessionId, TenantConfig, TimelineEntry};
+use crate::model::{
+    Channel, Details, EntryKind, Identifier, IdentifierKind, NameSource, Rule, SessionId, TenantConfig, TimelineEntry,
+};
 use crate::store::{DirectoryView, Mutation, StoreResult};
 
 fn provided_identity(event: &Event, config: &TenantConfig) -> NormalizedIdentity {
@@ -87,7 +89,11 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             None => None,
         };
 
+        // The contact, and the rule that found it (the session's provenance
+        // when it attaches here).
         let mut target = None;
+        let mut found_by = Rule::ExplicitContact;
+        let (mut founded, mut found_by_session) = (false, false);
         if let Some(explicit) = &event.contact_id {
             match self.follow(explicit)? {
                 Target::Active(id) => target = Some(id),
@@ -95,6 +101,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
                 Target::Deleted(_) | Target::Unknown if matches!(event.body, EventBody::ContactCreated) => {
                     self.create(explicit.clone());
                     target = Some(explicit.clone());
+                    (found_by, founded) = (Rule::FoundedContact, true);
                 }
                 Target::Deleted(_) | Target::Unknown => return Ok(Step::Reject(Unresolvable::UnknownContact(explicit.clone()))),
             }
@@ -103,7 +110,10 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             && let Some(attached) = session.as_ref().and_then(|(_, r)| r.contact_id.clone())
         {
             match self.follow(&attached)? {
-                Target::Active(id) => target = Some(id),
+                Target::Active(id) => {
+                    target = Some(id);
+                    found_by_session = true;
+                }
                 Target::Deleted(at) if event.occurred_at < at => return Ok(Step::Skip(Skip::Erased)),
                 Target::Deleted(_) | Target::Unknown => {}
             }
@@ -111,11 +121,14 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         // E-mail threads (docs/contract.md 3.6): the first participant already in the
         // directory takes the message; otherwise the first participant founds one.
         let mut founding = identity.clone();
+        let mut founding_rule = Rule::FoundedContact;
         if target.is_none() {
-            for identifier in identity.identifiers.iter().chain(&participants) {
+            let own = identity.identifiers.len();
+            for (n, identifier) in identity.identifiers.iter().chain(&participants).enumerate() {
                 match self.lookup(identifier)? {
                     Lookup::Owner(id) => {
                         target = Some(id);
+                        found_by = if n < own { Rule::OwnerOfIdentifier } else { Rule::EmailThread };
                         break;
                     }
                     Lookup::Erased => return Ok(Step::Skip(Skip::Erased)),
@@ -128,6 +141,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
                 true
             } else if let Some(first) = participants.first().filter(|_| identity.strongest().is_none()) {
                 founding = NormalizedIdentity { identifiers: vec![first.clone()], ..identity.clone() };
+                founding_rule = Rule::EmailThread;
                 true
             } else {
                 identity.strongest().is_some()
@@ -136,6 +150,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
                 let id = super::founded_contact_id(event);
                 self.create(id.clone());
                 target = Some(id);
+                (found_by, founded) = (founding_rule, true);
             }
         }
 
@@ -162,14 +177,22 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             return Ok(Step::Done);
         };
 
-        let mut claims = founding.identifiers;
+        let rule = if founded {
+            founding_rule
+        } else if operator_edit {
+            Rule::OperatorAdd
+        } else {
+            Rule::UnownedIdentifier
+        };
+        let mut claims: Vec<(Identifier, Rule)> = founding.identifiers.into_iter().map(|i| (i, rule)).collect();
         if let Some((session_id, mut record)) = session
             && record.contact_id.as_deref() != Some(contact_id.as_str())
         {
-            claims.append(&mut record.waiting_identifiers);
-            claims.sort_by_key(|i| i.kind);
-            claims.dedup();
-            self.attach_session(&session_id, record, &contact_id, false)?;
+            claims.extend(record.waiting_identifiers.drain(..).map(|i| (i, Rule::WaitedInSession)));
+            claims.sort_by_key(|(i, _)| i.kind);
+            claims.dedup_by(|a, b| a.0 == b.0);
+            // A session whose contact merged keeps how it first attached.
+            self.attach_session(&session_id, record, &contact_id, Some(found_by).filter(|_| !found_by_session))?;
         }
         self.release_all(&contact_id, &removed);
         self.claim_all(&contact_id, &claims)?;

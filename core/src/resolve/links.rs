@@ -1,13 +1,16 @@
 //! Sessions and contacts joined and parted (docs/contract.md 3.3 and 3.7): a
 //! session attached to the contact it resolves to, an operator's link (a merge
-//! when the session had a contact already) and unlink.
+//! when the session had a contact already), an operator's merge, and unlink.
+//! A merge carries every identifier's and session's provenance along, with
+//! the merge added to it.
 
 use serde_json::json;
 
 use super::{Resolver, Skip, Step, Target, Unresolvable};
+use crate::event::ContactRef;
 use crate::model::{
-    ChangeData, ChangeKind, Claim, ContactId, ContactRecord, Details, EntryKind, LinkedBy, SessionId, SessionRecord,
-    TimelineEntry,
+    ChangeData, ChangeKind, Claim, ContactId, ContactRecord, Details, EntryKind, LinkedBy, MergeStep, MergedBy, Provenance, Rule,
+    SessionId, SessionRecord, TimelineEntry,
 };
 use crate::store::{DirectoryView, Mutation, StoreResult};
 
@@ -17,16 +20,24 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         session_id: &SessionId,
         record: SessionRecord,
         contact_id: &ContactId,
-        by_operator: bool,
+        rule: Option<Rule>,
     ) -> StoreResult<()> {
         let tenant = self.tenant().clone();
+        let by_operator = rule == Some(Rule::OperatorLink);
         let had_pending = record.has_pending;
+        let attached_by = match rule {
+            Some(rule) => {
+                Some(Provenance { rule, event_id: self.event.event_id.clone(), at: self.event.occurred_at, merges: Vec::new() })
+            }
+            None => record.attached_by.clone(),
+        };
         self.plan.mutations.push(Mutation::PutSession {
             session_id: session_id.clone(),
             record: SessionRecord {
                 contact_id: Some(contact_id.clone()),
                 waiting_identifiers: Vec::new(),
                 has_pending: false,
+                attached_by,
                 ..record
             },
         });
@@ -75,23 +86,59 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         };
         match current {
             Some(current) if current == into => {}
-            Some(current) => self.merge(&current, &into, session_id)?,
+            Some(current) => self.merge(&current, &into, Some(session_id))?,
             None => {
                 // The session resolves here: what it waited with attaches as
                 // on any other resolution (docs/contract.md 3.3 and 3.4).
-                let waiting = record.waiting_identifiers.clone();
-                self.attach_session(session_id, record, &into, true)?;
+                let waiting: Vec<_> = record.waiting_identifiers.iter().map(|i| (i.clone(), Rule::WaitedInSession)).collect();
+                self.attach_session(session_id, record, &into, Some(Rule::OperatorLink))?;
                 self.claim_all(&into, &waiting)?;
             }
         }
         Ok(Step::Done)
     }
 
+    /// An operator merges `from` into the contact `into` names
+    /// (`contact.merged`), with a link's effects (docs/contract.md 3.7).
+    pub(super) fn merge_contacts(&mut self, into: &ContactRef, from: &ContactId) -> StoreResult<Step> {
+        let event = self.event;
+        let tenant = event.tenant_id.clone();
+        let named = match into {
+            ContactRef::Contact(contact_id) => contact_id.clone(),
+            ContactRef::OfSession(session_id) => match self.view.session(&tenant, session_id)?.and_then(|r| r.contact_id) {
+                Some(contact_id) => contact_id,
+                None => return Ok(Step::Reject(Unresolvable::NoContact(session_id.clone()))),
+            },
+        };
+        let mut live = Vec::with_capacity(2);
+        for id in [&named, from] {
+            match self.follow(id)? {
+                Target::Active(id) => live.push(id),
+                Target::Deleted(at) if event.occurred_at < at => return Ok(Step::Skip(Skip::Erased)),
+                _ => return Ok(Step::Reject(Unresolvable::UnknownContact(id.clone()))),
+            }
+        }
+        if live[0] != live[1] {
+            self.merge(&live[1], &live[0], None)?;
+        }
+        Ok(Step::Done)
+    }
+
     /// Merges `from` into `into` (docs/contract.md 3.7): identifiers, sessions and timeline
-    /// move; `from` becomes a redirect.
-    pub(super) fn merge(&mut self, from: &ContactId, into: &ContactId, session_id: &SessionId) -> StoreResult<()> {
+    /// move, each with the merge added to its provenance; `from` becomes a
+    /// redirect. An operator's link of `session_id` causes it, or else an
+    /// operator's merge.
+    pub(super) fn merge(&mut self, from: &ContactId, into: &ContactId, session_id: Option<&SessionId>) -> StoreResult<()> {
         let tenant = self.tenant().clone();
-        let merged = self.contacts.remove(from).expect("loaded by follow");
+        let by = if session_id.is_some() { MergedBy::SessionLinked } else { MergedBy::ContactMerged };
+        let step =
+            MergeStep { from_contact_id: from.clone(), event_id: self.event.event_id.clone(), at: self.event.occurred_at, by };
+        let mut merged = self.contacts.remove(from).expect("loaded by follow");
+        for owned in &mut merged.identifiers {
+            if let Some(provenance) = &mut owned.by {
+                provenance.merges.push(step.clone());
+            }
+        }
         for owned in &merged.identifiers {
             self.plan.mutations.push(Mutation::SetClaim {
                 identifier: owned.identifier.clone(),
@@ -111,11 +158,15 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         }
         target.created_at = target.created_at.min(merged.created_at);
         for session in self.view.contact_sessions(&tenant, from)? {
+            let mut attached_by = self.view.session(&tenant, &session)?.and_then(|record| record.attached_by);
+            if let Some(provenance) = &mut attached_by {
+                provenance.merges.push(step.clone());
+            }
             self.plan.mutations.push(Mutation::UnlinkSession { contact_id: from.clone(), session_id: session.clone() });
             self.plan.mutations.push(Mutation::LinkSession { contact_id: into.clone(), session_id: session.clone() });
             self.plan.mutations.push(Mutation::PutSession {
                 session_id: session,
-                record: SessionRecord { contact_id: Some(into.clone()), ..SessionRecord::default() },
+                record: SessionRecord { contact_id: Some(into.clone()), attached_by, ..SessionRecord::default() },
             });
         }
         for entry in self.view.timeline(&tenant, from, None, usize::MAX)? {
@@ -125,10 +176,13 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         self.plan
             .mutations
             .push(Mutation::PutContact { contact_id: from.clone(), record: ContactRecord::Merged { into: into.clone() } });
-        let linked = ChangeData { session_id: Some(session_id.clone()), by: Some(LinkedBy::Operator), ..ChangeData::default() };
-        self.change(into, ChangeKind::SessionLinked, linked);
+        if let Some(session_id) = session_id {
+            let linked =
+                ChangeData { session_id: Some(session_id.clone()), by: Some(LinkedBy::Operator), ..ChangeData::default() };
+            self.change(into, ChangeKind::SessionLinked, linked);
+        }
         let details =
-            ChangeData { merged_contact_id: Some(from.clone()), session_id: Some(session_id.clone()), ..ChangeData::default() };
+            ChangeData { merged_contact_id: Some(from.clone()), session_id: session_id.cloned(), ..ChangeData::default() };
         self.record(
             into,
             ChangeKind::ContactMerged,

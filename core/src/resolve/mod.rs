@@ -46,12 +46,17 @@ impl Skip {
 pub enum Unresolvable {
     #[error("contact {0:?} is not in the directory")]
     UnknownContact(ContactId),
+    #[error("session {0:?} has no contact")]
+    NoContact(SessionId),
+    #[error("conflict {0:?} is not in the directory")]
+    UnknownConflict(String),
 }
 
 impl Unresolvable {
     pub fn code(&self) -> &'static str {
         match self {
-            Self::UnknownContact(_) => "unknown_contact",
+            Self::UnknownContact(_) | Self::NoContact(_) => "unknown_contact",
+            Self::UnknownConflict(_) => "unknown_conflict",
         }
     }
 }
@@ -101,6 +106,8 @@ pub fn resolve_within<V: DirectoryView + ?Sized>(event: &Event, view: &V, limits
         EventBody::ContactDeleted { target } => resolver.delete(target),
         EventBody::SessionLinked { session_id, contact_id } => resolver.link(session_id, contact_id),
         EventBody::SessionUnlinked { session_id } => resolver.unlink(session_id),
+        EventBody::ContactMerged { into, from } => resolver.merge_contacts(into, from),
+        EventBody::ConflictDismissed { conflict_id } => resolver.dismiss_conflict(conflict_id),
         _ => resolver.interaction(),
     }?;
     Ok(match step {

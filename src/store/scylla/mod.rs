@@ -37,17 +37,18 @@ pub use unit::CommitStep;
 use super::{DirectoryView, Mutation, ReadAhead, Store, StoreError, StoreResult, from_json, identifier_hash, to_json};
 use crate::config::{ScyllaConfig, ScyllaTarget};
 use crate::model::{
-    Change, Claim, ContactId, ContactRecord, ExportedContact, Identifier, SessionId, SessionRecord, TenantConfig, TenantId,
-    TimelineCursor, TimelineEntry, Timestamp,
+    Change, Claim, ConflictRecord, ContactId, ContactRecord, ExportedContact, Identifier, SessionId, SessionRecord, TenantConfig,
+    TenantId, TimelineCursor, TimelineEntry, Timestamp,
 };
 use crate::publish::{ChangeSink, EncodedUnit, Outbox};
 
 /// The schema this build reads and writes; `contactd migrate` brings a keyspace to it.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../../schemas/scylla/001_directory.cql")),
     (2, include_str!("../../../schemas/scylla/002_units.cql")),
     (3, include_str!("../../../schemas/scylla/003_writers.cql")),
+    (4, include_str!("../../../schemas/scylla/004_conflicts.cql")),
 ];
 const SCHEMA_COMPONENT: &str = "directory";
 
@@ -378,6 +379,11 @@ struct Statements {
     pending: Statement,
     put_pending: Statement,
     clear_pending: Statement,
+    conflict: Statement,
+    conflicts_first: Statement,
+    conflicts_after: Statement,
+    put_conflict: Statement,
+    put_conflict_by_id: Statement,
     outbox_insert: Statement,
     outbox_read: Statement,
     outbox_delete: Statement,
@@ -481,6 +487,20 @@ impl Statements {
                 true,
             ),
             clear_pending: prepare(format!("DELETE FROM {ks}.pending WHERE tenant = ? AND session_id = ?"), true),
+            conflict: prepare(format!("SELECT record FROM {ks}.conflicts_by_id WHERE tenant = ? AND conflict_id = ?"), true),
+            conflicts_first: prepare(format!("SELECT record FROM {ks}.conflicts WHERE tenant = ?"), true),
+            conflicts_after: prepare(
+                format!("SELECT record FROM {ks}.conflicts WHERE tenant = ? AND (raised_at, conflict_id) < (?, ?)"),
+                true,
+            ),
+            put_conflict: prepare(
+                format!("INSERT INTO {ks}.conflicts (tenant, raised_at, conflict_id, record) VALUES (?, ?, ?, ?)"),
+                true,
+            ),
+            put_conflict_by_id: prepare(
+                format!("INSERT INTO {ks}.conflicts_by_id (tenant, conflict_id, record) VALUES (?, ?, ?)"),
+                true,
+            ),
             outbox_insert: prepare(format!("INSERT INTO {ks}.outbox (seq, changes) VALUES (?, ?) IF NOT EXISTS"), false),
             outbox_read: prepare(format!("SELECT changes FROM {ks}.outbox WHERE seq = ?"), true),
             outbox_delete: prepare(format!("DELETE FROM {ks}.outbox WHERE seq = ?"), true),
@@ -512,6 +532,11 @@ impl Statements {
             &self.pending,
             &self.put_pending,
             &self.clear_pending,
+            &self.conflict,
+            &self.conflicts_first,
+            &self.conflicts_after,
+            &self.put_conflict,
+            &self.put_conflict_by_id,
             &self.outbox_insert,
             &self.outbox_read,
             &self.outbox_delete,
@@ -725,6 +750,8 @@ struct Unit {
     timelines: BTreeMap<(String, String), TimelineOverlay>,
     pending: BTreeMap<(String, String), PendingOverlay>,
     links: BTreeMap<(String, String), BTreeMap<String, bool>>,
+    /// Conflicts raised or dismissed, by tenant and id, with their write time.
+    conflicts: BTreeMap<(String, String), (ConflictRecord, Timestamp)>,
     changes: Vec<Change>,
 }
 
@@ -888,8 +915,36 @@ impl ScyllaStore {
                 let latest = overlay.put.values().map(|(_, put_at)| *put_at).max();
                 *overlay = PendingOverlay { cleared_at: Some(after(at, latest)), put: BTreeMap::new() };
             }
+            Mutation::PutConflict(record) => {
+                // A conflict is raised at its event's time; its dismissal
+                // must shadow that write even when the operator's clock is
+                // behind the connector's.
+                let at = match record.dismissed {
+                    Some(_) => at.max(Timestamp::from_micros(record.raised_at.micros() + 1)),
+                    None => at,
+                };
+                let conflicts = &mut self.unit_mut()?.conflicts;
+                let key = (t, record.conflict_id.clone());
+                let at = after(at, conflicts.get(&key).map(|(_, written_at)| *written_at));
+                conflicts.insert(key, (record.clone(), at));
+            }
         }
         Ok(())
+    }
+
+    fn stored_conflicts(&self, tenant: &str, before: Option<&TimelineCursor>, limit: usize) -> StoreResult<Vec<ConflictRecord>> {
+        let backend = &self.backend;
+        let s = &backend.statements;
+        let rows: Vec<(Option<String>,)> = backend.block_on(async {
+            match before {
+                None => backend.first(&s.conflicts_first, (tenant,), limit).await,
+                Some(cursor) => {
+                    let values = (tenant, cursor.occurred_at.micros(), cursor.entry_id.as_str());
+                    backend.first(&s.conflicts_after, values, limit).await
+                }
+            }
+        })?;
+        rows.into_iter().filter_map(|(record,)| record).map(|text| from_json(&text)).collect()
     }
 
     fn stored_timeline(
@@ -1092,6 +1147,12 @@ impl DirectoryView for ScyllaStore {
         let rows: Vec<(Option<i64>,)> =
             backend.block_on(backend.rows(&backend.statements.event_unit, (tenant.as_str(), event_id)))?;
         let Some(seq) = rows.into_iter().next().and_then(|(unit,)| unit).map(i64::unsigned_abs) else { return Ok(None) };
+        if self.unit.is_none() {
+            // A reader outside a unit (the API waiting for an operator's
+            // event) takes no unit over from its writer: the event counts
+            // as applied once its unit is whole.
+            return Ok(backend.block_on(self.is_whole(seq))?.then_some(seq));
+        }
         // The event's unit may be one a worker left half written.
         match backend.block_on(self.finish_unit(seq, unit::Asker::Redelivery))? {
             None | Some(unit::Finished::Completed) => Ok(Some(seq)),
@@ -1210,6 +1271,35 @@ impl DirectoryView for ScyllaStore {
             entries.insert(entry_id.clone(), entry.clone());
         }
         Ok(entries.into_values().collect())
+    }
+
+    fn conflict(&self, tenant: &TenantId, conflict_id: &str) -> StoreResult<Option<ConflictRecord>> {
+        if let Some((record, _)) = self.unit.as_ref().and_then(|u| u.conflicts.get(&(tenant.to_string(), conflict_id.to_owned())))
+        {
+            return Ok(Some(record.clone()));
+        }
+        let backend = &self.backend;
+        let rows: Vec<(Option<String>,)> =
+            backend.block_on(backend.rows(&backend.statements.conflict, (tenant.as_str(), conflict_id)))?;
+        rows.into_iter().find_map(|(record,)| record).map(|text| from_json(&text)).transpose()
+    }
+
+    fn conflicts(&self, tenant: &TenantId, before: Option<&TimelineCursor>, limit: usize) -> StoreResult<Vec<ConflictRecord>> {
+        let stored = self.stored_conflicts(tenant, before, limit)?;
+        let Some(unit) = self.unit.as_ref().filter(|u| !u.conflicts.is_empty()) else { return Ok(stored) };
+        let below = |record: &ConflictRecord| {
+            before.is_none_or(|cursor| {
+                (record.raised_at, record.conflict_id.as_str()) < (cursor.occurred_at, cursor.entry_id.as_str())
+            })
+        };
+        let mut merged: BTreeMap<(Timestamp, String), ConflictRecord> =
+            stored.into_iter().map(|record| ((record.raised_at, record.conflict_id.clone()), record)).collect();
+        for ((of_tenant, _), (record, _)) in &unit.conflicts {
+            if of_tenant == tenant.as_str() && below(record) {
+                merged.insert((record.raised_at, record.conflict_id.clone()), record.clone());
+            }
+        }
+        Ok(merged.into_values().rev().take(limit).collect())
     }
 }
 

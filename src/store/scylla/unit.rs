@@ -124,6 +124,8 @@ enum RowWrite {
     ClearPending { tenant: String, session: String, at: Timestamp },
     PutPending { tenant: String, session: String, entry_id: String, entry: String, at: Timestamp },
     Link { tenant: String, contact: String, session: String, linked: bool },
+    PutConflict { tenant: String, micros: i64, conflict_id: String, record: String, at: Timestamp },
+    PutConflictById { tenant: String, conflict_id: String, record: String, at: Timestamp },
 }
 
 impl RowWrite {
@@ -145,6 +147,12 @@ impl RowWrite {
             }
             Self::Link { tenant, contact, session, linked } => {
                 (if *linked { &s.link } else { &s.unlink }, vec![text(tenant), text(contact), text(session)], None)
+            }
+            Self::PutConflict { tenant, micros, conflict_id, record, at } => {
+                (&s.put_conflict, vec![text(tenant), CqlValue::BigInt(*micros), text(conflict_id), text(record)], Some(*at))
+            }
+            Self::PutConflictById { tenant, conflict_id, record, at } => {
+                (&s.put_conflict_by_id, vec![text(tenant), text(conflict_id), text(record)], Some(*at))
             }
         }
     }
@@ -192,6 +200,17 @@ fn row_writes(unit: &Unit) -> Vec<RowWrite> {
             let (tenant, contact, session) = (tenant.clone(), contact.clone(), session.clone());
             rows.push(RowWrite::Link { tenant, contact, session, linked: *linked });
         }
+    }
+    for ((tenant, conflict_id), (record, at)) in &unit.conflicts {
+        let (tenant, conflict_id, json) = (tenant.clone(), conflict_id.clone(), to_json(record));
+        rows.push(RowWrite::PutConflict {
+            tenant: tenant.clone(),
+            micros: record.raised_at.micros(),
+            conflict_id: conflict_id.clone(),
+            record: json.clone(),
+            at: *at,
+        });
+        rows.push(RowWrite::PutConflictById { tenant, conflict_id, record: json, at: *at });
     }
     rows
 }
@@ -333,6 +352,10 @@ impl ScyllaStore {
         }
         let mine = state_now(FINISHING);
         if !self.claim_unit(seq, &state, &mine).await? {
+            // Lost to its writer finishing it just now, or to another worker.
+            if self.is_whole(seq).await? {
+                return Ok(None);
+            }
             return Err(StoreError::Transient(format!("unit {seq} is being finished by another worker")));
         }
         let redo: Redo = from_json(&redo.unwrap_or_default())?;
@@ -401,12 +424,17 @@ impl ScyllaStore {
         Ok(())
     }
 
-    async fn await_unit(&self, seq: u64) -> StoreResult<()> {
+    /// Whether the unit at `seq` is whole: its `units` row is gone.
+    pub(super) async fn is_whole(&self, seq: u64) -> StoreResult<bool> {
         let backend = &self.backend;
+        let rows: Vec<(Option<String>,)> = backend.rows(&backend.statements.unit_state, (seq.cast_signed(),)).await?;
+        Ok(rows.is_empty())
+    }
+
+    async fn await_unit(&self, seq: u64) -> StoreResult<()> {
         let started = Instant::now();
         loop {
-            let rows: Vec<(Option<String>,)> = backend.rows(&backend.statements.unit_state, (seq.cast_signed(),)).await?;
-            if rows.is_empty() {
+            if self.is_whole(seq).await? {
                 return Ok(());
             }
             if started.elapsed() >= WHOLE_PATIENCE {
