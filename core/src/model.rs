@@ -301,21 +301,6 @@ pub enum Rule {
     OperatorLink,
 }
 
-impl Rule {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::FoundedContact => "founded_contact",
-            Self::UnownedIdentifier => "unowned_identifier",
-            Self::OperatorAdd => "operator_add",
-            Self::EmailThread => "email_thread",
-            Self::WaitedInSession => "waited_in_session",
-            Self::ExplicitContact => "explicit_contact",
-            Self::OwnerOfIdentifier => "owner_of_identifier",
-            Self::OperatorLink => "operator_link",
-        }
-    }
-}
-
 /// One merge that moved an identifier or a session: from which contact, by
 /// which event, and whether a link (3.7) or an operator's merge caused it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -114,7 +114,7 @@ pub fn explain_view(view: &dyn DirectoryView, tenant: &TenantId, requested: &Con
 fn provenance(by: Option<&Provenance>) -> Value {
     match by {
         Some(by) => json!({
-            "rule": by.rule.as_str(),
+            "rule": by.rule,
             "event_id": by.event_id,
             "occurred_at": by.at,
             "merged": by.merges.iter().map(|step| json!({
