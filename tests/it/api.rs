@@ -302,23 +302,16 @@ fn an_operator_creates_edits_links_notes_and_deletes_a_contact_over_http() {
     assert_eq!(get(&service, &contact, "acme-token").0, 410, "an erased contact is gone");
 }
 
-/// The review queue over HTTP on the embedded default: a conflict two
-/// conversations raise is listed (and by the CLI), explain says why each
+/// The review queue over HTTP on the embedded default: the conflicts two
+/// conversations of `examples/conflicts.jsonl` raise are listed (and by the CLI), explain says why each
 /// identifier and conversation is the contact's, a dismissal or a merge
 /// takes it off the queue.
 #[test]
 fn operators_review_conflicts_merge_contacts_and_ask_why_over_http() {
     let (dir, service) = served();
     let data = dir.path().join("data");
-    let lines = [
-        r#"{"schema":"contact-event/v1","event_id":"q1","tenant_id":"acme","type":"identity.provided","occurred_at":"2026-11-05T08:00:00Z","channel":"chat","session_id":"q-chat","identity":{"emails":["olga@example.cz"]}}"#,
-        r#"{"schema":"contact-event/v1","event_id":"q2","tenant_id":"acme","type":"identity.provided","occurred_at":"2026-11-05T08:01:00Z","channel":"whatsapp","session_id":"q-wa","identity":{"whatsapp_id":"+420606000111"}}"#,
-        r#"{"schema":"contact-event/v1","event_id":"q3","tenant_id":"acme","type":"identity.provided","occurred_at":"2026-11-05T08:02:00Z","channel":"whatsapp","session_id":"q-wa","identity":{"emails":["olga@example.cz"]}}"#,
-        r#"{"schema":"contact-event/v1","event_id":"q4","tenant_id":"acme","type":"identity.provided","occurred_at":"2026-11-05T08:03:00Z","channel":"whatsapp","session_id":"q-wa","identity":{"phones":["+420 777 123 456"]}}"#,
-    ];
-    let file = dir.path().join("conflicts.jsonl");
-    std::fs::write(&file, lines.join("\n")).unwrap();
-    assert!(contactd(&data, &["ingest", "--quiet", file.to_str().unwrap()]).status.success());
+    let conflicts = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/conflicts.jsonl");
+    assert!(contactd(&data, &["ingest", "--quiet", conflicts]).status.success());
 
     let (status, page) = get(&service, "/v1/tenants/acme/conflicts?limit=1", "acme-token");
     assert_eq!(status, 200, "{page}");
