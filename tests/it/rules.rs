@@ -564,3 +564,32 @@ fn explain_says_which_rule_and_event_attached_each_identifier_and_session_throug
     assert_eq!(rule_of("sessions", "session_id", "chat-2"), ("owner_of_identifier".into(), "e3".into(), link.clone()));
     assert_eq!(rule_of("sessions", "session_id", "mail-1"), ("email_thread".into(), "e4".into(), link));
 }
+
+#[test]
+fn the_queue_and_explain_stay_right_after_unlinks_and_deletions() {
+    // The owner erased: its identifiers are released, so nothing is in conflict.
+    let mut owner_gone = Directory::new();
+    let (jana, _) = a_conflict(&mut owner_gone);
+    owner_gone.feed(&[operator("e4", "contact.deleted", 10, json!({ "contact_id": jana }))]);
+    assert!(open_conflicts(&owner_gone).is_empty());
+    // The claimant erased: nobody is left to claim it.
+    let mut claimant_gone = Directory::new();
+    let (_, other) = a_conflict(&mut claimant_gone);
+    claimant_gone.feed(&[operator("e4", "contact.deleted", 10, json!({ "contact_id": other }))]);
+    assert!(open_conflicts(&claimant_gone).is_empty());
+    // An unlink leaves the conflict (ownership did not change) and takes the
+    // session out of explain; linking it again records the operator's link.
+    let mut unlinked = Directory::new();
+    let (jana, other) = a_conflict(&mut unlinked);
+    unlinked.feed(&[with(event("e4", "session.unlinked", 10, Some("wa-1")), "channel", json!("operator"))]);
+    assert_eq!(open_conflicts(&unlinked).len(), 1);
+    let explain = |directory: &Directory, contact: &str| {
+        contactd::store::view::explain_view(&directory.store, &"acme".into(), &contact.into()).unwrap()
+    };
+    assert_eq!(explain(&unlinked, &other)["sessions"], json!([]), "{}", explain(&unlinked, &other));
+    let link = with(event("e5", "session.linked", 11, Some("wa-1")), "contact_id", json!(jana));
+    unlinked.feed(&[with(link, "channel", json!("operator"))]);
+    let sessions = explain(&unlinked, &jana)["sessions"].clone();
+    let wa = sessions.as_array().unwrap().iter().find(|s| s["session_id"] == "wa-1").expect("linked again").clone();
+    assert_eq!((wa["rule"].as_str(), wa["event_id"].as_str()), (Some("operator_link"), Some("e5")), "{sessions}");
+}

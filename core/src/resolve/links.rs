@@ -217,7 +217,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         }
         self.plan.mutations.push(Mutation::PutSession {
             session_id: session_id.clone(),
-            record: SessionRecord { contact_id: None, has_pending, ..record },
+            record: SessionRecord { contact_id: None, has_pending, attached_by: None, ..record },
         });
         self.plan.mutations.push(Mutation::UnlinkSession { contact_id: contact_id.clone(), session_id: session_id.clone() });
         self.change(
