@@ -5,7 +5,7 @@
 //! normalizer either. A property generates event sequences (two tenants,
 //! every identifier kind in the formats people type, junk values, unresolved
 //! sessions that resolve later, e-mail threads, operator creates, edits,
-//! deletions, links and unlinks, late and redelivered events), feeds them to
+//! deletions, links, merges and unlinks, late and redelivered events), feeds them to
 //! the engine in batches of any size, and checks that the export equals the
 //! model's snapshot (contact ids aside) and that searching a word of each
 //! message finds it under the model's contact, and only there.
@@ -63,13 +63,23 @@ enum What {
     Started,
     Provided,
     Message,
-    Email { participants: Vec<Id> },
+    Email {
+        participants: Vec<Id>,
+    },
     Note,
     Created,
-    Updated { set_name: Option<String>, add: Vec<Id>, remove: Vec<Id> },
+    Updated {
+        set_name: Option<String>,
+        add: Vec<Id>,
+        remove: Vec<Id>,
+    },
     Deleted,
     Linked,
     Unlinked,
+    /// `contact.merged`: the named contact (`contact` or the session's) takes this one in.
+    Merged {
+        from: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -152,6 +162,7 @@ impl Model {
             What::Deleted => run.delete(),
             What::Linked => run.link(),
             What::Unlinked => run.unlink(),
+            What::Merged { from } => run.merge_contacts(from),
             _ => run.interaction(),
         }
         // A dead-lettered event was not processed: a redelivery is resolved anew.
@@ -494,6 +505,37 @@ impl Run<'_> {
         self.detail(into);
     }
 
+    /// Contract 3.7, an operator's merge: the named contact first, then the
+    /// merged one; a contact merged into itself is no change.
+    fn merge_contacts(&mut self, from: &str) {
+        let event = self.event;
+        let named = match (&event.contact, &event.session) {
+            (Some(contact), _) => contact.clone(),
+            (None, Some(session_id)) => match self.tenant.sessions.get(session_id).and_then(|s| s.contact.clone()) {
+                Some(contact) => contact,
+                None => {
+                    self.rejected = true;
+                    return;
+                }
+            },
+            (None, None) => unreachable!(),
+        };
+        let mut live = Vec::new();
+        for id in [named.as_str(), from] {
+            match self.follow(id) {
+                Target::Active(id) => live.push(id),
+                Target::Deleted(at) if event.at < at => return,
+                _ => {
+                    self.rejected = true;
+                    return;
+                }
+            }
+        }
+        if live[0] != live[1] {
+            self.merge(&live[1], &live[0]);
+        }
+    }
+
     /// Contract 3.7, "Disconnect".
     fn unlink(&mut self) {
         let session_id = self.event.session.clone().unwrap();
@@ -674,7 +716,7 @@ struct Step {
 
 fn step() -> impl Strategy<Value = Step> {
     (
-        0u8..14,
+        0u8..15,
         any::<bool>(),
         0..SESSIONS,
         0..CUSTOMERS as u8,
@@ -906,6 +948,14 @@ fn events(steps: &[Step], cast: &Cast) -> Vec<(Value, Happening)> {
                 json["contact_id"] = json!(operator_contact);
                 happening.contact = Some(operator_contact.clone());
                 happening.what = What::Linked;
+            }
+            14 => {
+                let from = format!("op-{}", step.form % OPERATOR_CONTACTS);
+                json["type"] = json!("contact.merged");
+                json["channel"] = json!("operator");
+                json["payload"] = json!({ "from_contact_id": from });
+                by_contact(&mut json, &mut happening);
+                happening.what = What::Merged { from };
             }
             _ => {
                 json["type"] = json!("session.unlinked");
