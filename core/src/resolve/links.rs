@@ -15,6 +15,9 @@ use crate::model::{
 use crate::store::{DirectoryView, Mutation, StoreResult};
 
 impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
+    /// Attaches `session_id` to `contact_id` with what waited in it, recording
+    /// `rule` as how it came (or, given none, keeping how it first attached:
+    /// a session re-attached after its contact merged).
     pub(super) fn attach_session(
         &mut self,
         session_id: &SessionId,
