@@ -1,9 +1,9 @@
 //! The operator endpoints, `/v1/tenants/{tenant}/...` with a write token:
 //! create, edit, merge and delete a contact, link a conversation to a contact
-//! or disconnect it, add a note, dismiss an identity conflict. Each request becomes the contract's operator
-//! event (docs/contract.md 1), is decoded like any event, and is applied
-//! through the pipeline every event goes through; nothing writes the store
-//! another way. With an `Idempotency-Key` header the event id is derived
+//! or disconnect it, add a note, dismiss an identity conflict. Each request
+//! becomes the contract's operator event (docs/contract.md 1), is decoded like
+//! any event, and is applied through the pipeline every event goes through;
+//! nothing writes the store another way. With an `Idempotency-Key` header the event id is derived
 //! from the key and the request, so a retried request is one event and a key
 //! reused for another request is not taken for a retry; without it the
 //! server makes one. The answer names the event in an `Event-Id` header.
