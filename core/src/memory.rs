@@ -12,8 +12,17 @@ use crate::model::{
 };
 use crate::store::{ChangeSink, DirectoryView, Mutation, Store, StoreError, StoreResult};
 
-/// A timeline's position: newest last, read backwards.
+/// A timeline's (or conflict queue's) position: newest last, read backwards.
 type Position = (Timestamp, String);
+
+/// At most `limit` values strictly before `before`, newest first.
+fn newest_first<T: Clone>(ordered: &BTreeMap<Position, T>, before: Option<&TimelineCursor>, limit: usize) -> Vec<T> {
+    let newest_first: Box<dyn Iterator<Item = &T>> = match before {
+        None => Box::new(ordered.values().rev()),
+        Some(cursor) => Box::new(ordered.range(..(cursor.occurred_at, cursor.entry_id.clone())).rev().map(|(_, v)| v)),
+    };
+    newest_first.take(limit).cloned().collect()
+}
 
 #[derive(Clone, Debug, Default)]
 struct State {
@@ -159,12 +168,8 @@ impl DirectoryView for MemoryStore {
         before: Option<&TimelineCursor>,
         limit: usize,
     ) -> StoreResult<Vec<TimelineEntry>> {
-        let Some(timeline) = self.state.timelines.get(&(tenant.clone(), contact_id.clone())) else { return Ok(Vec::new()) };
-        let newest_first: Box<dyn Iterator<Item = &TimelineEntry>> = match before {
-            None => Box::new(timeline.values().rev()),
-            Some(cursor) => Box::new(timeline.range(..(cursor.occurred_at, cursor.entry_id.clone())).rev().map(|(_, e)| e)),
-        };
-        Ok(newest_first.take(limit).cloned().collect())
+        let timeline = self.state.timelines.get(&(tenant.clone(), contact_id.clone()));
+        Ok(timeline.map(|timeline| newest_first(timeline, before, limit)).unwrap_or_default())
     }
 
     fn timeline_len(&self, tenant: &TenantId, contact_id: &ContactId) -> StoreResult<u64> {
@@ -182,12 +187,7 @@ impl DirectoryView for MemoryStore {
     }
 
     fn conflicts(&self, tenant: &TenantId, before: Option<&TimelineCursor>, limit: usize) -> StoreResult<Vec<ConflictRecord>> {
-        let Some(conflicts) = self.state.conflicts.get(tenant) else { return Ok(Vec::new()) };
-        let newest_first: Box<dyn Iterator<Item = &ConflictRecord>> = match before {
-            None => Box::new(conflicts.values().rev()),
-            Some(cursor) => Box::new(conflicts.range(..(cursor.occurred_at, cursor.entry_id.clone())).rev().map(|(_, c)| c)),
-        };
-        Ok(newest_first.take(limit).cloned().collect())
+        Ok(self.state.conflicts.get(tenant).map(|conflicts| newest_first(conflicts, before, limit)).unwrap_or_default())
     }
 }
 

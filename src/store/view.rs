@@ -44,6 +44,11 @@ pub struct TimelinePage {
     pub next_cursor: Option<String>,
 }
 
+/// A page's cursor as the caller passed it back.
+fn decode_cursor(text: Option<&str>) -> Result<Option<TimelineCursor>, ViewError> {
+    text.map(|c| TimelineCursor::decode(c).ok_or_else(|| ViewError::BadCursor(c.to_owned()))).transpose()
+}
+
 pub fn timeline_page(
     view: &dyn DirectoryView,
     tenant: &TenantId,
@@ -51,7 +56,7 @@ pub fn timeline_page(
     cursor: Option<&str>,
     limit: usize,
 ) -> Result<TimelinePage, ViewError> {
-    let cursor = cursor.map(|c| TimelineCursor::decode(c).ok_or_else(|| ViewError::BadCursor(c.to_owned()))).transpose()?;
+    let cursor = decode_cursor(cursor)?;
     let (contact_id, _) = live_contact(view, tenant, requested)?;
     let limit = limit.max(1);
     let mut entries = view.timeline(tenant, &contact_id, cursor.as_ref(), limit + 1)?;
@@ -162,7 +167,7 @@ pub fn conflict_page(
     cursor: Option<&str>,
     limit: usize,
 ) -> Result<ConflictPage, ViewError> {
-    let mut cursor = cursor.map(|c| TimelineCursor::decode(c).ok_or_else(|| ViewError::BadCursor(c.to_owned()))).transpose()?;
+    let mut cursor = decode_cursor(cursor)?;
     let limit = limit.max(1);
     let mut conflicts = Vec::new();
     let mut budget = limit.saturating_mul(SCAN_PER_RESULT);

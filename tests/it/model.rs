@@ -505,20 +505,25 @@ impl Run<'_> {
         self.detail(into);
     }
 
+    /// The contact an operator event names: by id, or the session's; or the
+    /// session, when it has none.
+    fn named_contact(&self) -> Result<String, String> {
+        match (&self.event.contact, &self.event.session) {
+            (Some(contact), _) => Ok(contact.clone()),
+            (None, Some(session_id)) => {
+                self.tenant.sessions.get(session_id).and_then(|s| s.contact.clone()).ok_or_else(|| session_id.clone())
+            }
+            (None, None) => unreachable!(),
+        }
+    }
+
     /// Contract 3.7, an operator's merge: the named contact first, then the
     /// merged one; a contact merged into itself is no change.
     fn merge_contacts(&mut self, from: &str) {
         let event = self.event;
-        let named = match (&event.contact, &event.session) {
-            (Some(contact), _) => contact.clone(),
-            (None, Some(session_id)) => match self.tenant.sessions.get(session_id).and_then(|s| s.contact.clone()) {
-                Some(contact) => contact,
-                None => {
-                    self.rejected = true;
-                    return;
-                }
-            },
-            (None, None) => unreachable!(),
+        let Ok(named) = self.named_contact() else {
+            self.rejected = true;
+            return;
         };
         let mut live = Vec::new();
         for id in [named.as_str(), from] {
@@ -556,16 +561,12 @@ impl Run<'_> {
     /// Contract 3.8.
     fn delete(&mut self) {
         let event = self.event;
-        let requested = match (&event.contact, &event.session) {
-            (Some(contact), _) => contact.clone(),
-            (None, Some(session_id)) => match self.tenant.sessions.get(session_id).and_then(|s| s.contact.clone()) {
-                Some(contact) => contact,
-                None => {
-                    *self.session(session_id) = Session { erased_at: Some(event.at), ..Session::default() };
-                    return;
-                }
-            },
-            (None, None) => unreachable!(),
+        let requested = match self.named_contact() {
+            Ok(contact) => contact,
+            Err(session_id) => {
+                *self.session(&session_id) = Session { erased_at: Some(event.at), ..Session::default() };
+                return;
+            }
         };
         let contact_id = match self.follow(&requested) {
             Target::Active(id) => id,

@@ -15,20 +15,15 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         let event = self.event;
         let tenant = event.tenant_id.clone();
         let at = event.occurred_at;
-        let requested = match target {
-            ContactRef::Contact(contact_id) => contact_id.clone(),
-            ContactRef::OfSession(session_id) => {
-                match self.view.session(&tenant, session_id)?.and_then(|record| record.contact_id) {
-                    Some(contact_id) => contact_id,
-                    None => {
-                        self.plan.mutations.push(Mutation::PutSession {
-                            session_id: session_id.clone(),
-                            record: SessionRecord { erased_at: Some(at), ..SessionRecord::default() },
-                        });
-                        self.plan.mutations.push(Mutation::ClearPending { session_id: session_id.clone() });
-                        return Ok(Step::Done);
-                    }
-                }
+        let requested = match self.named_contact(target)? {
+            Ok(contact_id) => contact_id,
+            Err(session_id) => {
+                self.plan.mutations.push(Mutation::PutSession {
+                    session_id: session_id.clone(),
+                    record: SessionRecord { erased_at: Some(at), ..SessionRecord::default() },
+                });
+                self.plan.mutations.push(Mutation::ClearPending { session_id: session_id.clone() });
+                return Ok(Step::Done);
             }
         };
         let contact_id = match self.follow(&requested)? {

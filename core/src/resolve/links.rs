@@ -105,13 +105,9 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
     /// (`contact.merged`), with a link's effects (docs/contract.md 3.7).
     pub(super) fn merge_contacts(&mut self, into: &ContactRef, from: &ContactId) -> StoreResult<Step> {
         let event = self.event;
-        let tenant = event.tenant_id.clone();
-        let named = match into {
-            ContactRef::Contact(contact_id) => contact_id.clone(),
-            ContactRef::OfSession(session_id) => match self.view.session(&tenant, session_id)?.and_then(|r| r.contact_id) {
-                Some(contact_id) => contact_id,
-                None => return Ok(Step::Reject(Unresolvable::NoContact(session_id.clone()))),
-            },
+        let named = match self.named_contact(into)? {
+            Ok(contact_id) => contact_id,
+            Err(session_id) => return Ok(Step::Reject(Unresolvable::NoContact(session_id.clone()))),
         };
         let mut live = Vec::with_capacity(2);
         for id in [&named, from] {

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use crate::event::{Event, EventBody};
+use crate::event::{ContactRef, Event, EventBody};
 use crate::model::{
     CHANGE_SCHEMA_V1, Change, ChangeData, ChangeKind, Claim, Contact, ContactId, ContactRecord, Details, EntryKind, Identifier,
     Limits, SessionId, TenantConfig, TenantId, TimelineEntry, Timestamp, Version, derived_id,
@@ -176,6 +176,18 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             }));
         }
         Ok(Step::Done)
+    }
+
+    /// The contact an operator's event names: by id, or as the contact the
+    /// session is attached to (merges not followed); or the session, when it
+    /// has none.
+    fn named_contact<'t>(&self, target: &'t ContactRef) -> StoreResult<Result<ContactId, &'t SessionId>> {
+        Ok(match target {
+            ContactRef::Contact(contact_id) => Ok(contact_id.clone()),
+            ContactRef::OfSession(session_id) => {
+                self.view.session(self.tenant(), session_id)?.and_then(|r| r.contact_id).ok_or(session_id)
+            }
+        })
     }
 
     /// Follows merge redirects to the live contact, if any.
