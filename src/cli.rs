@@ -57,6 +57,10 @@ pub enum Command {
     Contact(ContactArgs),
     /// List one tenant's open identity conflicts, newest first: JSON, one per line.
     Conflicts(ConflictsArgs),
+    /// Check the directory's invariants (one contact per session, one owner
+    /// per identifier, no open conflict already settled); prints a JSON
+    /// report and exits 1 when one is broken.
+    Check(CheckArgs),
     /// Consume contact events from Kafka into the directory, publishing changes
     /// and dead letters, until SIGTERM or SIGINT.
     Worker(ListenArgs),
@@ -159,6 +163,13 @@ pub struct ConflictsArgs {
     /// Continue after this cursor (printed last, as {"next_cursor": ...}).
     #[arg(long, allow_hyphen_values = true)]
     pub cursor: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Only this tenant (default: every tenant).
+    #[arg(long)]
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Args)]

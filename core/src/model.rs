@@ -325,6 +325,9 @@ pub struct Contact {
     pub name: Option<NameField>,
     pub identifiers: Vec<OwnedIdentifier>,
     pub created_at: Timestamp,
+    /// The open conflicts this contact is owner or claimant of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<ConflictLink>,
 }
 
 impl Contact {
@@ -512,10 +515,9 @@ pub struct TimelineEntry {
 
 /// An identity conflict (docs/contract.md 3.4) as the review queue keeps it:
 /// an identifier a contact claimed while another owned it (or while the
-/// claimant held the most identifiers a contact may). Open until an operator
-/// dismisses it or the identifier's ownership is settled (the two contacts
-/// merged, the identifier moved or released), which readers judge from the
-/// claims as they are then.
+/// claimant held the most identifiers a contact may). Open until the event
+/// that dismisses or settles it records its `closed`; a closed conflict never
+/// opens again, whoever holds the identifier later.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConflictRecord {
     pub conflict_id: String,
@@ -527,15 +529,67 @@ pub struct ConflictRecord {
     pub session_id: Option<SessionId>,
     pub event_id: String,
     pub raised_at: Timestamp,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dismissed: Option<Dismissal>,
+    /// Records stored before closing was recorded said only `dismissed`,
+    /// which is a closing too.
+    #[serde(default, alias = "dismissed", skip_serializing_if = "Option::is_none")]
+    pub closed: Option<Closure>,
+    /// Whether its parties' records list it, so that the events settling it
+    /// record its closing. Conflicts stored before that are judged from the
+    /// claims as they are when read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub closure_recorded: bool,
 }
 
-/// An operator's "leave as is" (`conflict.dismissed`).
+/// The event that closed a conflict, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Dismissal {
+pub struct Closure {
     pub event_id: String,
     pub at: Timestamp,
+    #[serde(default)]
+    pub reason: ClosedBy,
+}
+
+/// Why a conflict closed (docs/contract.md 3.4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClosedBy {
+    /// An operator left it as it is (`conflict.dismissed`).
+    #[default]
+    Dismissed,
+    /// Owner and claimant became one contact (a merge or a link).
+    Merged,
+    /// The owner no longer holds the identifier (removed, or the owner erased).
+    Released,
+    /// The claimant was erased.
+    ClaimantErased,
+    /// The claimant came to hold the identifier (one it was refused at its limit).
+    Claimed,
+}
+
+/// An open conflict as a party to it keeps it in its contact record, so that
+/// the event that merges, erases or releases the party finds what it settles
+/// without a query, and can record its closing without reading the queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictLink {
+    pub role: ConflictRole,
+    pub conflict: ConflictRecord,
+}
+
+impl ConflictLink {
+    /// The other party, as the conflict was raised (merges not followed).
+    pub fn other(&self) -> Option<&ContactId> {
+        match self.role {
+            ConflictRole::Owner => Some(&self.conflict.claimant_contact_id),
+            ConflictRole::Claimant => self.conflict.owner_contact_id.as_ref(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictRole {
+    Owner,
+    Claimant,
 }
 
 /// Where a page of a timeline, or of the conflict queue, starts: strictly
@@ -705,6 +759,17 @@ mod tests {
         let t = Timestamp::parse_rfc3339("2026-11-02T10:00:00.123456+01:00").unwrap();
         assert_eq!(t.to_rfc3339(), "2026-11-02T09:00:00.123456Z");
         assert_eq!(Timestamp::parse_rfc3339("2026-11-02T10:00:00"), None);
+    }
+
+    #[test]
+    fn a_conflict_stored_as_dismissed_reads_as_closed_by_its_dismissal() {
+        let stored = r#"{"conflict_id":"cf-1","identifier":{"kind":"email","value":"a@example.cz"},"owner_contact_id":"c-1",
+            "claimant_contact_id":"c-2","session_id":null,"event_id":"e1","raised_at":"2026-11-02T08:00:00Z",
+            "dismissed":{"event_id":"e2","at":"2026-11-02T08:01:00Z"}}"#;
+        let record: ConflictRecord = serde_json::from_str(stored).unwrap();
+        let closed = record.closed.expect("a dismissal is a closing");
+        assert_eq!((closed.event_id.as_str(), closed.reason), ("e2", ClosedBy::Dismissed));
+        assert!(!record.closure_recorded, "an old record is judged from the claims when read");
     }
 
     #[test]

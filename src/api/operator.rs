@@ -24,7 +24,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 
 use crate::event::{Event, EventBody, SCHEMA_V1, decode_within, partition_key};
-use crate::model::{Change, Claim, ContactId, SessionId, TenantId, Timestamp, derived_id};
+use crate::model::{Change, ChangeKind, Claim, ContactId, SessionId, TenantId, Timestamp, derived_id};
 use crate::pipeline;
 use crate::resolve::{founded_contact_id, identifiers_looked_up};
 use crate::source::{Origin, RawRecord};
@@ -153,6 +153,9 @@ struct Applied {
     /// The contact the event's changes name last: the one it created, edited
     /// or linked to (after merges).
     contact: Option<ContactId>,
+    /// The identity conflicts it raised, as its `identity.conflict` changes
+    /// name them.
+    conflicts: Vec<Value>,
 }
 
 /// Applies `event` through the pipeline, or publishes it for the workers,
@@ -183,10 +186,11 @@ async fn apply(state: &SearchState, event: OperatorEvent) -> Result<Outcome, Api
             error: "broker_unavailable",
             detail: format!("the event could not be published: {error}"),
         })?;
-        // Only what the event names: a create without a contact id may yet
-        // join the contact that owns one of its identifiers.
+        // Only what the event names; a create without a contact id founds
+        // the one derived from its event (docs/contract.md 3.3).
         let contact = match &decoded.body {
             EventBody::SessionLinked { contact_id, .. } => Some(contact_id.clone()),
+            EventBody::ContactCreated => Some(decoded.contact_id.clone().unwrap_or_else(|| founded_contact_id(&decoded))),
             EventBody::ConflictDismissed { .. } => None,
             _ => decoded.contact_id.clone(),
         };
@@ -197,17 +201,17 @@ async fn apply(state: &SearchState, event: OperatorEvent) -> Result<Outcome, Api
     let applied = tokio::task::spawn_blocking(move || {
         let mut store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let outcome = pipeline::process_batch_within(&mut **store, std::slice::from_ref(&record), &limits)?;
-        let named = named_contact(&**store, &outcome, &decoded)?;
-        Ok::<_, StoreError>((outcome, named))
+        let effects = effects(&**store, &outcome, &decoded)?;
+        Ok::<_, StoreError>((outcome, effects))
     })
     .await
     .map_err(join_error)?;
-    let (outcome, contact) = applied.map_err(|error| ApiError::from(view::ViewError::Store(error)))?;
+    let (outcome, (contact, conflicts)) = applied.map_err(|error| ApiError::from(view::ViewError::Store(error)))?;
     if let Some(rejection) = outcome.rejections.first() {
-        let status = if matches!(rejection.reason, "unknown_contact" | "unknown_conflict") {
-            StatusCode::NOT_FOUND
-        } else {
-            StatusCode::UNPROCESSABLE_ENTITY
+        let status = match rejection.reason {
+            "unknown_contact" | "unknown_conflict" => StatusCode::NOT_FOUND,
+            "contact_exists" => StatusCode::CONFLICT,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
         return Err(ApiError { status, error: rejection.reason, detail: rejection.detail.clone() });
     }
@@ -215,25 +219,45 @@ async fn apply(state: &SearchState, event: OperatorEvent) -> Result<Outcome, Api
         let detail = format!("the event belongs to history an erasure removed ({reason})");
         return Err(ApiError { status: StatusCode::GONE, error: "erased", detail });
     }
-    Ok(Outcome::Applied(Applied { event_id, contact }))
+    Ok(Outcome::Applied(Applied { event_id, contact, conflicts }))
 }
 
-/// The contact an applied event is about: the last one its changes name; for
-/// an event that changed nothing (an edit that set what was there, a link
-/// already made, a create of a known customer), the contact it names or the
-/// owner of the identity it carries.
-fn named_contact(store: &dyn Backend, outcome: &pipeline::BatchOutcome, event: &Event) -> StoreResult<Option<ContactId>> {
+/// What an applied event did: the contact it is about (the last one its
+/// changes name; for an event that changed nothing, such as an edit that set
+/// what was there, a link already made or a retried create, the contact it
+/// names or founded, or the owner of the identity it carries), and the
+/// conflicts it raised.
+fn effects(store: &dyn Backend, outcome: &pipeline::BatchOutcome, event: &Event) -> StoreResult<(Option<ContactId>, Vec<Value>)> {
     let mut named = None;
+    let mut conflicts = Vec::new();
     for seq in &outcome.units {
         for (_, json) in store.unit(*seq)?.iter().flat_map(|unit| unit.changes()) {
             let change: Change = serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            if change.caused_by == event.event_id {
-                named = Some(change.contact_id);
+            if change.caused_by != event.event_id {
+                continue;
             }
+            if change.kind == ChangeKind::IdentityConflict {
+                conflicts.push(json!({
+                    "conflict_id": change.data.conflict_id,
+                    "identifier": change.data.identifier,
+                    "owner_contact_id": change.data.owner_contact_id,
+                }));
+            }
+            named = Some(change.contact_id);
         }
     }
+    Ok((named_contact(store, named, event)?, conflicts))
+}
+
+fn named_contact(store: &dyn Backend, named: Option<ContactId>, event: &Event) -> StoreResult<Option<ContactId>> {
     if named.is_some() || event.contact_id.is_some() {
         return Ok(named.or_else(|| event.contact_id.clone()));
+    }
+    if matches!(event.body, EventBody::ContactCreated) {
+        // A repeated create whose first answer's changes are delivered and
+        // gone: the contact it founded, under the id resolution derives for it.
+        let founded = founded_contact_id(event);
+        return Ok(store.contact(&event.tenant_id, &founded)?.map(|_| founded));
     }
     let config = store.tenant_config(&event.tenant_id)?.unwrap_or_default();
     for identifier in identifiers_looked_up(event, &config) {
@@ -241,10 +265,7 @@ fn named_contact(store: &dyn Backend, outcome: &pipeline::BatchOutcome, event: &
             return Ok(Some(contact_id));
         }
     }
-    // A repeated create whose first answer's changes are delivered and gone:
-    // the contact it founded, under the id resolution derives for it.
-    let founded = founded_contact_id(event);
-    Ok(store.contact(&event.tenant_id, &founded)?.map(|_| founded))
+    Ok(None)
 }
 
 /// A request body: a JSON object of the fields `T` names (serde would also
@@ -268,13 +289,17 @@ async fn contact_answer(
     tenant: TenantId,
     applied: Applied,
     status: StatusCode,
+    with_conflicts: bool,
 ) -> Result<Response, ApiError> {
     let Some(contact) = applied.contact else { return Ok(event_answer(applied.event_id, status, None)) };
-    let shown = super::search::in_store(state, {
+    let mut shown = super::search::in_store(state, {
         let contact = contact.clone();
         move |store| view::contact_view(store, &tenant, &contact)
     })
     .await?;
+    if with_conflicts {
+        shown["conflicts"] = Value::Array(applied.conflicts);
+    }
     let mut response = (status, Json(shown)).into_response();
     set_event_id(&mut response, &applied.event_id);
     Ok(response)
@@ -317,7 +342,7 @@ async fn create_contact(
             Outcome::Queued { event_id, contact } => return Ok(event_answer(event_id, StatusCode::ACCEPTED, contact)),
         };
         let location = applied.contact.as_ref().map(|id| format!("/v1/tenants/{tenant}/contacts/{id}"));
-        let mut response = contact_answer(&state, tenant, applied, StatusCode::CREATED).await?;
+        let mut response = contact_answer(&state, tenant, applied, StatusCode::CREATED, true).await?;
         if let Some(value) = location.and_then(|location| HeaderValue::from_str(&location).ok()) {
             response.headers_mut().insert(header::LOCATION, value);
         }
@@ -342,7 +367,7 @@ async fn edit_contact(
             Outcome::Applied(applied) => applied,
             Outcome::Queued { event_id, contact } => return Ok(event_answer(event_id, StatusCode::ACCEPTED, contact)),
         };
-        contact_answer(&state, tenant, applied, StatusCode::OK).await
+        contact_answer(&state, tenant, applied, StatusCode::OK, false).await
     })
     .await
 }
@@ -380,7 +405,7 @@ async fn link_session(
             Outcome::Applied(applied) => applied,
             Outcome::Queued { event_id, contact } => return Ok(event_answer(event_id, StatusCode::ACCEPTED, contact)),
         };
-        contact_answer(&state, tenant, applied, StatusCode::OK).await
+        contact_answer(&state, tenant, applied, StatusCode::OK, false).await
     })
     .await
 }
@@ -461,7 +486,7 @@ async fn merge_contact(
             Outcome::Queued { event_id, contact } => return Ok(event_answer(event_id, StatusCode::ACCEPTED, contact)),
         };
         let applied = Applied { contact: Some(contact_id), ..applied };
-        contact_answer(&state, tenant, applied, StatusCode::OK).await
+        contact_answer(&state, tenant, applied, StatusCode::OK, false).await
     })
     .await
 }

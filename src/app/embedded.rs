@@ -14,7 +14,7 @@ use serde_json::json;
 use tracing::debug;
 
 use super::{open_existing_store, open_sqlite, output, say};
-use crate::cli::{ConflictsArgs, ContactArgs, ExportArgs, IngestArgs, SearchArgs};
+use crate::cli::{CheckArgs, ConflictsArgs, ContactArgs, ExportArgs, IngestArgs, SearchArgs};
 use crate::config::Config;
 use crate::index::{SearchIndex, TimelineQuery};
 use crate::model::{Claim, ContactId, Identifier, TenantId};
@@ -292,5 +292,21 @@ pub(super) fn conflicts(args: &ConflictsArgs, config: &Config) -> anyhow::Result
         out.write_all(b"\n")?;
     }
     out.flush()?;
+    Ok(())
+}
+
+/// Walks the directory and reports every invariant it finds broken
+/// (`store::check`): an error, so exit code 1, when there is one.
+pub(super) fn check(args: &CheckArgs, config: &Config) -> anyhow::Result<()> {
+    let store = open_existing_store(config)?;
+    let tenant = args.tenant.clone().map(TenantId::parse).transpose()?;
+    let report = crate::store::check::check(&*store, tenant.as_ref())?;
+    let mut out = output(None)?;
+    serde_json::to_writer(&mut out, &report)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    if !report.violations.is_empty() {
+        bail!("{} invariants broken", report.violations.len());
+    }
     Ok(())
 }

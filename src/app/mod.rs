@@ -34,6 +34,7 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
         Command::Search(args) => embedded::search(&args, config),
         Command::Contact(args) => embedded::contact(&args, config),
         Command::Conflicts(args) => embedded::conflicts(&args, config),
+        Command::Check(args) => embedded::check(&args, config),
         Command::Worker(_) => worker(config, termination()),
         Command::Indexer(_) => indexer(config, termination()),
         Command::Serve(_) => serve(config, termination()),

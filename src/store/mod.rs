@@ -1,7 +1,8 @@
 //! The store seam is the domain's (`contactd_core::store`, re-exported here);
 //! this module holds its backends, one file each, the read views the CLI and
-//! API share, and what the backends share.
+//! API share, the invariant check, and what the backends share.
 
+pub mod check;
 pub mod encoder;
 pub mod memory;
 pub mod scylla;

@@ -158,9 +158,8 @@ pub struct ConflictPage {
 /// ones, per conflict asked for: the page is then shorter, with a cursor.
 const SCAN_PER_RESULT: usize = 10;
 
-/// Open conflicts, newest raised first. A conflict is open until dismissed or
-/// until its identifier's ownership is settled: the claimant (as merges left
-/// it) owns it, nobody does, or the claimant is gone.
+/// Open conflicts, newest raised first: those no event has closed yet
+/// (docs/contract.md 3.4), with owner and claimant as merges left them.
 pub fn conflict_page(
     view: &dyn DirectoryView,
     tenant: &TenantId,
@@ -191,7 +190,7 @@ pub fn conflict_page(
 }
 
 fn still_open(view: &dyn DirectoryView, tenant: &TenantId, record: ConflictRecord) -> Result<Option<OpenConflict>, ViewError> {
-    if record.dismissed.is_some() {
+    if record.closed.is_some() {
         return Ok(None);
     }
     let live = |id: &ContactId| -> Result<Option<ContactId>, ViewError> {
@@ -201,15 +200,22 @@ fn still_open(view: &dyn DirectoryView, tenant: &TenantId, record: ConflictRecor
         })
     };
     let Some(claimant) = live(&record.claimant_contact_id)? else { return Ok(None) };
-    let owner = match view.claim(tenant, &record.identifier)? {
-        Some(Claim::Owned { contact_id }) => live(&contact_id)?,
-        _ => None,
+    let owner = match &record.owner_contact_id {
+        Some(owner) => live(owner)?,
+        None => None,
     };
-    // Settled: the claimant owns it now (merged with its owner, or the
-    // identifier moved), or a conflict over an owned identifier lost its owner.
-    let settled = owner.as_ref() == Some(&claimant) || (record.owner_contact_id.is_some() && owner.is_none());
-    if settled {
-        return Ok(None);
+    // A conflict stored before its closing was recorded is judged from the
+    // claims as they are now: settled once the claimant owns the identifier
+    // (merged with its owner, or the identifier moved), or once a conflict
+    // over an owned identifier lost its owner.
+    if !record.closure_recorded {
+        let holder = match view.claim(tenant, &record.identifier)? {
+            Some(Claim::Owned { contact_id }) => live(&contact_id)?,
+            _ => None,
+        };
+        if holder.as_ref() == Some(&claimant) || (record.owner_contact_id.is_some() && holder.is_none()) {
+            return Ok(None);
+        }
     }
     Ok(Some(OpenConflict {
         conflict_id: record.conflict_id,

@@ -261,8 +261,10 @@ fn an_operator_creates_edits_links_notes_and_deletes_a_contact_over_http() {
     let (status, _, eva) = send(&service, "POST", "/v1/tenants/acme/contacts", "acme-writer", key, other);
     assert_eq!(status, 201);
     assert_ne!(eva["contact_id"].as_str(), Some(id.as_str()), "a key reused for another request is no retry");
-    let (status, _, known) = send(&service, "POST", "/v1/tenants/acme/contacts", "acme-writer", "", created);
-    assert_eq!((status, known["contact_id"].as_str()), (201, Some(id.as_str())), "a known customer's contact: {known}");
+    let (status, _, again) = send(&service, "POST", "/v1/tenants/acme/contacts", "acme-writer", "", created);
+    assert_eq!(status, 201, "{again}");
+    assert_ne!(again["contact_id"].as_str(), Some(id.as_str()), "+ Add client always adds a contact: {again}");
+    assert_eq!(again["conflicts"][0]["owner_contact_id"].as_str(), Some(id.as_str()), "the e-mail stays Petr's: {again}");
     let petrs = export(&dir.path().join("data")).into_iter().filter(|c| c["emails"][0] == "petr@example.cz").count();
     assert_eq!(petrs, 1);
 
@@ -361,4 +363,30 @@ fn operators_review_conflicts_merge_contacts_and_ask_why_over_http() {
     let explained = contactd(&data, &["contact", "--tenant", "acme", &olga, "--explain"]);
     let cli: Value = serde_json::from_slice(&explained.stdout).unwrap();
     assert_eq!(cli["identifiers"], why["identifiers"], "the CLI explains the same");
+
+    // "+ Add client" with Olga's address: a new contact, and the answer lists the conflict.
+    let body = r#"{"identity": {"name": "Olga Again", "emails": ["olga@example.cz"], "phones": ["+420606000999"]}}"#;
+    let (status, _, created) = send(&service, "POST", "/v1/tenants/acme/contacts", "acme-writer", "", body);
+    assert_eq!(status, 201, "{created}");
+    assert_ne!(created["contact_id"], olga.as_str(), "always a new contact: {created}");
+    assert_eq!(created["phones"][0], "+420606000999");
+    let raised = created["conflicts"].as_array().expect("the conflicts it raised");
+    assert_eq!(raised.len(), 1, "{created}");
+    assert_eq!(
+        (raised[0]["identifier"].as_str(), raised[0]["owner_contact_id"].as_str()),
+        (Some("email:olga@example.cz"), Some(olga.as_str()))
+    );
+    let (_, page) = get(&service, "/v1/tenants/acme/conflicts", "acme-token");
+    assert_eq!(page["conflicts"][0]["conflict_id"], raised[0]["conflict_id"], "{page}");
+    let taken = format!(r#"{{"contact_id": "{olga}", "identity": {{"name": "Renamed"}}}}"#);
+    let (status, _, error) = send(&service, "POST", "/v1/tenants/acme/contacts", "acme-writer", "", &taken);
+    assert_eq!((status, error["error"].as_str()), (409, Some("contact_exists")), "{error}");
+    let checked = contactd(&data, &["check"]);
+    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
+    let report: Value = serde_json::from_slice(&checked.stdout).unwrap();
+    assert_eq!(
+        (report["open_conflicts"].as_u64(), report["violations"].as_array().map(Vec::len)),
+        (Some(1), Some(0)),
+        "{report}"
+    );
 }

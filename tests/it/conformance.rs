@@ -23,7 +23,13 @@ fn entry(id: &str, micros: i64, session: Option<&str>) -> TimelineEntry {
 }
 
 fn contact(id: &str) -> ContactRecord {
-    ContactRecord::Active(Contact { id: id.into(), name: None, identifiers: Vec::new(), created_at: Timestamp::from_micros(1) })
+    ContactRecord::Active(Contact {
+        id: id.into(),
+        name: None,
+        identifiers: Vec::new(),
+        created_at: Timestamp::from_micros(1),
+        conflicts: Vec::new(),
+    })
 }
 
 fn email(value: &str) -> Identifier {
@@ -272,7 +278,8 @@ fn conflict(id: &str, micros: i64) -> ConflictRecord {
         session_id: Some("s1".into()),
         event_id: format!("e-{id}"),
         raised_at: Timestamp::from_micros(micros),
-        dismissed: None,
+        closed: None,
+        closure_recorded: true,
     }
 }
 
@@ -297,7 +304,11 @@ pub fn conflicts_page_newest_first_and_are_found_by_id<S: Store>(store: &mut S) 
     assert_eq!(store.conflict(&t1, "cf-zzz").unwrap(), None);
 
     let dismissed = ConflictRecord {
-        dismissed: Some(contactd::model::Dismissal { event_id: "e-d".into(), at: Timestamp::from_micros(30) }),
+        closed: Some(contactd::model::Closure {
+            event_id: "e-d".into(),
+            at: Timestamp::from_micros(30),
+            reason: contactd::model::ClosedBy::Dismissed,
+        }),
         ..conflict("cf-a", 20)
     };
     store.begin().unwrap();

@@ -95,12 +95,25 @@ impl<S: Store + ChangeSink> Directory<S> {
         contacts
     }
 
+    /// Runs the directory's invariant check (`contactd check`) and fails the
+    /// test on any broken invariant.
+    pub fn assert_invariants(&self) -> contactd::store::check::Report {
+        assert_invariants(&self.store)
+    }
+
     pub fn contact_with_email(&self, email: &str) -> ExportedContact {
         self.export()
             .into_iter()
             .find(|c| c.state.emails.iter().any(|e| e == email))
             .unwrap_or_else(|| panic!("no contact has {email}"))
     }
+}
+
+/// The invariant check over every tenant of `store`, failing on a broken one.
+pub fn assert_invariants(store: &dyn Store) -> contactd::store::check::Report {
+    let report = contactd::store::check::check(store, None).expect("the check reads the store");
+    assert!(report.violations.is_empty(), "broken invariants: {:#?}", report.violations);
+    report
 }
 
 /// An event of tenant `acme` `minute` minutes after 08:00 on 2026-11-02 (up to

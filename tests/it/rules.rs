@@ -471,7 +471,7 @@ fn a_dismissed_or_moved_conflict_leaves_the_queue_and_a_replayed_dismissal_chang
     let replay = dismissed.feed(&[dismissal]);
     assert_eq!(replay.duplicates, 1);
     let stored = dismissed.store.conflict(&"acme".into(), &conflict_id).unwrap().unwrap();
-    assert_eq!(stored.dismissed.map(|d| d.event_id).as_deref(), Some("e4"));
+    assert_eq!(stored.closed.map(|d| (d.event_id, d.reason)), Some(("e4".to_owned(), contactd::model::ClosedBy::Dismissed)));
     let (_, rejected) =
         dismissed.feed_lines(&[
             operator("e5", "conflict.dismissed", 11, json!({ "payload": { "conflict_id": "cf-none" } })).to_string()
@@ -592,4 +592,181 @@ fn the_queue_and_explain_stay_right_after_unlinks_and_deletions() {
     let sessions = explain(&unlinked, &jana)["sessions"].clone();
     let wa = sessions.as_array().unwrap().iter().find(|s| s["session_id"] == "wa-1").expect("linked again").clone();
     assert_eq!((wa["rule"].as_str(), wa["event_id"].as_str()), (Some("operator_link"), Some("e5")), "{sessions}");
+}
+
+/// The lines of a reproduction, tenant `acme`, one minute apart in order.
+fn in_order(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(n, fields)| {
+            let mut event = json!({
+                "schema": "contact-event/v1", "tenant_id": "acme",
+                "occurred_at": format!("2026-11-02T08:{n:02}:00Z"),
+            });
+            for (key, value) in fields.as_object().unwrap() {
+                event[key] = value.clone();
+            }
+            event.to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn a_note_naming_another_contact_leaves_the_session_where_it_is_and_its_messages_follow_it() {
+    let mut directory = Directory::new();
+    directory.feed_lines(&in_order(&[
+        json!({"event_id":"e1","type":"session.started","channel":"chat","session_id":"s1","identity":{"emails":["y@example.cz"]},"payload":{}}),
+        json!({"event_id":"e2","type":"message.posted","channel":"chat","session_id":"s1","payload":{"message_id":"m1","author":"guest","text":"before"}}),
+        json!({"event_id":"e3","type":"contact.created","channel":"operator","contact_id":"X","identity":{"emails":["x@example.cz"]}}),
+        json!({"event_id":"e4","type":"note.added","channel":"operator","contact_id":"X","session_id":"s1","payload":{"note_id":"n1","author":"op","text":"note"}}),
+        json!({"event_id":"e5","type":"message.posted","channel":"chat","session_id":"s1","payload":{"message_id":"m2","author":"guest","text":"after"}}),
+    ]));
+    let y = directory.contact_with_email("y@example.cz");
+    let x = directory.contact_with_email("x@example.cz");
+    assert_eq!(y.sessions, ["s1"]);
+    assert!(x.sessions.is_empty(), "a session belongs to one contact: {x:?}");
+    let texts = |contact: &contactd::model::ExportedContact| -> Vec<String> {
+        let timeline = directory.store.timeline(&"acme".into(), &contact.contact_id, None, 100).unwrap();
+        timeline.into_iter().map(|entry| entry.text).collect()
+    };
+    let y_texts = texts(&y);
+    for text in ["before", "note", "after"] {
+        assert!(y_texts.contains(&text.to_owned()), "{text} goes with its session to Y: {y_texts:?}");
+    }
+    assert!(!texts(&x).iter().any(|t| ["before", "note", "after"].contains(&t.as_str())));
+
+    // An operator's edit naming X and the session goes to X, and leaves the session with Y.
+    directory.feed_lines(&[json!({
+        "schema": "contact-event/v1", "tenant_id": "acme", "occurred_at": "2026-11-02T08:10:00Z",
+        "event_id": "e6", "type": "contact.updated", "channel": "operator", "contact_id": "X", "session_id": "s1",
+        "payload": { "set_name": "Xena" },
+    })
+    .to_string()]);
+    let x = directory.contact_with_email("x@example.cz");
+    assert_eq!(x.state.name.as_deref(), Some("Xena"));
+    assert!(x.sessions.is_empty());
+    let x_timeline = directory.store.timeline(&"acme".into(), &x.contact_id, None, 100).unwrap();
+    assert!(x_timeline.iter().all(|entry| entry.session_id.is_none()), "no entry of a session X does not have: {x_timeline:?}");
+    directory.assert_invariants();
+}
+
+#[test]
+fn a_conflict_settled_by_a_removal_stays_closed_when_a_new_customer_brings_the_phone() {
+    let mut directory = Directory::new();
+    let lines = in_order(&[
+        json!({"event_id":"e1","type":"session.started","channel":"whatsapp","session_id":"s1","identity":{"whatsapp_id":"420704000001","phones":["+420704000001"]},"payload":{}}),
+        json!({"event_id":"e2","type":"session.started","channel":"chat","session_id":"s2","identity":{"emails":["b@example.cz"]},"payload":{}}),
+        json!({"event_id":"e3","type":"identity.provided","channel":"chat","session_id":"s2","identity":{"phones":["+420704000001"]}}),
+        json!({"event_id":"e4","type":"contact.updated","channel":"operator","session_id":"s1","payload":{"remove":{"phones":["+420704000001"]}}}),
+        json!({"event_id":"e5","type":"session.started","channel":"whatsapp","session_id":"s3","identity":{"whatsapp_id":"420704000009","phones":["+420704000001"]},"payload":{}}),
+    ]);
+    directory.feed_lines(&lines[..3]);
+    assert_eq!(open_conflicts(&directory).len(), 1);
+    directory.feed_lines(&lines[3..4]);
+    assert!(open_conflicts(&directory).is_empty(), "released");
+    let conflict = directory.store.conflicts(&"acme".into(), None, 10).unwrap().remove(0);
+    let closed = conflict.closed.expect("the removal recorded the closing");
+    assert_eq!((closed.event_id.as_str(), closed.reason), ("e4", contactd::model::ClosedBy::Released));
+    directory.feed_lines(&lines[4..]);
+    assert!(open_conflicts(&directory).is_empty(), "C never conflicted with anyone");
+    let c = directory.export().into_iter().find(|c| c.state.channel_ids.whatsapp == ["420704000009"]).unwrap();
+    assert_eq!(c.state.phones, ["+420704000001"], "the released phone is C's");
+    directory.assert_invariants();
+}
+
+#[test]
+fn an_erased_claimants_conflict_stays_closed_when_its_id_is_reused() {
+    let mut directory = Directory::new();
+    let lines = in_order(&[
+        json!({"event_id":"e1","type":"session.started","channel":"chat","session_id":"s1","identity":{"emails":["a@example.cz"]},"payload":{}}),
+        json!({"event_id":"e2","type":"contact.created","channel":"operator","contact_id":"Z","identity":{"emails":["a@example.cz"]}}),
+        json!({"event_id":"e3","type":"contact.deleted","channel":"operator","contact_id":"Z"}),
+        json!({"event_id":"e4","type":"contact.created","channel":"operator","contact_id":"Z","identity":{"emails":["z@example.cz"]}}),
+    ]);
+    directory.feed_lines(&lines[..2]);
+    assert_eq!(open_conflicts(&directory).len(), 1, "Z claims the e-mail the session's contact owns");
+    let (_, rejected) = directory.feed_lines(&lines[2..]);
+    assert!(rejected.is_empty());
+    assert!(open_conflicts(&directory).is_empty(), "the claimant was erased; the new Z conflicts with nobody");
+    assert_eq!(directory.contact_with_email("z@example.cz").contact_id, "Z");
+    directory.assert_invariants();
+}
+
+#[test]
+fn add_client_with_a_known_email_adds_a_contact_and_raises_conflicts() {
+    let mut directory = Directory::new();
+    let lines = in_order(&[
+        json!({"event_id":"e1","type":"session.started","channel":"chat","session_id":"s1","identity":{"emails":["a@example.cz"]},"payload":{}}),
+        json!({"event_id":"e2","type":"contact.created","channel":"operator","identity":{"name":"New Person","emails":["a@example.cz"],"phones":["+420704000001"],"source":"operator"}}),
+        // Naming a live contact's id, it would edit that contact instead.
+        json!({"event_id":"e3","type":"contact.created","channel":"operator","contact_id":"c-of-e1","identity":{"name":"Renamed"}}),
+        // With a session: attaches it only if the session has no contact.
+        json!({"event_id":"e4","type":"contact.created","channel":"operator","session_id":"s1","identity":{"emails":["c@example.cz"]}}),
+        json!({"event_id":"e5","type":"message.posted","channel":"chat","session_id":"s2","payload":{"message_id":"m1","author":"guest","text":"hi"}}),
+        json!({"event_id":"e6","type":"contact.created","channel":"operator","session_id":"s2","identity":{"emails":["d@example.cz"]}}),
+    ]);
+    let (_, rejected) = directory.feed_lines(&lines[..2]);
+    assert!(rejected.is_empty());
+    let contacts = directory.export();
+    assert_eq!(contacts.len(), 2, "+ Add client always adds: {contacts:?}");
+    let existing = directory.contact_with_email("a@example.cz");
+    assert_eq!(existing.state.name, None, "the existing customer is not renamed");
+    assert!(existing.state.phones.is_empty());
+    let added = contacts.iter().find(|c| c.contact_id != existing.contact_id).unwrap();
+    let create = contactd::event::decode(lines[1].as_bytes()).unwrap();
+    assert_eq!(added.contact_id, contactd::resolve::founded_contact_id(&create), "its id is derived from its event");
+    assert_eq!(added.state.name.as_deref(), Some("New Person"));
+    assert_eq!(added.state.phones, ["+420704000001"], "what nobody owns is the new contact's");
+    let open = open_conflicts(&directory);
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(
+        (open[0].value.as_str(), open[0].owner_contact_id.as_ref(), &open[0].claimant_contact_id),
+        ("a@example.cz", Some(&existing.contact_id), &added.contact_id)
+    );
+
+    let renaming = lines[2].replace("c-of-e1", existing.contact_id.as_str());
+    assert_eq!(directory.feed_lines(&[renaming]).1, ["contact_exists"]);
+    assert_eq!(directory.contact_with_email("a@example.cz").state.name, None);
+
+    directory.feed_lines(&lines[3..]);
+    assert!(directory.contact_with_email("c@example.cz").sessions.is_empty(), "s1 stays with its contact");
+    assert_eq!(directory.contact_with_email("a@example.cz").sessions, ["s1"]);
+    assert_eq!(directory.contact_with_email("d@example.cz").sessions, ["s2"], "an unresolved session attaches");
+    directory.assert_invariants();
+}
+
+#[test]
+fn the_invariant_check_names_each_broken_invariant() {
+    let mut directory = Directory::new();
+    directory.feed(&[
+        identified("e1", 0, "s1", json!({ "emails": ["ann@example.cz"] })),
+        identified("e2", 1, "s2", json!({ "emails": ["bob@example.cz"] })),
+    ]);
+    let clean = directory.assert_invariants();
+    assert_eq!((clean.contacts, clean.sessions, clean.identifiers), (2, 2, 2));
+
+    // Corrupt it by hand: Bob's contact also lists Ann's session, and Ann's
+    // e-mail claim names Bob.
+    let ann = directory.contact_with_email("ann@example.cz").contact_id;
+    let bob = directory.contact_with_email("bob@example.cz").contact_id;
+    let ann_email = contactd::model::Identifier { kind: contactd::model::IdentifierKind::Email, value: "ann@example.cz".into() };
+    use contactd::store::{Mutation, Store};
+    directory.store.begin().unwrap();
+    let corrupt = [
+        Mutation::LinkSession { contact_id: bob.clone(), session_id: "s1".into() },
+        Mutation::SetClaim { identifier: ann_email, claim: contactd::model::Claim::Owned { contact_id: bob.clone() } },
+    ];
+    directory.store.apply(&"acme".into(), contactd::model::Timestamp::from_micros(1), &corrupt).unwrap();
+    directory.store.commit().unwrap();
+    let report = contactd::store::check::check(&directory.store, None).unwrap();
+    let expected = [
+        format!("acme: session s1 is listed by contacts {ann} and {bob}"),
+        format!("acme: session s1 is listed by contact {bob} but its record names Some(ContactId(\"{ann}\"))"),
+        format!("acme: email:ann@example.cz is held by contact {ann} but claimed by Some(ContactId(\"{bob}\"))"),
+    ];
+    for violation in &expected {
+        assert!(report.violations.contains(violation), "{violation} in {:#?}", report.violations);
+    }
+    assert_eq!(report.violations.len(), expected.len(), "{:#?}", report.violations);
 }

@@ -161,6 +161,9 @@ impl Run {
             .unwrap();
         let exported: Vec<Value> = contacts.iter().map(|c| serde_json::to_value(c).unwrap()).collect();
         assert_one_owner_per_identifier(&exported);
+        let started = std::time::Instant::now();
+        let report = crate::harness::assert_invariants(store);
+        eprintln!("invariant check: {report:?} in {:?}", started.elapsed());
 
         let mut owners: HashMap<(&str, &str), usize> = HashMap::new();
         for contact in &contacts {

@@ -303,7 +303,13 @@ fn contact_owning(id: &str, identifier: &contactd::model::Identifier) -> contact
     use contactd::model::{Contact, ContactRecord, OwnedIdentifier, Timestamp};
     use contactd::store::Mutation;
     let owned = OwnedIdentifier { identifier: identifier.clone(), added_at: Timestamp::from_micros(1), by: None };
-    let contact = Contact { id: id.into(), name: None, identifiers: vec![owned], created_at: Timestamp::from_micros(1) };
+    let contact = Contact {
+        id: id.into(),
+        name: None,
+        identifiers: vec![owned],
+        created_at: Timestamp::from_micros(1),
+        conflicts: Vec::new(),
+    };
     Mutation::PutContact { contact_id: id.into(), record: ContactRecord::Active(contact) }
 }
 

@@ -1,10 +1,10 @@
 //! A contact's details (docs/contract.md 3.4 and 3.5): identifiers claimed
 //! and released, and names, as interactions and operators' edits change them.
 
-use super::{Resolver, Step, Target, Unresolvable};
+use super::{Resolver, Target};
 use crate::model::{
-    ChangeData, ChangeKind, Claim, ConflictRecord, ContactId, Dismissal, EntryKind, Identifier, NameField, NameSource,
-    OwnedIdentifier, Provenance, Rule, derived_id,
+    ChangeData, ChangeKind, Claim, ClosedBy, ConflictRole, ContactId, EntryKind, Identifier, NameField, NameSource,
+    OwnedIdentifier, Provenance, Rule,
 };
 use crate::store::{DirectoryView, Mutation, StoreResult};
 
@@ -46,6 +46,10 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             let by = Provenance { rule: *rule, event_id: self.event.event_id.clone(), at: occurred_at, merges: Vec::new() };
             let owned = OwnedIdentifier { identifier: identifier.clone(), added_at: occurred_at, by: Some(by) };
             self.contact(contact_id).identifiers.push(owned);
+            // A conflict it raised over the identifier at its limit is settled.
+            self.settle(contact_id, |link| {
+                (link.role == ConflictRole::Claimant && link.conflict.identifier == *identifier).then_some(ClosedBy::Claimed)
+            })?;
             let details = ChangeData { identifier: Some(identifier.to_string()), ..ChangeData::default() };
             self.record(
                 contact_id,
@@ -58,47 +62,9 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         Ok(())
     }
 
-    /// Records an identity conflict: a change, a timeline entry and a record
-    /// in the review queue, all naming the conflict's id (derived from the
-    /// event and the identifier, so a redelivery raises the same one).
-    fn raise_conflict(&mut self, claimant: &ContactId, identifier: &Identifier, owner: Option<ContactId>, text: String) {
-        let event = self.event;
-        let value = identifier.to_string();
-        let conflict_id = derived_id("cf-", &[&event.tenant_id, &event.event_id, &value]);
-        self.plan.mutations.push(Mutation::PutConflict(ConflictRecord {
-            conflict_id: conflict_id.clone(),
-            identifier: identifier.clone(),
-            owner_contact_id: owner.clone(),
-            claimant_contact_id: claimant.clone(),
-            session_id: event.session_id.clone(),
-            event_id: event.event_id.clone(),
-            raised_at: event.occurred_at,
-            dismissed: None,
-        }));
-        let details = ChangeData {
-            identifier: Some(value),
-            owner_contact_id: owner,
-            conflict_id: Some(conflict_id),
-            ..ChangeData::default()
-        };
-        self.record(claimant, ChangeKind::IdentityConflict, EntryKind::IdentityConflict, text, details);
-    }
-
-    /// An operator leaves a conflict as it is (`conflict.dismissed`): the
-    /// queue no longer lists it. Dismissing it again changes nothing.
-    pub(super) fn dismiss_conflict(&mut self, conflict_id: &str) -> StoreResult<Step> {
-        let event = self.event;
-        let Some(mut record) = self.view.conflict(&event.tenant_id, conflict_id)? else {
-            return Ok(Step::Reject(Unresolvable::UnknownConflict(conflict_id.to_owned())));
-        };
-        if record.dismissed.is_none() {
-            record.dismissed = Some(Dismissal { event_id: event.event_id.clone(), at: event.occurred_at });
-            self.plan.mutations.push(Mutation::PutConflict(record));
-        }
-        Ok(Step::Done)
-    }
-
-    pub(super) fn release_all(&mut self, contact_id: &ContactId, identifiers: &[Identifier]) {
+    /// Releases identifiers the contact holds (an operator's removal); the
+    /// conflicts raised over them against it are settled.
+    pub(super) fn release_all(&mut self, contact_id: &ContactId, identifiers: &[Identifier]) -> StoreResult<()> {
         let occurred_at = self.event.occurred_at;
         for identifier in identifiers {
             let contact = self.contact(contact_id);
@@ -112,6 +78,9 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
                 identifier: identifier.clone(),
                 claim: Claim::Released { at: occurred_at, erased: false },
             });
+            self.settle(contact_id, |link| {
+                (link.role == ConflictRole::Owner && link.conflict.identifier == *identifier).then_some(ClosedBy::Released)
+            })?;
             let details = ChangeData { identifier: Some(identifier.to_string()), ..ChangeData::default() };
             self.record(
                 contact_id,
@@ -121,6 +90,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
                 details,
             );
         }
+        Ok(())
     }
 
     pub(super) fn set_name(&mut self, contact_id: &ContactId, value: String, source: NameSource) {

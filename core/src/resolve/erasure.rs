@@ -3,7 +3,7 @@
 
 use super::{Resolver, Step, Target};
 use crate::event::ContactRef;
-use crate::model::{ChangeData, ChangeKind, Claim, ContactRecord, SessionRecord};
+use crate::model::{ChangeData, ChangeKind, Claim, ClosedBy, ConflictRole, ContactRecord, SessionRecord};
 use crate::store::{DirectoryView, Mutation, StoreResult};
 
 impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
@@ -35,6 +35,14 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
                 return Ok(Step::Done);
             }
         };
+        // Every conflict it is party to is settled: as claimant it is erased,
+        // as owner it no longer holds the identifier.
+        self.settle(&contact_id, |link| {
+            Some(match link.role {
+                ConflictRole::Claimant => ClosedBy::ClaimantErased,
+                ConflictRole::Owner => ClosedBy::Released,
+            })
+        })?;
         let contact = self.contacts.remove(&contact_id).expect("loaded by follow");
         for owned in contact.identifiers {
             self.plan

@@ -89,33 +89,63 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             None => None,
         };
 
+        // The session's contact, if it has a live one. A session belongs to
+        // one contact at a time: only a link, an unlink or a merge moves it.
+        let mut session_erased = false;
+        let session_contact = match session.as_ref().and_then(|(_, r)| r.contact_id.clone()) {
+            Some(attached) => match self.follow(&attached)? {
+                Target::Active(id) => Some(id),
+                Target::Deleted(at) => {
+                    session_erased = event.occurred_at < at;
+                    None
+                }
+                Target::Unknown => None,
+            },
+            None => None,
+        };
+
         // The contact, and the rule that found it (the session's provenance
         // when it attaches here).
         let mut target = None;
         let mut found_by = Rule::ExplicitContact;
         let (mut founded, mut found_by_session) = (false, false);
-        if let Some(explicit) = &event.contact_id {
-            match self.follow(explicit)? {
-                Target::Active(id) => target = Some(id),
-                Target::Deleted(at) if event.occurred_at < at => return Ok(Step::Skip(Skip::Erased)),
-                Target::Deleted(_) | Target::Unknown if matches!(event.body, EventBody::ContactCreated) => {
-                    self.create(explicit.clone());
-                    target = Some(explicit.clone());
-                    (found_by, founded) = (Rule::FoundedContact, true);
+        if matches!(event.body, EventBody::ContactCreated) {
+            // "+ Add client" always adds a contact (docs/contract.md 3.1).
+            let id = match &event.contact_id {
+                Some(explicit) => match self.follow(explicit)? {
+                    Target::Active(_) => return Ok(Step::Reject(Unresolvable::ContactExists(explicit.clone()))),
+                    Target::Deleted(at) if event.occurred_at < at => return Ok(Step::Skip(Skip::Erased)),
+                    Target::Deleted(_) | Target::Unknown => explicit.clone(),
+                },
+                None => super::founded_contact_id(event),
+            };
+            self.create(id.clone());
+            target = Some(id);
+            (found_by, founded) = (Rule::FoundedContact, true);
+        } else {
+            // A conversation event or a session note goes to its session's
+            // contact, whatever contact it names; an operator's edit to the
+            // contact it names, else to its session's.
+            let edit = matches!(event.body, EventBody::ContactUpdated { .. });
+            for explicit_turn in [edit, !edit] {
+                if target.is_some() {
+                    break;
                 }
-                Target::Deleted(_) | Target::Unknown => return Ok(Step::Reject(Unresolvable::UnknownContact(explicit.clone()))),
-            }
-        }
-        if target.is_none()
-            && let Some(attached) = session.as_ref().and_then(|(_, r)| r.contact_id.clone())
-        {
-            match self.follow(&attached)? {
-                Target::Active(id) => {
-                    target = Some(id);
+                if explicit_turn {
+                    let Some(explicit) = &event.contact_id else { continue };
+                    match self.follow(explicit)? {
+                        Target::Active(id) => target = Some(id),
+                        Target::Deleted(at) if event.occurred_at < at => return Ok(Step::Skip(Skip::Erased)),
+                        Target::Deleted(_) | Target::Unknown => {
+                            return Ok(Step::Reject(Unresolvable::UnknownContact(explicit.clone())));
+                        }
+                    }
+                } else if let Some(id) = &session_contact {
+                    target = Some(id.clone());
                     found_by_session = true;
+                } else if session_erased {
+                    return Ok(Step::Skip(Skip::Erased));
                 }
-                Target::Deleted(at) if event.occurred_at < at => return Ok(Step::Skip(Skip::Erased)),
-                Target::Deleted(_) | Target::Unknown => {}
             }
         }
         // E-mail threads (docs/contract.md 3.6): the first participant already in the
@@ -137,9 +167,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             }
         }
         if target.is_none() {
-            let founds = if matches!(event.body, EventBody::ContactCreated) {
-                true
-            } else if let Some(first) = participants.first().filter(|_| identity.strongest().is_none()) {
+            let founds = if let Some(first) = participants.first().filter(|_| identity.strongest().is_none()) {
                 founding = NormalizedIdentity { identifiers: vec![first.clone()], ..identity.clone() };
                 founding_rule = Rule::EmailThread;
                 true
@@ -185,7 +213,12 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             Rule::UnownedIdentifier
         };
         let mut claims: Vec<(Identifier, Rule)> = founding.identifiers.into_iter().map(|i| (i, rule)).collect();
-        if let Some((session_id, mut record)) = session
+        // The session attaches here if it has no contact (or is re-pointed
+        // here from a contact merged into this one); one attached elsewhere
+        // stays there, and so do its entries.
+        if session_contact.as_ref().is_some_and(|attached| *attached != contact_id) {
+            self.entry_session = None;
+        } else if let Some((session_id, mut record)) = session
             && record.contact_id.as_deref() != Some(contact_id.as_str())
         {
             claims.extend(record.waiting_identifiers.drain(..).map(|i| (i, Rule::WaitedInSession)));
@@ -194,7 +227,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             // A session whose contact merged keeps how it first attached.
             self.attach_session(&session_id, record, &contact_id, Some(found_by).filter(|_| !found_by_session))?;
         }
-        self.release_all(&contact_id, &removed);
+        self.release_all(&contact_id, &removed)?;
         self.claim_all(&contact_id, &claims)?;
         if let Some(name) = identity.name.clone() {
             self.set_name(&contact_id, name, name_source);
@@ -202,7 +235,8 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         if let Some(name) = set_name {
             self.set_name(&contact_id, name, NameSource::Operator);
         }
-        if let Some(entry) = self.own_entry(event.session_id.as_ref()) {
+        let session = self.entry_session.clone();
+        if let Some(entry) = self.own_entry(session.as_ref()) {
             self.append(&contact_id, entry);
         }
         Ok(Step::Done)

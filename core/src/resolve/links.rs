@@ -132,6 +132,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         let by = if session_id.is_some() { MergedBy::SessionLinked } else { MergedBy::ContactMerged };
         let step =
             MergeStep { from_contact_id: from.clone(), event_id: self.event.event_id.clone(), at: self.event.occurred_at, by };
+        self.settle_merged(from, into)?;
         let mut merged = self.contacts.remove(from).expect("loaded by follow");
         for owned in &mut merged.identifiers {
             if let Some(provenance) = &mut owned.by {
@@ -156,6 +157,7 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
             target.name = Some(name);
         }
         target.created_at = target.created_at.min(merged.created_at);
+        target.conflicts.append(&mut merged.conflicts);
         for session in self.view.contact_sessions(&tenant, from)? {
             let mut attached_by = self.view.session(&tenant, &session)?.and_then(|record| record.attached_by);
             if let Some(provenance) = &mut attached_by {

@@ -4,11 +4,12 @@
 //!
 //! One file per family of events: `interaction.rs` (conversations and
 //! operators' edits), `details.rs` (identifiers and names), `links.rs`
-//! (sessions attached, linked, merged, unlinked), `erasure.rs`. This file holds
+//! (sessions attached, linked, merged, unlinked), `erasure.rs`, `conflicts.rs`
+//! (raised, dismissed, settled). This file holds
 //! the dispatch and the steps they share: following merges, founding a
 //! contact, timeline entries and changes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::json;
 
@@ -19,6 +20,7 @@ use crate::model::{
 };
 use crate::store::{DirectoryView, Followed, Mutation, StoreResult, follow_merges};
 
+mod conflicts;
 mod details;
 mod erasure;
 mod interaction;
@@ -50,6 +52,10 @@ pub enum Unresolvable {
     NoContact(SessionId),
     #[error("conflict {0:?} is not in the directory")]
     UnknownConflict(String),
+    /// `contact.created` always adds a contact: one naming a live contact's
+    /// id (or a merged one's) would edit it instead.
+    #[error("contact {0:?} exists already")]
+    ContactExists(ContactId),
 }
 
 impl Unresolvable {
@@ -57,6 +63,7 @@ impl Unresolvable {
         match self {
             Self::UnknownContact(_) | Self::NoContact(_) => "unknown_contact",
             Self::UnknownConflict(_) => "unknown_conflict",
+            Self::ContactExists(_) => "contact_exists",
         }
     }
 }
@@ -96,8 +103,17 @@ pub fn resolve_within<V: DirectoryView + ?Sized>(event: &Event, view: &V, limits
         return Ok(Resolution::Duplicate { unit });
     }
     let config = view.tenant_config(&event.tenant_id)?.unwrap_or_default();
-    let mut resolver =
-        Resolver { event, view, config, limits: *limits, plan: Plan::default(), contacts: HashMap::new(), entries: 0 };
+    let mut resolver = Resolver {
+        event,
+        view,
+        config,
+        limits: *limits,
+        plan: Plan::default(),
+        contacts: HashMap::new(),
+        touched: HashSet::new(),
+        entry_session: event.session_id.clone(),
+        entries: 0,
+    };
     resolver.plan.mutations.push(Mutation::MarkSeen { event_id: event.event_id.clone() });
     let step = match &event.body {
         EventBody::TenantConfigured { identifying_params, default_phone_region } => {
@@ -154,6 +170,14 @@ struct Resolver<'a, V: ?Sized> {
     plan: Plan,
     /// Working copies of the live contacts this event touches, written once in `finish`.
     contacts: HashMap<ContactId, Contact>,
+    /// Contacts whose record changed with no change event to say so (a
+    /// conflict they are party to was raised or closed): written in `finish` too.
+    touched: HashSet<ContactId>,
+    /// The session the event's detail entries belong to: the event's, unless
+    /// the event went to a contact its session is not attached to (an
+    /// operator's edit naming another contact), whose timeline must not
+    /// hold entries of a session it does not have.
+    entry_session: Option<SessionId>,
     entries: u32,
 }
 
@@ -269,13 +293,19 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
     fn record(&mut self, contact_id: &ContactId, change: ChangeKind, entry: EntryKind, text: String, details: ChangeData) {
         let entry_details = Details::of(&details);
         self.change(contact_id, change, details);
-        let session = self.event.session_id.clone();
+        let session = self.entry_session.clone();
         let entry = self.entry(entry, session.as_ref(), text, entry_details);
         self.append(contact_id, entry);
     }
 
     fn create(&mut self, contact_id: ContactId) {
-        let contact = Contact { id: contact_id.clone(), name: None, identifiers: Vec::new(), created_at: self.event.occurred_at };
+        let contact = Contact {
+            id: contact_id.clone(),
+            name: None,
+            identifiers: Vec::new(),
+            created_at: self.event.occurred_at,
+            conflicts: Vec::new(),
+        };
         self.contacts.insert(contact_id.clone(), contact);
         self.plan.contacts_created += 1;
         self.change(&contact_id, ChangeKind::ContactCreated, ChangeData::default());
@@ -288,16 +318,17 @@ impl<V: DirectoryView + ?Sized> Resolver<'_, V> {
         self.append(&contact_id, entry);
     }
 
-    /// Writes the touched contacts once and stamps the last contact change of
+    /// Writes the changed contacts once and stamps the last contact change of
     /// each with its state after the event (docs/contract.md 5): once, not per
     /// change, so an event's changes grow with what it changed, not with that
     /// times the contact's size.
     fn finish(mut self) -> Plan {
         for (id, contact) in &self.contacts {
-            let Some(last) = self.plan.changes.iter_mut().rev().find(|c| &c.contact_id == id && carries_state(c.kind)) else {
-                continue;
-            };
-            last.data.contact = Some(Box::new(contact.state()));
+            match self.plan.changes.iter_mut().rev().find(|c| &c.contact_id == id && carries_state(c.kind)) {
+                Some(last) => last.data.contact = Some(Box::new(contact.state())),
+                None if self.touched.contains(id) => {}
+                None => continue,
+            }
             self.plan
                 .mutations
                 .push(Mutation::PutContact { contact_id: id.clone(), record: ContactRecord::Active(contact.clone()) });

@@ -916,10 +916,10 @@ impl ScyllaStore {
                 *overlay = PendingOverlay { cleared_at: Some(after(at, latest)), put: BTreeMap::new() };
             }
             Mutation::PutConflict(record) => {
-                // A conflict is raised at its event's time; its dismissal
-                // must shadow that write even when the operator's clock is
-                // behind the connector's.
-                let at = match record.dismissed {
+                // A conflict is raised at its event's time; its closing
+                // must shadow that write even when the closing event's clock
+                // is behind the raising one's.
+                let at = match record.closed {
                     Some(_) => at.max(Timestamp::from_micros(record.raised_at.micros() + 1)),
                     None => at,
                 };
