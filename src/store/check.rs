@@ -36,8 +36,9 @@ pub fn check(store: &dyn Store, tenant: Option<&TenantId>) -> Result<Report, Vie
     })?;
     let mut session_homes: HashMap<(TenantId, SessionId), ContactId> = HashMap::new();
     let mut identifier_homes: HashMap<(TenantId, Identifier), ContactId> = HashMap::new();
-    let live = |tenant: &TenantId, id: &ContactId| -> Result<Option<ContactId>, ViewError> {
-        Ok(match follow_merges(store, tenant, id, |_| false)? {
+    // `known` is live (the export listed it): a record naming it needs no read.
+    let live_or = |tenant: &TenantId, id: &ContactId, known: &ContactId| -> Result<Option<ContactId>, ViewError> {
+        Ok(match follow_merges(store, tenant, id, |id| id == known)? {
             Followed::Active(id, _) => Some(id),
             Followed::Deleted(_) | Followed::Unknown => None,
         })
@@ -51,7 +52,7 @@ pub fn check(store: &dyn Store, tenant: Option<&TenantId>) -> Result<Report, Vie
             }
             let named = store.session(tenant, session)?.and_then(|record| record.contact_id);
             let home = match &named {
-                Some(id) => live(tenant, id)?,
+                Some(id) => live_or(tenant, id, contact_id)?,
                 None => None,
             };
             if home.as_ref() != Some(contact_id) {
@@ -68,7 +69,7 @@ pub fn check(store: &dyn Store, tenant: Option<&TenantId>) -> Result<Report, Vie
                 report.violations.push(format!("{tenant}: {identifier} is held by contacts {other} and {contact_id}"));
             }
             let owner = match store.claim(tenant, identifier)? {
-                Some(Claim::Owned { contact_id }) => live(tenant, &contact_id)?,
+                Some(Claim::Owned { contact_id: owner }) => live_or(tenant, &owner, contact_id)?,
                 _ => None,
             };
             if owner.as_ref() != Some(contact_id) {
