@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 
+use super::Store;
 use super::view::{self, ViewError};
-use super::{Followed, Store, follow_merges};
 use crate::model::{Claim, ConflictRole, ContactId, ContactRecord, Identifier, SessionId, TenantId};
 
 /// What the walk saw, and each invariant it found broken, in words.
@@ -36,13 +36,8 @@ pub fn check(store: &dyn Store, tenant: Option<&TenantId>) -> Result<Report, Vie
     })?;
     let mut session_homes: HashMap<(TenantId, SessionId), ContactId> = HashMap::new();
     let mut identifier_homes: HashMap<(TenantId, Identifier), ContactId> = HashMap::new();
-    // `known` is live (the export listed it): a record naming it needs no read.
-    let live_or = |tenant: &TenantId, id: &ContactId, known: &ContactId| -> Result<Option<ContactId>, ViewError> {
-        Ok(match follow_merges(store, tenant, id, |id| id == known)? {
-            Followed::Active(id, _) => Some(id),
-            Followed::Deleted(_) | Followed::Unknown => None,
-        })
-    };
+    // The contact checked is live (the export listed it): a record naming it needs no read.
+    let live_or = |tenant: &TenantId, id: &ContactId, known: &ContactId| view::live_id(store, tenant, id, Some(known));
     for (tenant, contact_id, sessions) in &contacts {
         report.contacts += 1;
         for session in sessions {

@@ -35,6 +35,20 @@ fn live_contact(
     }
 }
 
+/// The live contact `id` is or was merged into, if any; `known`, when given,
+/// is taken as live without reading it.
+pub(crate) fn live_id(
+    view: &dyn DirectoryView,
+    tenant: &TenantId,
+    id: &ContactId,
+    known: Option<&ContactId>,
+) -> Result<Option<ContactId>, ViewError> {
+    Ok(match follow_merges(view, tenant, id, |id| Some(id) == known)? {
+        Followed::Active(id, _) => Some(id),
+        Followed::Deleted(_) | Followed::Unknown => None,
+    })
+}
+
 /// One page of a timeline, newest first.
 #[derive(Debug, serde::Serialize)]
 pub struct TimelinePage {
@@ -193,12 +207,7 @@ fn still_open(view: &dyn DirectoryView, tenant: &TenantId, record: ConflictRecor
     if record.closed.is_some() {
         return Ok(None);
     }
-    let live = |id: &ContactId| -> Result<Option<ContactId>, ViewError> {
-        Ok(match follow_merges(view, tenant, id, |_| false)? {
-            Followed::Active(id, _) => Some(id),
-            Followed::Deleted(_) | Followed::Unknown => None,
-        })
-    };
+    let live = |id: &ContactId| live_id(view, tenant, id, None);
     let Some(claimant) = live(&record.claimant_contact_id)? else { return Ok(None) };
     let owner = match &record.owner_contact_id {
         Some(owner) => live(owner)?,
